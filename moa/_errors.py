@@ -1,0 +1,192 @@
+"""The one error tree of moa.
+
+```
+MoAError
+├── ConfigError            your mistake: fix the recipe, template, prompt or argument
+│   ├── RecipeError        a recipe that cannot be parsed or validated (names file and field)
+│   ├── TemplateError      a template that cannot be found, compiled or rendered
+│   ├── PromptError        an empty or malformed prompt
+│   └── MissingAPIKeyError an env var named by ``api_key_env`` is not set
+└── RunError               it went wrong at run time
+    ├── ProviderError      one call failed (carries layer, agent, model, status, transient)
+    │   ├── RateLimitedError      429 (honours Retry-After)
+    │   ├── ProviderUnavailableError  5xx or a connection failure
+    │   ├── CallTimeoutError      no answer within the call's timeout
+    │   ├── BadResponseError      the provider answered with something unusable
+    │   └── RequestRejectedError  400/401/403/404/422: never retried
+    └── QuorumError        a layer had fewer successes than its ``min_success``
+```
+
+Foreign exceptions are translated in exactly one place each: litellm's in
+``moa._litellm``, YAML's and pydantic's in ``moa._loader``, Jinja's in
+``moa._templates``.  The original is always chained (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class MoAError(Exception):
+    """Base class of every error moa raises on purpose."""
+
+
+# --------------------------------------------------------------------- config
+
+
+class ConfigError(MoAError):
+    """A mistake in what the user gave us: nothing was called yet."""
+
+
+class RecipeError(ConfigError):
+    """A recipe failed to parse or validate.
+
+    ``source`` names where the recipe came from (a file path, ``<built-in NAME>``,
+    ``<yaml text>`` or ``<dict>``); ``problems`` holds ``(field_path, message)``
+    pairs such as ``("layers[1].agents[0].model", "Field required")``.
+    """
+
+    def __init__(self, source: str, problems: Sequence[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = [f"invalid recipe {source}:"]
+        for path, message in self.problems:
+            lines.append(f"  {path}: {message}" if path else f"  {message}")
+        super().__init__("\n".join(lines))
+
+
+class TemplateError(ConfigError):
+    """A prompt template could not be found, compiled, checked or rendered."""
+
+
+class PromptError(ConfigError):
+    """The prompt given to ``run`` is empty or not a valid conversation."""
+
+
+class MissingAPIKeyError(ConfigError):
+    """An ``api_key_env`` variable named in the recipe is not set."""
+
+    def __init__(self, variable: str, models: Sequence[str]) -> None:
+        self.variable = variable
+        self.models = list(models)
+        super().__init__(
+            f"environment variable {variable} is not set "
+            f"(needed by {', '.join(sorted(set(models)))}); export it and try again"
+        )
+
+
+# -------------------------------------------------------------------- runtime
+
+
+class RunError(MoAError):
+    """Something failed while the pipeline was running."""
+
+
+@dataclass(frozen=True)
+class CallSite:
+    """Where in a pipeline a call was made: for error messages and events."""
+
+    layer: int
+    agent: int
+    sample: int
+    agent_name: str
+    model: str
+
+    def describe(self) -> str:
+        return (
+            f"layer {self.layer}, agent {self.agent} ({self.agent_name}), "
+            f"sample {self.sample}, model {self.model}"
+        )
+
+
+class ProviderError(RunError):
+    """One provider call failed.
+
+    ``transient`` says whether trying again may help (rate limits, 5xx,
+    timeouts, dropped connections); ``retry_after`` is the server's hint in
+    seconds, when it gave one.  ``site`` is filled in by the engine once the
+    call is known to belong to a layer and agent.
+    """
+
+    transient: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str = "",
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        site: CallSite | None = None,
+    ) -> None:
+        self.reason = message
+        self.model = model
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.site = site
+        self.attempts = 1  # set by the retry layer to the attempts actually made
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = self.site.describe() if self.site else (f"model {self.model}" if self.model else "")
+        status = f" [HTTP {self.status_code}]" if self.status_code else ""
+        return f"{where}: {self.reason}{status}" if where else f"{self.reason}{status}"
+
+
+class RateLimitedError(ProviderError):
+    """HTTP 429: the provider asked us to slow down."""
+
+    transient = True
+
+
+class ProviderUnavailableError(ProviderError):
+    """HTTP 5xx or a connection failure."""
+
+    transient = True
+
+
+class CallTimeoutError(ProviderError):
+    """The provider did not answer within the call's timeout."""
+
+    transient = True
+
+
+class BadResponseError(ProviderError):
+    """The provider answered, but with a body we cannot use (no choices, no text)."""
+
+
+class RequestRejectedError(ProviderError):
+    """HTTP 4xx other than 429: the request itself is wrong; retrying cannot help."""
+
+
+class QuorumError(RunError):
+    """A layer ended with fewer successful agents than its ``min_success``.
+
+    ``failures`` holds every failed call's error (each names layer, agent and
+    model), so one exception lists every cause.
+    """
+
+    def __init__(
+        self,
+        layer: int,
+        needed: int,
+        succeeded: int,
+        planned: int,
+        failures: Sequence[BaseException],
+        outputs: Sequence[Any] = (),
+    ) -> None:
+        self.layer = layer
+        self.outputs = list(outputs)  # the layer's recorded calls (AgentOutput)
+        self.partial: Any = None  # the run's trace up to and including this layer (MoAResult)
+        self.needed = needed
+        self.succeeded = succeeded
+        self.planned = planned
+        self.failures = list(failures)
+        lines = [
+            f"layer {layer} failed: {succeeded} of {planned} calls succeeded, "
+            f"min_success is {needed}; causes:"
+        ]
+        lines += [f"  - {type(err).__name__}: {err}" for err in self.failures]
+        super().__init__("\n".join(lines))

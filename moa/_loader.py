@@ -1,0 +1,139 @@
+"""``load_recipe``: built-in names, YAML files, YAML text and dicts become a checked ``Recipe``.
+
+YAML and pydantic errors are translated into ``RecipeError`` here and nowhere
+else; every message names the source and the field path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from moa._errors import RecipeError
+from moa._resources import builtin_names, data_dir
+from moa.recipe import Recipe
+
+RECIPE_SUFFIXES = (".yaml", ".yml")
+MAX_RECIPE_BYTES = 1_000_000
+MAX_RECIPE_NODES = 100_000
+
+RecipeSource = Recipe | Mapping[str, Any] | str | Path
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the recipes bundled with moa."""
+    return builtin_names("recipes", ".yaml")
+
+
+def load_recipe(source: RecipeSource) -> Recipe:
+    """Load and validate a recipe.
+
+    ``source`` is a ``Recipe`` (returned as is), a dict, a built-in name such
+    as ``"moa-lite"``, a path to a YAML file, or YAML text.  Templates are
+    compiled and checked here, so a recipe that loads will not fail mid-run on
+    its configuration.  Raises ``RecipeError`` naming the source and field.
+    """
+    if isinstance(source, Recipe):
+        return source
+    if isinstance(source, Mapping):
+        return _validate(dict(source), "<dict>", base_dir=None)
+    if isinstance(source, Path):
+        return _load_file(source)
+    if not isinstance(source, str):
+        raise RecipeError(
+            "<argument>", [("", f"expected a recipe, name, path, YAML text or dict, got {type(source).__name__}")]
+        )
+    if "\n" not in source and not source.lstrip().startswith("{"):
+        if source in builtin_recipes():
+            return _load_file(data_dir("recipes") / f"{source}.yaml", label=f"<built-in {source}>")
+        path = Path(source).expanduser()
+        if path.suffix in RECIPE_SUFFIXES or path.exists() or "/" in source:
+            return _load_file(path)
+        raise RecipeError(
+            repr(source),
+            [("", f"no built-in recipe or file named {source!r}; built-in: {', '.join(builtin_recipes())}")],
+        )
+    return _validate(_parse_yaml(source, "<yaml text>"), "<yaml text>", base_dir=None)
+
+
+def _load_file(path: Path, label: str | None = None) -> Recipe:
+    label = label or str(path)
+    try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(label, [("", f"file is larger than {MAX_RECIPE_BYTES} bytes")])
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise RecipeError(label, [("", "file not found")]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(label, [("", f"cannot read file: {exc}")]) from exc
+    return _validate(_parse_yaml(text, label), label, base_dir=path.resolve().parent)
+
+
+def _parse_yaml(text: str, label: str) -> dict[str, Any]:
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(label, [("", f"recipe text is larger than {MAX_RECIPE_BYTES} bytes")])
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(label, [("", f"malformed YAML: {where}{problem}")]) from exc
+    if not isinstance(data, dict):
+        found = "nothing" if data is None else f"a {type(data).__name__}"
+        raise RecipeError(label, [("", f"a recipe is a YAML mapping (name:, layers:, ...), found {found}")])
+    _check_size(data, label)
+    return data
+
+
+def _check_size(data: Any, label: str) -> None:
+    """Reject cyclic aliases and alias bombs before pydantic walks them."""
+    budget = MAX_RECIPE_NODES
+    stack: list[tuple[Any, frozenset[int]]] = [(data, frozenset())]
+    while stack:
+        node, ancestors = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise RecipeError(label, [("", f"recipe expands to more than {MAX_RECIPE_NODES} values (alias bomb?)")])
+        if isinstance(node, dict | list):
+            if id(node) in ancestors:
+                raise RecipeError(label, [("", "recipe contains a cyclic YAML alias")])
+            inner = ancestors | {id(node)}
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, inner) for child in children)
+
+
+def _validate(data: dict[str, Any], label: str, base_dir: Path | None) -> Recipe:
+    try:
+        return Recipe.model_validate(data, context={"base_dir": base_dir})
+    except pydantic.ValidationError as exc:
+        raise RecipeError(label, [(_field_path(e["loc"]), _message(e)) for e in exc.errors()]) from exc
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif "[" in part or part.startswith("function-"):
+            continue  # pydantic's internal validator labels
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def _message(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check its spelling; `moa schema` lists every field)"
+    if error["type"] == "missing":
+        return "required field is missing"
+    value = error.get("input")
+    if error["type"] not in {"value_error", "assertion_error"} and isinstance(value, str | int | float):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        return f"{message} (got {shown})"
+    return message

@@ -1,0 +1,68 @@
+"""The minimal provider interface every call goes through, and the data it carries.
+
+A provider turns one ``Request`` into one ``Completion`` or raises a
+``ProviderError``.  Retries, limits and events are separate thin layers
+(``_retry``, ``_limits``, ``_engine``) wrapped around any provider, so the
+in-process fake in ``moa.testing`` exercises them exactly as litellm does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+#: Called with each piece of text as a streamed answer arrives.
+TokenCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call: model, messages and keyword arguments.  The key never shows in ``repr``."""
+
+    model: str
+    messages: Sequence[Mapping[str, Any]]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    api_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What came back: the text, exact token counts when the provider gave them, and the cost.
+
+    ``cost_usd`` is None when the model's price is unknown.
+    """
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+
+class Provider(Protocol):
+    """Anything that can complete a request."""
+
+    async def complete(self, request: Request, on_token: TokenCallback | None = None) -> Completion:
+        """Answer one request; stream text to ``on_token`` when it is given."""
+        ...
+
+
+def provider_of(model: str) -> str:
+    """The provider a model string belongs to: its prefix before ``/``.
+
+    Bare names of well-known families map to their provider (``gpt-4o`` ->
+    ``openai``, ``claude-3-5-sonnet`` -> ``anthropic``); any other bare name is
+    its own group.
+    """
+    if "/" in model:
+        return model.split("/", 1)[0]
+    for prefix, provider in _BARE_PREFIXES:
+        if model.startswith(prefix):
+            return provider
+    return model
+
+
+_BARE_PREFIXES = (
+    ("gpt-", "openai"), ("o1", "openai"), ("o3", "openai"), ("o4", "openai"),
+    ("chatgpt", "openai"), ("claude", "anthropic"), ("gemini", "gemini"),
+)  # fmt: skip

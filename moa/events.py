@@ -1,0 +1,40 @@
+"""Progress events, delivered to the optional ``on_event`` callback of ``moa.run``.
+
+The callback is called synchronously from the event loop: keep it quick (the
+CLI's live view only updates its state there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from moa._errors import CallSite, ProviderError
+from moa.result import AgentOutput
+
+EventKind = Literal[
+    "layer_started", "call_started", "call_retried", "call_finished", "call_failed", "layer_finished"
+]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something happened to a layer or call.
+
+    - ``layer_started`` / ``layer_finished``: ``layer`` is set (1-based);
+    - ``call_started``: ``site``, ``attempt``;
+    - ``call_retried``: ``site``, ``attempt`` (the one that failed), ``error``, ``delay_s``;
+    - ``call_finished`` / ``call_failed``: ``site``, ``output`` (with text or error).
+    """
+
+    kind: EventKind
+    layer: int
+    site: CallSite | None = None
+    attempt: int = 0
+    error: ProviderError | None = None
+    delay_s: float = 0.0
+    output: AgentOutput | None = None
+
+
+EventCallback = Callable[[Event], None]
