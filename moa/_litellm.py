@@ -105,17 +105,24 @@ def _completion(litellm: ModuleType, response: Any, request: Request) -> Complet
         text=text,
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-        cost_usd=_cost(litellm, response),
+        cost_usd=_cost(litellm, response, request.model),
     )
 
 
-def _cost(litellm: ModuleType, response: Any) -> float | None:
-    """USD cost from litellm's price map; None when the model is not priced."""
-    try:
-        cost = litellm.completion_cost(completion_response=response)
-    except Exception:  # litellm raises plain Exceptions for unmapped models
-        return None
-    return float(cost) if cost is not None else None
+def _cost(litellm: ModuleType, response: Any, model: str) -> float | None:
+    """USD cost from litellm's price map; None when the model is not priced.
+
+    The requested model string (with its provider prefix) is tried first: some
+    providers answer with a bare or versioned name litellm cannot place.
+    """
+    for kwargs in ({"model": model}, {}):
+        try:
+            cost = litellm.completion_cost(completion_response=response, **kwargs)
+        except Exception:  # litellm raises plain Exceptions for unmapped models
+            continue
+        if cost is not None:
+            return float(cost)
+    return None
 
 
 def translate(exc: Exception, request: Request) -> ProviderError:

@@ -1,0 +1,70 @@
+"""Shared fixtures: the network guard, the loopback server, recipe helpers."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+from moa.testing import LoopbackServer  # noqa: E402
+
+
+class NetworkBlockedError(RuntimeError):
+    """A test tried to reach an address outside the loopback range."""
+
+
+def _is_local(address: Any) -> bool:
+    if isinstance(address, str | bytes):  # AF_UNIX path
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: resolving it would already leave the machine
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> None:
+    if not _is_local(address):
+        raise NetworkBlockedError(f"test tried to connect to {address!r}; tests stay on 127.0.0.1")
+    _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: Any) -> int:
+    if not _is_local(address):
+        raise NetworkBlockedError(f"test tried to connect to {address!r}; tests stay on 127.0.0.1")
+    return _real_connect_ex(self, address)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def loopback() -> Iterator[LoopbackServer]:
+    """A fresh OpenAI-compatible server on 127.0.0.1 (no latency)."""
+    with LoopbackServer() as server:
+        yield server
+
+
+def loopback_recipe(server: LoopbackServer, layers: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    """A recipe dict whose calls all go to the loopback server."""
+    defaults = {"api_base": server.base_url, "timeout": 5.0, **fields.pop("defaults", {})}
+    retry = {"initial_backoff_s": 0.01, "max_backoff_s": 0.05, **fields.pop("retry", {})}
+    return {"name": "loopback", "defaults": defaults, "retry": retry, "layers": layers, **fields}
+
+
+def agents(*models: str, **extra: Any) -> list[dict[str, Any]]:
+    return [{"model": model, **extra} for model in models]

@@ -1,0 +1,35 @@
+import moa
+
+
+def test_public_names_are_pinned() -> None:
+    assert sorted(moa.__all__) == sorted(
+        [
+            "Agent", "AgentOutput", "BadResponseError", "CallError", "CallParams", "CallSite",
+            "CallTimeoutError", "Completion", "ConfigError", "Event", "Layer", "LayerPlan",
+            "LayerResult", "Limiter", "MissingAPIKeyError", "MoAError", "MoAResult", "PromptError",
+            "Provider", "ProviderError", "ProviderLimit", "ProviderUnavailableError", "QuorumError",
+            "RateLimitedError", "Recipe", "RecipeError", "RequestRejectedError", "RetryPolicy",
+            "RunError", "SelfMoA", "TemplateError", "Usage", "builtin_recipes", "load_recipe",
+            "plan", "run", "run_sync",
+        ]
+    )  # fmt: skip
+    for name in moa.__all__:
+        assert hasattr(moa, name), name
+
+
+def test_error_tree_splits_config_from_runtime() -> None:
+    for config in (moa.RecipeError, moa.TemplateError, moa.PromptError, moa.MissingAPIKeyError):
+        assert issubclass(config, moa.ConfigError)
+    for runtime in (moa.ProviderError, moa.QuorumError, moa.RateLimitedError, moa.CallTimeoutError):
+        assert issubclass(runtime, moa.RunError)
+    assert issubclass(moa.ConfigError, moa.MoAError) and issubclass(moa.RunError, moa.MoAError)
+    assert not issubclass(moa.ConfigError, moa.RunError)
+
+
+def test_importing_moa_does_not_import_litellm() -> None:
+    import subprocess
+    import sys
+
+    code = "import moa, sys; print('litellm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
