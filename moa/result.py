@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 class Usage(BaseModel):
     """Token counts, as reported by the provider."""
 
-    model_config = ConfigDict(extra="forbid")
+    # ``total_tokens`` is computed: ignore it when a dumped trace is read back.
+    model_config = ConfigDict(extra="ignore")
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
