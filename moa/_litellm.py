@@ -134,8 +134,9 @@ def translate(exc: Exception, request: Request) -> ProviderError:
     message = redact(_first_line(exc), request.api_key)
     kind: type[ProviderError]
     if isinstance(exc, litellm.Timeout):
-        kind = CallTimeoutError
-    elif isinstance(exc, litellm.RateLimitError) or status == 429:
+        timeout = float(request.params.get("timeout") or 120.0)
+        return CallTimeoutError(f"no answer within {timeout:g} s", model=model)
+    if isinstance(exc, litellm.RateLimitError) or status == 429:
         return RateLimitedError(
             message, model=model, status_code=429, retry_after=_retry_after(exc)
         )
@@ -164,27 +165,25 @@ def _first_line(exc: Exception) -> str:
 
 def redact(text: str, secret: str | None = None) -> str:
     """Remove an API key, and anything shaped like one, from a message."""
-    if secret:
+    if secret and len(secret) >= 6:  # shorter "keys" are placeholders; replacing them mangles text
         text = text.replace(secret, "***")
     return _KEY_PATTERN.sub("***", text)
 
 
 def _retry_after(exc: Exception) -> float | None:
     """The Retry-After hint of a 429 in seconds (delta-seconds or an HTTP date)."""
-    headers: Any = getattr(exc, "headers", None)
-    response = getattr(exc, "response", None)
-    if not headers and response is not None:
-        headers = getattr(response, "headers", None)
-    if not headers:
-        return None
+    # litellm keeps the real headers in `litellm_response_headers`; `response` is often a stub.
+    candidates = [
+        getattr(exc, "litellm_response_headers", None),
+        getattr(exc, "headers", None),
+        getattr(getattr(exc, "response", None), "headers", None),
+    ]
     value = None
-    for name in ("retry-after", "Retry-After", "x-retry-after"):
-        try:
-            value = headers.get(name)
-        except AttributeError:
-            return None
-        if value:
-            break
+    for headers in candidates:
+        if headers and hasattr(headers, "get"):
+            value = headers.get("retry-after") or headers.get("Retry-After")
+            if value:
+                break
     if not value:
         return None
     try:
