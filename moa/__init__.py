@@ -64,6 +64,7 @@ __all__ = [
     "RateLimitedError",
     "Recipe",
     "RecipeError",
+    "Request",
     "RequestRejectedError",
     "RetryPolicy",
     "RunError",

@@ -100,13 +100,13 @@ class Engine:
             references = texts[-1:] if layer.kind == "aggregate_seq" else texts
         return self._result(conversation, layers, started, output=references[0])
 
-    def _layer(
-        self, index: int, layer: Layer, outputs: Sequence[AgentOutput], started: float
-    ) -> LayerResult:
+    def _layer(self, index: int, layer: Layer, outputs: Sequence[AgentOutput], started: float) -> LayerResult:
         return LayerResult(
-            index=index + 1, kind=layer.kind, outputs=list(outputs),
+            index=index + 1,
+            kind=layer.kind,
+            outputs=list(outputs),
             latency_s=time.perf_counter() - started,
-        )  # fmt: skip
+        )
 
     def _result(
         self, conversation: list[Message], layers: list[LayerResult], started: float, output: str
@@ -117,10 +117,15 @@ class Engine:
         unpriced = sorted({call.model for call in priced if call.cost_usd is None})
         cost = None if unpriced else sum(call.cost_usd or 0.0 for call in priced)
         return MoAResult(
-            recipe=self.recipe.name, prompt=conversation, output=output, layers=layers,
-            usage=usage, cost_usd=cost, unpriced_models=unpriced,
+            recipe=self.recipe.name,
+            prompt=conversation,
+            output=output,
+            layers=layers,
+            usage=usage,
+            cost_usd=cost,
+            unpriced_models=unpriced,
             latency_s=time.perf_counter() - started,
-        )  # fmt: skip
+        )
 
     # -------------------------------------------------------------- layers
 
@@ -207,8 +212,9 @@ class Engine:
 
         def on_retry(number: int, error: ProviderError, delay: float) -> None:
             error.site = site
-            self._emit(Event("call_retried", layer=site.layer, site=site, attempt=number,
-                             error=error, delay_s=delay))  # fmt: skip
+            self._emit(
+                Event("call_retried", layer=site.layer, site=site, attempt=number, error=error, delay_s=delay)
+            )
 
         started = time.perf_counter()
         try:
@@ -218,20 +224,32 @@ class Engine:
         except ProviderError as exc:
             exc.site = site
             error = CallError(
-                type=type(exc).__name__, message=str(exc), status_code=exc.status_code,
+                type=type(exc).__name__,
+                message=str(exc),
+                status_code=exc.status_code,
                 transient=exc.transient,
-            )  # fmt: skip
-            output = _output(spec, messages, exc.attempts, step=step, error=error,
-                             latency=time.perf_counter() - started)  # fmt: skip
-            self._emit(Event("call_failed", layer=site.layer, site=site, attempt=exc.attempts,
-                             error=exc, output=output))  # fmt: skip
+            )
+            output = _output(
+                spec, messages, exc.attempts, step=step, error=error, latency=time.perf_counter() - started
+            )
+            self._emit(
+                Event(
+                    "call_failed", layer=site.layer, site=site, attempt=exc.attempts, error=exc, output=output
+                )
+            )
             raise _CallFailed(output, exc) from exc
         output = _output(
-            spec, messages, attempts, step=step, text=completion.text,
-            usage=Usage(prompt_tokens=completion.prompt_tokens,
-                        completion_tokens=completion.completion_tokens),
-            cost=completion.cost_usd, latency=time.perf_counter() - started,
-        )  # fmt: skip
+            spec,
+            messages,
+            attempts,
+            step=step,
+            text=completion.text,
+            usage=Usage(
+                prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens
+            ),
+            cost=completion.cost_usd,
+            latency=time.perf_counter() - started,
+        )
         self._emit(Event("call_finished", layer=site.layer, site=site, attempt=attempts, output=output))
         return output
 
@@ -260,10 +278,20 @@ def _output(
 ) -> AgentOutput:
     site: CallSite = spec.site
     return AgentOutput(
-        layer=site.layer, agent=site.agent, sample=site.sample, step=step,
-        name=site.agent_name, model=site.model, messages=messages, text=text, error=error,
-        usage=usage or Usage(), cost_usd=cost, latency_s=latency, attempts=attempts,
-    )  # fmt: skip
+        layer=site.layer,
+        agent=site.agent,
+        sample=site.sample,
+        step=step,
+        name=site.agent_name,
+        model=site.model,
+        messages=messages,
+        text=text,
+        error=error,
+        usage=usage or Usage(),
+        cost_usd=cost,
+        latency_s=latency,
+        attempts=attempts,
+    )
 
 
 async def run(
@@ -299,15 +327,18 @@ async def run(
 
         provider = LiteLLMProvider()
     engine = Engine(
-        recipe=loaded, provider=provider, limiter=limiter or Limiter(loaded.limits),
-        overrides=overrides, api_key=api_key, on_event=on_event, on_token=on_token,
-    )  # fmt: skip
+        recipe=loaded,
+        provider=provider,
+        limiter=limiter or Limiter(loaded.limits),
+        overrides=overrides,
+        api_key=api_key,
+        on_event=on_event,
+        on_token=on_token,
+    )
     return await engine.run(conversation)
 
 
-def run_sync(
-    prompt: str | Sequence[Mapping[str, Any]], recipe: RecipeSource, **kwargs: Any
-) -> MoAResult:
+def run_sync(prompt: str | Sequence[Mapping[str, Any]], recipe: RecipeSource, **kwargs: Any) -> MoAResult:
     """``run`` for scripts and notebooks: works with or without a running event loop."""
     try:
         asyncio.get_running_loop()

@@ -43,7 +43,8 @@ def litellm_module() -> ModuleType:
     litellm.suppress_debug_info = True
     litellm.telemetry = False
     litellm.drop_params = False
-    return litellm
+    module: ModuleType = litellm
+    return module
 
 
 class LiteLLMProvider:
@@ -76,9 +77,12 @@ class LiteLLMProvider:
         self, litellm: ModuleType, request: Request, kwargs: dict[str, Any], on_token: TokenCallback
     ) -> Any:
         stream = await litellm.acompletion(
-            model=request.model, messages=list(request.messages), stream=True,
-            stream_options={"include_usage": True}, **kwargs,
-        )  # fmt: skip
+            model=request.model,
+            messages=list(request.messages),
+            stream=True,
+            stream_options={"include_usage": True},
+            **kwargs,
+        )
         chunks = []
         async for chunk in stream:
             chunks.append(chunk)
@@ -137,12 +141,8 @@ def translate(exc: Exception, request: Request) -> ProviderError:
         timeout = float(request.params.get("timeout") or 120.0)
         return CallTimeoutError(f"no answer within {timeout:g} s", model=model)
     if isinstance(exc, litellm.RateLimitError) or status == 429:
-        return RateLimitedError(
-            message, model=model, status_code=429, retry_after=_retry_after(exc)
-        )
-    elif status is not None and status >= 500:
-        kind = ProviderUnavailableError
-    elif isinstance(exc, litellm.APIConnectionError):
+        return RateLimitedError(message, model=model, status_code=429, retry_after=_retry_after(exc))
+    elif (status is not None and status >= 500) or isinstance(exc, litellm.APIConnectionError):
         kind = ProviderUnavailableError
     elif status is not None and 400 <= status < 500:
         kind = RequestRejectedError

@@ -45,7 +45,8 @@ def load_recipe(source: RecipeSource) -> Recipe:
         return _load_file(source)
     if not isinstance(source, str):
         raise RecipeError(
-            "<argument>", [("", f"expected a recipe, name, path, YAML text or dict, got {type(source).__name__}")]
+            "<argument>",
+            [("", f"expected a recipe, name, path, YAML text or dict, got {type(source).__name__}")],
         )
     if "\n" not in source and not source.lstrip().startswith("{"):
         if source in builtin_recipes():
@@ -98,7 +99,9 @@ def _check_size(data: Any, label: str) -> None:
         node, ancestors = stack.pop()
         budget -= 1
         if budget < 0:
-            raise RecipeError(label, [("", f"recipe expands to more than {MAX_RECIPE_NODES} values (alias bomb?)")])
+            raise RecipeError(
+                label, [("", f"recipe expands to more than {MAX_RECIPE_NODES} values (alias bomb?)")]
+            )
         if isinstance(node, dict | list):
             if id(node) in ancestors:
                 raise RecipeError(label, [("", "recipe contains a cyclic YAML alias")])

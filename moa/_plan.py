@@ -130,9 +130,12 @@ def plan_layer(
         params, key_env = call_params(recipe.defaults, agent, overrides)
         for sample in range(agent.n):
             site = CallSite(
-                layer=layer_index + 1, agent=agent_index, sample=sample,
-                agent_name=agent.label, model=agent.model,
-            )  # fmt: skip
+                layer=layer_index + 1,
+                agent=agent_index,
+                sample=sample,
+                agent_name=agent.label,
+                model=agent.model,
+            )
             specs.append(CallSpec(site=site, params=params, api_key_env=key_env))
     return specs
 

@@ -63,6 +63,11 @@ def provider_of(model: str) -> str:
 
 
 _BARE_PREFIXES = (
-    ("gpt-", "openai"), ("o1", "openai"), ("o3", "openai"), ("o4", "openai"),
-    ("chatgpt", "openai"), ("claude", "anthropic"), ("gemini", "gemini"),
-)  # fmt: skip
+    ("gpt-", "openai"),
+    ("o1", "openai"),
+    ("o3", "openai"),
+    ("o4", "openai"),
+    ("chatgpt", "openai"),
+    ("claude", "anthropic"),
+    ("gemini", "gemini"),
+)

@@ -9,6 +9,7 @@ are raised on the first attempt.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -33,9 +34,7 @@ def _is_retryable(policy: RetryPolicy) -> Callable[[BaseException], bool]:
 
 
 def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
-    jitter = tenacity.wait_random_exponential(
-        multiplier=policy.initial_backoff_s, max=policy.max_backoff_s
-    )
+    jitter = tenacity.wait_random_exponential(multiplier=policy.initial_backoff_s, max=policy.max_backoff_s)
 
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -64,14 +63,13 @@ async def with_retries(
             delay = state.next_action.sleep if state.next_action else 0.0
             on_retry(state.attempt_number, exc, delay)
 
-    kwargs = {"sleep": sleep} if sleep is not None else {}
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(policy.max_attempts),
         wait=_wait(policy),
         retry=tenacity.retry_if_exception(_is_retryable(policy)),
         before_sleep=before_sleep,
         reraise=True,
-        **kwargs,
+        sleep=sleep or asyncio.sleep,
     )
     number = 0
     try:

@@ -93,8 +93,7 @@ def compile_text(text: str, source: str) -> CompiledTemplate:
     if unknown:
         allowed = ", ".join(sorted(VARIABLES))
         raise TemplateError(
-            f"template {source} uses unknown variable(s) {', '.join(unknown)}; "
-            f"available: {allowed}"
+            f"template {source} uses unknown variable(s) {', '.join(unknown)}; available: {allowed}"
         )
     if "responses" not in used:
         raise TemplateError(

@@ -53,9 +53,7 @@ class CallParams(_Strict):
     temperature: float | None = Field(
         None, ge=0, le=2, description="Sampling temperature; unset leaves the provider's default."
     )
-    max_tokens: int | None = Field(
-        None, gt=0, description="Most tokens the model may write in one answer."
-    )
+    max_tokens: int | None = Field(None, gt=0, description="Most tokens the model may write in one answer.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
     timeout: float | None = Field(
         None,
@@ -190,9 +188,7 @@ class Layer(_Strict):
         elif self.window is not None:
             raise ValueError("`window` applies only to `aggregate_seq` layers")
         if self.min_success is not None and calls is not None and self.min_success > calls:
-            raise ValueError(
-                f"min_success is {self.min_success} but the layer makes only {calls} calls"
-            )
+            raise ValueError(f"min_success is {self.min_success} but the layer makes only {calls} calls")
         return self
 
     def planned_calls_in(self) -> int | None:
@@ -275,19 +271,25 @@ class SelfMoA(_Strict):
     def expand(self) -> list[dict[str, Any]]:
         """The layers this shorthand stands for (as data, validated with the recipe)."""
         proposer = {
-            "model": self.model, "n": self.samples, "temperature": self.temperature,
-            "max_tokens": self.max_tokens, "system": self.system,
-        }  # fmt: skip
+            "model": self.model,
+            "n": self.samples,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "system": self.system,
+        }
         aggregator = {
             "model": self.aggregator or self.model,
-            "temperature": self.aggregator_temperature, "max_tokens": self.max_tokens,
-        }  # fmt: skip
+            "temperature": self.aggregator_temperature,
+            "max_tokens": self.max_tokens,
+        }
         return [
             {"kind": "propose", "agents": [proposer], "min_success": self.min_success},
             {
                 "kind": "aggregate_seq" if self.window else "aggregate",
-                "agents": [aggregator], "template": self.template, "window": self.window,
-            },  # fmt: skip
+                "agents": [aggregator],
+                "template": self.template,
+                "window": self.window,
+            },
         ]
 
 
@@ -296,18 +298,14 @@ class Recipe(_Strict):
 
     name: str = Field(..., min_length=1, description="Short name, used in results and logs.")
     description: str = Field("", description="One or two sentences for `moa recipes list`.")
-    defaults: CallParams = Field(
-        default_factory=CallParams, description="Settings passed to every call."
-    )
+    defaults: CallParams = Field(default_factory=CallParams, description="Settings passed to every call.")
     layers: list[Layer] = Field(
         default_factory=list,
         description="The stages, in order. Paper counting: a 3-layer MoA with 6 proposers is "
         "propose(6) → aggregate(6) → aggregate(1) = 13 calls. The last layer must produce "
         "exactly one output: the answer.",
     )
-    self_moa: SelfMoA | None = Field(
-        None, description="Self-MoA shorthand; give this or `layers`, not both."
-    )
+    self_moa: SelfMoA | None = Field(None, description="Self-MoA shorthand; give this or `layers`, not both.")
     limits: dict[str, ProviderLimit] = Field(
         default_factory=dict,
         description="Per-provider limits keyed by provider (the model string's prefix before "
@@ -360,7 +358,6 @@ class Recipe(_Strict):
             data.pop("layers", None)
         return data
 
-
     @property
     def calls_per_query(self) -> int:
         """Calls one query makes when every call succeeds (paper counting)."""
@@ -376,4 +373,3 @@ class Recipe(_Strict):
             for agent in layer.agents:
                 seen.setdefault(agent.model, None)
         return list(seen)
-

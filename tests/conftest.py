@@ -12,7 +12,7 @@ import pytest
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
-from moa.testing import LoopbackServer  # noqa: E402
+from moa.testing import LoopbackServer
 
 
 class NetworkBlockedError(RuntimeError):

@@ -20,7 +20,9 @@ async def fail_after(delay: float) -> int:
 
 
 async def test_outcomes_keep_factory_order() -> None:
-    outcomes = await settle([lambda: value_after(1, 0.03), lambda: value_after(2, 0.0), lambda: value_after(3, 0.01)])
+    outcomes = await settle(
+        [lambda: value_after(1, 0.03), lambda: value_after(2, 0.0), lambda: value_after(3, 0.01)]
+    )
     assert outcomes == [1, 2, 3]
 
 
@@ -66,4 +68,3 @@ async def test_cancelling_the_caller_cancels_and_awaits_every_child() -> None:
         await task
     assert sorted(cancelled) == [1, 2]
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
-

@@ -9,13 +9,15 @@ import moa
 from moa.testing import LoopbackServer
 
 
-
 def moa_lite(server: LoopbackServer, **fields: object) -> dict[str, object]:
     return loopback_recipe(
         server,
         [
-            {"kind": "propose", "agents": agents("openai/gpt-4o-mini", "openai/p1", "openai/p2"),
-             **fields.pop("first", {})},  # type: ignore[dict-item]
+            {
+                "kind": "propose",
+                "agents": agents("openai/gpt-4o-mini", "openai/p1", "openai/p2"),
+                **fields.pop("first", {}),
+            },  # type: ignore[dict-item]
             {"kind": "aggregate", "agents": agents("openai/gpt-4o-mini")},
         ],
         **fields,
@@ -34,10 +36,8 @@ async def test_moa_over_http_sends_the_exact_messages(loopback: LoopbackServer) 
     assert len(sent) == 4
     proposers = [r for r in sent if r.messages[0]["content"] == "Answer briefly."]
     assert len(proposers) == 3 and all(r.messages == conversation for r in proposers)
-    final = [r for r in sent if r not in proposers][0]
-    expected = "\n".join(
-        f"{i + 1}. {o.text}" for i, o in enumerate(result.layers[0].outputs)
-    )
+    final = next(r for r in sent if r not in proposers)
+    expected = "\n".join(f"{i + 1}. {o.text}" for i, o in enumerate(result.layers[0].outputs))
     assert final.messages[0]["content"].startswith("Answer briefly.\n\nSeveral AI assistants")
     assert final.messages[0]["content"].endswith("Answers from the assistants:\n" + expected)
     assert final.messages[1:] == conversation[1:]
@@ -74,8 +74,15 @@ async def test_transient_server_faults_are_retried(loopback: LoopbackServer, fau
     assert len(loopback.completions("p2")) == 2
 
 
-@pytest.mark.parametrize(("fault", "error"), [("400", "RequestRejectedError"), ("401", "RequestRejectedError"),
-                                              ("404", "RequestRejectedError"), ("empty", "BadResponseError")])  # fmt: skip
+PERMANENT = [
+    ("400", "RequestRejectedError"),
+    ("401", "RequestRejectedError"),
+    ("404", "RequestRejectedError"),
+    ("empty", "BadResponseError"),
+]
+
+
+@pytest.mark.parametrize(("fault", "error"), PERMANENT)
 async def test_permanent_faults_are_not_retried(loopback: LoopbackServer, fault: str, error: str) -> None:
     loopback.add_fault(fault, times=5, model="p1")
     result = await moa.run("Q", moa_lite(loopback, first={"min_success": 2}), api_key="k")

@@ -40,13 +40,20 @@ def test_agent_system_prompt_comes_first() -> None:
 
 
 def test_parameter_precedence_defaults_agent_overrides() -> None:
-    defaults = CallParams(temperature=0.7, max_tokens=100, api_base="http://d", extra={"seed": 1, "stop": ["x"]})
+    defaults = CallParams(
+        temperature=0.7, max_tokens=100, api_base="http://d", extra={"seed": 1, "stop": ["x"]}
+    )
     agent = Agent(model="openai/a", temperature=0.2, extra={"seed": 2})
     params, key_env = call_params(defaults, agent, {"max_tokens": 50, "top_p": 0.5})
     assert params == {
-        "timeout": 120.0, "temperature": 0.2, "max_tokens": 50, "api_base": "http://d",
-        "seed": 2, "stop": ["x"], "top_p": 0.5,
-    }  # fmt: skip
+        "timeout": 120.0,
+        "temperature": 0.2,
+        "max_tokens": 50,
+        "api_base": "http://d",
+        "seed": 2,
+        "stop": ["x"],
+        "top_p": 0.5,
+    }
     assert key_env is None
     _, key_env = call_params(CallParams(api_key_env="A_KEY"), agent, {})
     assert key_env == "A_KEY"
@@ -90,8 +97,14 @@ def test_paper_layer_counting_for_a_handmade_recipe() -> None:
         ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "last message"),
         ([{"role": "robot", "content": "hi"}], "prompt[0].role is 'robot'"),
         ([{"role": "user", "content": 3}], "prompt[0].content must be a string"),
-        ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}, {"role": "user", "content": "c"}],
-         "system message may only come first"),
+        (
+            [
+                {"role": "user", "content": "a"},
+                {"role": "system", "content": "b"},
+                {"role": "user", "content": "c"},
+            ],
+            "system message may only come first",
+        ),
         ([{"role": "user", "content": "  "}], "is empty"),
     ],
 )

@@ -92,8 +92,12 @@ def test_every_source_kind_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_template_path_is_relative_to_the_recipe_file(tmp_path: Path) -> None:
     (tmp_path / "prompts").mkdir()
-    (tmp_path / "prompts" / "mine.j2").write_text("Use these:\n{% for r in responses %}- {{ r }}\n{% endfor %}")
-    text = MINIMAL.replace("agents: [{model: openai/c}]", "agents: [{model: openai/c}]\n    template: prompts/mine.j2")
+    (tmp_path / "prompts" / "mine.j2").write_text(
+        "Use these:\n{% for r in responses %}- {{ r }}\n{% endfor %}"
+    )
+    text = MINIMAL.replace(
+        "agents: [{model: openai/c}]", "agents: [{model: openai/c}]\n    template: prompts/mine.j2"
+    )
     (tmp_path / "r.yaml").write_text(text)
     recipe = moa.load_recipe(tmp_path / "r.yaml")
     assert recipe.layers[1].template == str((tmp_path / "prompts" / "mine.j2").resolve())
@@ -154,16 +158,22 @@ def test_min_success_larger_than_layer() -> None:
 
 def test_unknown_template_variable_fails_at_load(tmp_path: Path) -> None:
     (tmp_path / "bad.j2").write_text("{{ responses }} {{ reponses_count }}")
-    text = MINIMAL.replace("agents: [{model: openai/c}]", f"agents: [{{model: openai/c}}]\n    template: {tmp_path}/bad.j2")
+    text = MINIMAL.replace(
+        "agents: [{model: openai/c}]", f"agents: [{{model: openai/c}}]\n    template: {tmp_path}/bad.j2"
+    )
     err = error_of(text)
     assert err.problems[0][0] == "layers[1].template"
     assert "unknown variable(s) reponses_count" in str(err)
 
 
 def test_missing_template_file_and_builtin(tmp_path: Path) -> None:
-    text = MINIMAL.replace("agents: [{model: openai/c}]", "agents: [{model: openai/c}]\n    template: nothere.j2")
+    text = MINIMAL.replace(
+        "agents: [{model: openai/c}]", "agents: [{model: openai/c}]\n    template: nothere.j2"
+    )
     assert "does not exist" in str(error_of(text))
-    text = MINIMAL.replace("agents: [{model: openai/c}]", "agents: [{model: openai/c}]\n    template: agregate")
+    text = MINIMAL.replace(
+        "agents: [{model: openai/c}]", "agents: [{model: openai/c}]\n    template: agregate"
+    )
     assert "no built-in template named 'agregate'" in str(error_of(text))
 
 
@@ -177,7 +187,9 @@ def test_literal_api_key_is_refused_without_echoing_it() -> None:
 def test_shape_rules() -> None:
     assert "must be `propose`" in str(error_of(MINIMAL.replace("kind: propose", "kind: aggregate")))
     assert "use `aggregate`" in str(error_of(MINIMAL.replace("kind: aggregate", "kind: propose")))
-    assert "exactly one" in str(error_of(MINIMAL.replace("agents: [{model: openai/c}]", "agents: [{model: openai/c, n: 2}]")))
+    assert "exactly one" in str(
+        error_of(MINIMAL.replace("agents: [{model: openai/c}]", "agents: [{model: openai/c, n: 2}]"))
+    )
     assert "layers" in str(error_of("name: empty\n"))
     both = MINIMAL + "self_moa: {model: openai/x}\n"
     assert "either `self_moa` or `layers`" in str(error_of(both))

@@ -48,7 +48,9 @@ async def test_retry_after_is_honoured_exactly() -> None:
 
 async def test_backoff_is_jittered_and_bounded() -> None:
     sleep = FakeSleep()
-    script = Script(ProviderUnavailableError("503"), CallTimeoutError("slow"), ProviderUnavailableError("conn"), "ok")
+    script = Script(
+        ProviderUnavailableError("503"), CallTimeoutError("slow"), ProviderUnavailableError("conn"), "ok"
+    )
     assert await with_retries(script, POLICY, sleep=sleep) == ("ok", 4)
     assert len(sleep.delays) == 3 and all(0 <= d <= 8.0 for d in sleep.delays)
 
@@ -63,9 +65,13 @@ async def test_attempts_are_bounded_and_recorded_on_the_error() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [RequestRejectedError("400", status_code=400), RequestRejectedError("401", status_code=401),
-     RequestRejectedError("404", status_code=404), BadResponseError("no choices")],
-)  # fmt: skip
+    [
+        RequestRejectedError("400", status_code=400),
+        RequestRejectedError("401", status_code=401),
+        RequestRejectedError("404", status_code=404),
+        BadResponseError("no choices"),
+    ],
+)
 async def test_permanent_errors_are_not_retried(error: Exception) -> None:
     sleep = FakeSleep()
     script = Script(error, "never")
@@ -85,5 +91,7 @@ async def test_too_long_retry_after_fails_at_once() -> None:
 async def test_on_retry_reports_attempt_error_and_delay() -> None:
     seen: list[tuple[int, str, float]] = []
     script = Script(RateLimitedError("429", retry_after=2.0), "ok")
-    await with_retries(script, POLICY, sleep=FakeSleep(), on_retry=lambda n, e, d: seen.append((n, type(e).__name__, d)))
+    await with_retries(
+        script, POLICY, sleep=FakeSleep(), on_retry=lambda n, e, d: seen.append((n, type(e).__name__, d))
+    )
     assert seen == [(1, "RateLimitedError", 2.0)]

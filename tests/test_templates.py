@@ -25,7 +25,7 @@ def test_builtin_aggregate_numbers_responses_one_per_line() -> None:
 )
 def test_sandbox_blocks_python_internals(probe: str) -> None:
     template = compile_text(probe if "responses" in probe else probe + "{{ responses }}", "<probe>")
-    with pytest.raises(TemplateError, match="unsafe|failed to render"):
+    with pytest.raises(TemplateError, match=r"unsafe|failed to render"):
         template.render(responses=["a"], layer=2)
 
 

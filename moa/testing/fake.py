@@ -64,10 +64,12 @@ class FakeProvider:
         index = len(self.requests)
         self.requests.append(
             RecordedRequest(
-                index=index, model=request.model,
-                messages=[dict(m) for m in request.messages], params=dict(request.params),
+                index=index,
+                model=request.model,
+                messages=[dict(m) for m in request.messages],
+                params=dict(request.params),
                 api_key=request.api_key,
-            )  # fmt: skip
+            )
         )
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)

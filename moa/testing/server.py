@@ -32,12 +32,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAULT_KINDS = (
-    "429", "500", "503", "400", "401", "404", "hang", "malformed", "empty", "reset", "stream_cut",
-)  # fmt: skip
+    "429",
+    "500",
+    "503",
+    "400",
+    "401",
+    "404",
+    "hang",
+    "malformed",
+    "empty",
+    "reset",
+    "stream_cut",
+)
 _REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-    429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
-}  # fmt: skip
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 Responder = Callable[[dict[str, Any], int], str]
 
@@ -110,7 +125,9 @@ class LoopbackServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def add_fault(self, kind: str, times: int = 1, model: str | None = None, retry_after: float = 0.1) -> None:
+    def add_fault(
+        self, kind: str, times: int = 1, model: str | None = None, retry_after: float = 0.1
+    ) -> None:
         with self._lock:
             self.faults.append(Fault(kind, times, model, retry_after))
 
@@ -122,9 +139,10 @@ class LoopbackServer:
     def completions(self, model: str | None = None) -> list[RecordedHTTP]:
         """Recorded chat-completion requests (for one model, when given)."""
         return [
-            r for r in self.requests
+            r
+            for r in self.requests
             if r.path.endswith("/chat/completions") and (model is None or r.model == model)
-        ]  # fmt: skip
+        ]
 
     def start(self) -> LoopbackServer:
         self._loop = asyncio.new_event_loop()
@@ -217,9 +235,13 @@ class LoopbackServer:
         return None
 
     async def _complete(
-        self, body: dict[str, Any], method: str, path: str, headers: dict[str, str],
+        self,
+        body: dict[str, Any],
+        method: str,
+        path: str,
+        headers: dict[str, str],
         writer: asyncio.StreamWriter,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         model = str(body.get("model", ""))
         fault = self._take_fault(model)
         with self._lock:
@@ -231,18 +253,24 @@ class LoopbackServer:
             return await self._fault(fault, writer)
         text = self.responder(body, index)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
-                 "total_tokens": prompt_tokens + len(text.split())}  # fmt: skip
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(text.split()),
+            "total_tokens": prompt_tokens + len(text.split()),
+        }
         if body.get("stream"):
             await self._stream(writer, model, text, usage, body, cut=fault is not None)
             return False
         payload = {
-            "id": f"chatcmpl-{index}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"chatcmpl-{index}",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
             "usage": usage,
-        }  # fmt: skip
+        }
         await self._send(writer, 200, json.dumps(payload).encode())
         return True
 
@@ -255,8 +283,14 @@ class LoopbackServer:
             await self._send(writer, 200, b"<html>this is not JSON")
             return True
         if kind == "empty":
-            payload = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                       "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": 0}}  # fmt: skip
+            payload = {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+            }
             await self._send(writer, 200, json.dumps(payload).encode())
             return True
         if kind == "reset":
@@ -274,33 +308,57 @@ class LoopbackServer:
     async def _send(
         self, writer: asyncio.StreamWriter, status: int, body: bytes, extra: dict[str, str] | None = None
     ) -> None:
-        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
-                "Content-Type: application/json", f"Content-Length: {len(body)}"]  # fmt: skip
+        head = [
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+        ]
         head += [f"{name}: {value}" for name, value in (extra or {}).items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         await writer.drain()
 
     async def _stream(
-        self, writer: asyncio.StreamWriter, model: str, text: str, usage: dict[str, int],
-        body: dict[str, Any], cut: bool,
-    ) -> None:  # fmt: skip
+        self,
+        writer: asyncio.StreamWriter,
+        model: str,
+        text: str,
+        usage: dict[str, int],
+        body: dict[str, Any],
+        cut: bool,
+    ) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
         words = text.split(" ")
         for position, word in enumerate(words):
             piece = word if position == len(words) - 1 else word + " "
-            chunk = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 0, "model": model,
-                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}  # fmt: skip
+            chunk = {
+                "id": "chatcmpl-s",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+            }
             writer.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await writer.drain()
             if cut and position >= len(words) // 2:
                 writer.transport.abort()
                 return
-        final = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 0, "model": model,
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}  # fmt: skip
+        final = {
+            "id": "chatcmpl-s",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
         writer.write(f"data: {json.dumps(final)}\n\n".encode())
         if (body.get("stream_options") or {}).get("include_usage"):
-            tail = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 0,
-                    "model": model, "choices": [], "usage": usage}  # fmt: skip
+            tail = {
+                "id": "chatcmpl-s",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
             writer.write(f"data: {json.dumps(tail)}\n\n".encode())
         writer.write(b"data: [DONE]\n\n")
         await writer.drain()
