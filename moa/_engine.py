@@ -277,7 +277,8 @@ def _output(
     latency: float = 0.0,
 ) -> AgentOutput:
     site: CallSite = spec.site
-    return AgentOutput(
+    # Every field is built here from checked values: skip re-validation on this hot path.
+    return AgentOutput.model_construct(
         layer=site.layer,
         agent=site.agent,
         sample=site.sample,

@@ -54,7 +54,8 @@ class LiteLLMProvider:
         litellm = litellm_module()
         params = dict(request.params)
         timeout = float(params.get("timeout") or 120.0)
-        kwargs: dict[str, Any] = {**params, "max_retries": 0, "num_retries": 0}
+        # Retries are ours (moa._retry): switch off the OpenAI client's own.
+        kwargs: dict[str, Any] = {**params, "max_retries": 0}
         if request.api_key is not None:
             kwargs["api_key"] = request.api_key
         try:
@@ -116,9 +117,15 @@ def _completion(litellm: ModuleType, response: Any, request: Request) -> Complet
 def _cost(litellm: ModuleType, response: Any, model: str) -> float | None:
     """USD cost from litellm's price map; None when the model is not priced.
 
-    The requested model string (with its provider prefix) is tried first: some
-    providers answer with a bare or versioned name litellm cannot place.
+    litellm prices every response itself (``_hidden_params["response_cost"]``,
+    None when it could not); computing it again would cost ~0.7 ms a call.
+    Without that, the requested model string (with its provider prefix) is
+    tried first: some providers answer with a bare or versioned name.
     """
+    hidden = getattr(response, "_hidden_params", None)
+    if isinstance(hidden, dict) and "response_cost" in hidden:
+        known = hidden["response_cost"]
+        return float(known) if isinstance(known, int | float) else None
     for kwargs in ({"model": model}, {}):
         try:
             cost = litellm.completion_cost(completion_response=response, **kwargs)

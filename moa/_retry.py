@@ -54,8 +54,24 @@ async def with_retries(
 ) -> tuple[T, int]:
     """Run ``attempt`` until it succeeds or the policy gives up; return (result, attempts).
 
-    The last error is raised with its ``attempts`` attribute set.
+    The last error is raised with its ``attempts`` attribute set.  The first
+    attempt runs without tenacity's machinery (most calls succeed first time,
+    and this is the per-call hot path); a retryable failure is then replayed
+    as tenacity's attempt 1, so numbering, waits and callbacks stay tenacity's.
     """
+    retryable = _is_retryable(policy)
+    try:
+        return await attempt(), 1
+    except ProviderError as exc:
+        if policy.max_attempts == 1 or not retryable(exc):
+            exc.attempts = 1
+            raise
+        first_failure: list[ProviderError] = [exc]
+
+    async def replay_then_attempt() -> T:
+        if first_failure:
+            raise first_failure.pop()
+        return await attempt()
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -66,7 +82,7 @@ async def with_retries(
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(policy.max_attempts),
         wait=_wait(policy),
-        retry=tenacity.retry_if_exception(_is_retryable(policy)),
+        retry=tenacity.retry_if_exception(retryable),
         before_sleep=before_sleep,
         reraise=True,
         sleep=sleep or asyncio.sleep,
@@ -76,7 +92,7 @@ async def with_retries(
         async for try_ in retrying:
             number = try_.retry_state.attempt_number
             with try_:
-                result = await attempt()
+                result = await replay_then_attempt()
             if not try_.retry_state.outcome or not try_.retry_state.outcome.failed:
                 return result, number
     except ProviderError as exc:

@@ -14,14 +14,13 @@ and ``GET /v1/models``, records every request, and can inject faults:
 ``stream_cut``  a streamed answer that stops mid-way (connection dropped)
 =============== ===========================================================
 
-Run it alone with ``python -m moa.testing.server --latency 0.2``: it prints
+Run it alone with ``python -m moa.testing --latency 0.2``: it prints
 ``PORT <n>`` and serves until killed (the benchmarks use it this way, so its
 CPU time is not counted as the client's).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -363,20 +362,3 @@ class LoopbackServer:
         writer.write(b"data: [DONE]\n\n")
         await writer.drain()
         writer.close()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="OpenAI-compatible loopback server for tests and benchmarks")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
-    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 picks a free one)")
-    args = parser.parse_args()
-    server = LoopbackServer(latency_s=args.latency, port=args.port).start()
-    print(f"PORT {server.port}", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        server.stop()
-
-
-if __name__ == "__main__":
-    main()
