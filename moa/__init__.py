@@ -9,33 +9,93 @@ print(result.output, result.usage.total_tokens, result.cost_usd)
 Only the names below are public; modules starting with ``_`` may change.
 """
 
-from moa._engine import run, run_sync
-from moa._errors import (
-    BadResponseError,
-    CallSite,
-    CallTimeoutError,
-    ConfigError,
-    MissingAPIKeyError,
-    MoAError,
-    PromptError,
-    ProviderError,
-    ProviderUnavailableError,
-    QuorumError,
-    RateLimitedError,
-    RecipeError,
-    RequestRejectedError,
-    RunError,
-    TemplateError,
-)
-from moa._limits import Limiter
-from moa._loader import builtin_recipes, load_recipe
-from moa._plan import LayerPlan, plan
-from moa._provider import Completion, Provider, Request
-from moa.events import Event
-from moa.recipe import Agent, CallParams, Layer, ProviderLimit, Recipe, RetryPolicy, SelfMoA
-from moa.result import AgentOutput, CallError, LayerResult, MoAResult, Usage
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from moa._engine import run, run_sync
+    from moa._errors import (
+        BadResponseError,
+        CallSite,
+        CallTimeoutError,
+        ConfigError,
+        MissingAPIKeyError,
+        MoAError,
+        PromptError,
+        ProviderError,
+        ProviderUnavailableError,
+        QuorumError,
+        RateLimitedError,
+        RecipeError,
+        RequestRejectedError,
+        RunError,
+        TemplateError,
+    )
+    from moa._limits import Limiter
+    from moa._loader import builtin_recipes, load_recipe
+    from moa._plan import LayerPlan, plan
+    from moa._provider import Completion, Provider, Request
+    from moa.events import Event
+    from moa.recipe import Agent, CallParams, Layer, ProviderLimit, Recipe, RetryPolicy, SelfMoA
+    from moa.result import AgentOutput, CallError, LayerResult, MoAResult, Usage
 
 __version__ = "0.1.0"
+
+# Names are imported on first use, so `import moa` (and `moa --help`) stays instant.
+_EXPORTS = {
+    "Agent": "moa.recipe",
+    "AgentOutput": "moa.result",
+    "BadResponseError": "moa._errors",
+    "CallError": "moa.result",
+    "CallParams": "moa.recipe",
+    "CallSite": "moa._errors",
+    "CallTimeoutError": "moa._errors",
+    "Completion": "moa._provider",
+    "ConfigError": "moa._errors",
+    "Event": "moa.events",
+    "Layer": "moa.recipe",
+    "LayerPlan": "moa._plan",
+    "LayerResult": "moa.result",
+    "Limiter": "moa._limits",
+    "MissingAPIKeyError": "moa._errors",
+    "MoAError": "moa._errors",
+    "MoAResult": "moa.result",
+    "PromptError": "moa._errors",
+    "Provider": "moa._provider",
+    "ProviderError": "moa._errors",
+    "ProviderLimit": "moa.recipe",
+    "ProviderUnavailableError": "moa._errors",
+    "QuorumError": "moa._errors",
+    "RateLimitedError": "moa._errors",
+    "Recipe": "moa.recipe",
+    "RecipeError": "moa._errors",
+    "Request": "moa._provider",
+    "RequestRejectedError": "moa._errors",
+    "RetryPolicy": "moa.recipe",
+    "RunError": "moa._errors",
+    "SelfMoA": "moa.recipe",
+    "TemplateError": "moa._errors",
+    "Usage": "moa.result",
+    "builtin_recipes": "moa._loader",
+    "load_recipe": "moa._loader",
+    "plan": "moa._plan",
+    "run": "moa._engine",
+    "run_sync": "moa._engine",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'moa' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "Agent",

@@ -76,7 +76,20 @@ class Engine:
 
     # ---------------------------------------------------------------- run
 
+    def preflight(self) -> None:
+        """Let the provider refuse unreachable models (missing key or extra) before any call."""
+        check = getattr(self.provider, "preflight", None)
+        if check is None:
+            return
+        calls = []
+        for index in range(len(self.recipe.layers)):
+            for spec in plan_layer(self.recipe, index, self.overrides):
+                has_key = self.api_key is not None or spec.api_key_env is not None
+                calls.append((spec.model, spec.params, has_key))
+        check(calls)
+
     async def run(self, conversation: list[Message]) -> MoAResult:
+        self.preflight()
         started = time.perf_counter()
         layers: list[LayerResult] = []
         references: list[str] = []
@@ -206,14 +219,22 @@ class Engine:
         async def attempt() -> Any:
             nonlocal attempts
             attempts += 1
-            self._emit(Event("call_started", layer=site.layer, site=site, attempt=attempts))
-            async with gate.slot():
+            async with gate.slot():  # queued until the provider's limits let it go
+                self._emit(Event("call_started", layer=site.layer, site=site, step=step, attempt=attempts))
                 return await self.provider.complete(request, on_token)
 
         def on_retry(number: int, error: ProviderError, delay: float) -> None:
             error.site = site
             self._emit(
-                Event("call_retried", layer=site.layer, site=site, attempt=number, error=error, delay_s=delay)
+                Event(
+                    "call_retried",
+                    layer=site.layer,
+                    site=site,
+                    step=step,
+                    attempt=number,
+                    error=error,
+                    delay_s=delay,
+                )
             )
 
         started = time.perf_counter()
@@ -250,7 +271,9 @@ class Engine:
             cost=completion.cost_usd,
             latency=time.perf_counter() - started,
         )
-        self._emit(Event("call_finished", layer=site.layer, site=site, attempt=attempts, output=output))
+        self._emit(
+            Event("call_finished", layer=site.layer, site=site, step=step, attempt=attempts, output=output)
+        )
         return output
 
 

@@ -70,11 +70,11 @@ class MissingAPIKeyError(ConfigError):
 
     def __init__(self, variable: str, models: Sequence[str]) -> None:
         self.variable = variable
-        self.models = list(models)
-        super().__init__(
-            f"environment variable {variable} is not set "
-            f"(needed by {', '.join(sorted(set(models)))}); export it and try again"
+        self.models = sorted(set(models))
+        shown = ", ".join(self.models[:2]) + (
+            f" and {len(self.models) - 2} more" if len(self.models) > 2 else ""
         )
+        super().__init__(f"{variable} is not set (needed by {shown}); export it and try again")
 
 
 # -------------------------------------------------------------------- runtime

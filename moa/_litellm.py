@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import time
+from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from functools import cache
 from types import ModuleType
@@ -20,11 +21,14 @@ from typing import Any
 from moa._errors import (
     BadResponseError,
     CallTimeoutError,
+    MissingAPIKeyError,
     ProviderError,
     ProviderUnavailableError,
     RateLimitedError,
     RequestRejectedError,
 )
+from moa._local import PREFIX as LOCAL_PREFIX
+from moa._local import check_installed, is_local, server_for
 from moa._provider import Completion, Request, TokenCallback
 
 # Seconds allowed beyond a call's own timeout before we cancel it ourselves
@@ -50,22 +54,47 @@ def litellm_module() -> ModuleType:
 class LiteLLMProvider:
     """Sends requests with ``litellm.acompletion``; computes cost from litellm's price map."""
 
+    def preflight(self, calls: Sequence[tuple[str, Mapping[str, Any], bool]]) -> None:
+        """Check, before any call, that every model can be reached: raise a ``ConfigError`` if not.
+
+        ``calls`` holds (model, params, has_key) per planned call.  Local
+        models need the ``[local]`` extra; provider models need their usual
+        API key variable unless a key is given or ``api_base`` points elsewhere.
+        """
+        missing: dict[str, list[str]] = {}
+        for model, params, has_key in calls:
+            if is_local(model):
+                check_installed(model.removeprefix(LOCAL_PREFIX))
+            elif not has_key and not params.get("api_base"):
+                for variable in _missing_keys(model):
+                    missing.setdefault(variable, []).append(model)
+        for variable, models in missing.items():
+            raise MissingAPIKeyError(variable, models)
+
     async def complete(self, request: Request, on_token: TokenCallback | None = None) -> Completion:
         litellm = litellm_module()
-        params = dict(request.params)
+        model, params, api_key = request.model, dict(request.params), request.api_key
+        if is_local(model):
+            name = model.removeprefix(LOCAL_PREFIX)
+            server = await asyncio.to_thread(server_for, name)
+            _price_as_free(litellm, name)
+            model, params["api_base"], api_key = f"openai/{name}", server.base_url, "local"
+        elif api_key is None and params.get("api_base") and model.startswith("openai/"):
+            # OpenAI-compatible servers often need no key, but the OpenAI client insists on one.
+            api_key = None if os.environ.get("OPENAI_API_KEY") else "unused"
         timeout = float(params.get("timeout") or 120.0)
         # Retries are ours (moa._retry): switch off the OpenAI client's own.
         kwargs: dict[str, Any] = {**params, "max_retries": 0}
-        if request.api_key is not None:
-            kwargs["api_key"] = request.api_key
+        if api_key is not None:
+            kwargs["api_key"] = api_key
         try:
             async with asyncio.timeout(timeout + _GRACE_S):
                 if on_token is None:
                     response = await litellm.acompletion(
-                        model=request.model, messages=list(request.messages), **kwargs
+                        model=model, messages=list(request.messages), **kwargs
                     )
                 else:
-                    response = await self._stream(litellm, request, kwargs, on_token)
+                    response = await self._stream(litellm, model, request, kwargs, on_token)
         except TimeoutError as exc:
             raise CallTimeoutError(f"no answer within {timeout:g} s", model=request.model) from exc
         except ProviderError:
@@ -75,10 +104,15 @@ class LiteLLMProvider:
         return _completion(litellm, response, request)
 
     async def _stream(
-        self, litellm: ModuleType, request: Request, kwargs: dict[str, Any], on_token: TokenCallback
+        self,
+        litellm: ModuleType,
+        model: str,
+        request: Request,
+        kwargs: dict[str, Any],
+        on_token: TokenCallback,
     ) -> Any:
         stream = await litellm.acompletion(
-            model=request.model,
+            model=model,
             messages=list(request.messages),
             stream=True,
             stream_options={"include_usage": True},
@@ -95,6 +129,30 @@ class LiteLLMProvider:
         if not chunks:
             raise BadResponseError("the stream ended before any data", model=request.model)
         return litellm.stream_chunk_builder(chunks, messages=list(request.messages))
+
+
+def _missing_keys(model: str) -> list[str]:
+    """The provider's usual key variables that are not set (empty when unknown)."""
+    try:
+        report = litellm_module().validate_environment(model=model)
+    except Exception:  # an unknown provider: let the call itself report it
+        return []
+    return [str(k) for k in report.get("missing_keys") or []] if not report.get("keys_in_environment") else []
+
+
+@cache
+def _price_as_free(litellm: ModuleType, name: str) -> None:
+    """Local models cost nothing: say so, instead of "unknown"."""
+    litellm.register_model(
+        {
+            f"openai/{name}": {
+                "input_cost_per_token": 0.0,
+                "output_cost_per_token": 0.0,
+                "litellm_provider": "openai",
+                "mode": "chat",
+            }
+        }
+    )
 
 
 def _completion(litellm: ModuleType, response: Any, request: Request) -> Completion:

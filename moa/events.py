@@ -31,6 +31,7 @@ class Event:
     kind: EventKind
     layer: int
     site: CallSite | None = None
+    step: int = 0  # 1-based step of an `aggregate_seq` layer, else 0
     attempt: int = 0
     error: ProviderError | None = None
     delay_s: float = 0.0

@@ -29,7 +29,7 @@ layers:
 
 
 def test_builtin_names() -> None:
-    assert moa.builtin_recipes() == ["moa", "moa-gpt4o", "moa-lite", "self-moa", "self-moa-seq"]
+    assert moa.builtin_recipes() == ["local", "moa", "moa-gpt4o", "moa-lite", "self-moa", "self-moa-seq"]
 
 
 @pytest.mark.parametrize(
@@ -40,6 +40,7 @@ def test_builtin_names() -> None:
         ("moa-lite", 7, [6, 1]),
         ("self-moa", 7, [6, 1]),
         ("self-moa-seq", 9, [6, 3]),
+        ("local", 4, [3, 1]),
     ],
 )
 def test_builtin_recipes_plan_paper_counts(name: str, calls: int, per_layer: list[int]) -> None:
@@ -66,7 +67,7 @@ def test_paper_recipes_use_the_papers_models_and_sampling() -> None:
     assert seq.layers[1].kind == "aggregate_seq" and seq.layers[1].window == 3
 
 
-@pytest.mark.parametrize("name", ["moa", "moa-gpt4o", "moa-lite", "self-moa", "self-moa-seq"])
+@pytest.mark.parametrize("name", ["local", "moa", "moa-gpt4o", "moa-lite", "self-moa", "self-moa-seq"])
 def test_model_dump_round_trips(name: str) -> None:
     recipe = moa.load_recipe(name)
     assert moa.load_recipe(recipe.model_dump()) == recipe

@@ -1,0 +1,459 @@
+"""The ``moa`` command: a thin layer over the library.  ``main(argv) -> exit code``.
+
+Exit codes: 0 done; 1 the run failed (provider errors, lost quorum); 2 a user
+mistake (bad recipe, missing key, unknown name, bad arguments); 130 interrupted.
+Only argparse is imported up front, so ``moa --help`` is instant; litellm is
+imported only when a call is made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from moa.recipe import Recipe
+
+DEFAULT_RECIPE = "local"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moa",
+        description="Layered Mixture-of-Agents: several LLMs answer, aggregators synthesize.",
+        epilog="Examples:\n  moa run 'Why is the sky blue?'\n  moa run - --recipe moa-lite < question.txt\n"
+        "  moa recipes list\n  moa logs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="answer a prompt with a recipe",
+        description=_RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("prompt", metavar="PROMPT", help="the question; '-' reads it from stdin")
+    run.add_argument(
+        "--recipe",
+        "-r",
+        default=DEFAULT_RECIPE,
+        help=f"built-in name or YAML path (default: {DEFAULT_RECIPE}, the bundled local model)",
+    )
+    run.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a call setting (temperature=0.2, max_tokens=100, api_base=URL) or a "
+        "recipe field by path (layers[0].agents[1].model=openai/gpt-4o); repeatable",
+    )
+    run.add_argument("--json", action="store_true", help="print the whole result as JSON (no live view)")
+    run.add_argument("--quiet", "-q", action="store_true", help="print only the answer")
+    run.add_argument("--no-stream", action="store_true", help="do not stream the answer token by token")
+    _log_arguments(run)
+    run.add_argument("--no-log", action="store_true", help="do not record this run in the run log")
+    run.set_defaults(handler=_cmd_run)
+
+    recipes = commands.add_parser("recipes", help="list, show and validate recipes")
+    recipe_commands = recipes.add_subparsers(dest="recipes_command", metavar="ACTION", required=True)
+    listing = recipe_commands.add_parser("list", help="built-in recipes and those in ./recipes/")
+    listing.set_defaults(handler=_cmd_recipes_list)
+    show = recipe_commands.add_parser("show", help="the plan of a recipe: who gets which prompt")
+    show.add_argument("name", metavar="NAME", help="built-in name or YAML path")
+    show.set_defaults(handler=_cmd_recipes_show)
+    validate = recipe_commands.add_parser("validate", help="check a recipe file (exit 1 if invalid)")
+    validate.add_argument("path", metavar="PATH")
+    validate.set_defaults(handler=_cmd_recipes_validate)
+
+    schema = commands.add_parser("schema", help="print the JSON schema of recipes (for editors)")
+    schema.set_defaults(handler=_cmd_schema)
+
+    logs = commands.add_parser("logs", help="list recent runs, or show one: moa logs show ID")
+    logs.add_argument("action", nargs="?", choices=["show"], help="show one run")
+    logs.add_argument("run_id", nargs="?", type=int, metavar="ID")
+    logs.add_argument("--limit", type=int, default=20, help="how many recent runs to list (default 20)")
+    logs.add_argument("--json", action="store_true", help="print JSON")
+    _log_arguments(logs)
+    logs.set_defaults(handler=_cmd_logs)
+    return parser
+
+
+_RUN_HELP = """Answer PROMPT with a recipe and show each layer's agents as they work.
+
+With a terminal: a live view, then the answer streamed as the final aggregator
+writes it. With --json, or when stdout is not a terminal: the result as JSON.
+Provider recipes read the provider's usual key variable (OPENAI_API_KEY,
+TOGETHERAI_API_KEY, ...). Every run is recorded in the run log (see moa logs)."""
+
+
+def _log_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-db",
+        type=Path,
+        metavar="PATH",
+        help="run-log database (default: $MOA_LOG_DB or ~/.local/share/moa/runs.sqlite)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed by argparse
+        return int(exit_.code or 0)
+    from moa._errors import ConfigError, MoAError
+
+    try:
+        code: int = args.handler(args)
+        return code
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except ConfigError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except MoAError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+def _error(message: str) -> None:
+    print(f"moa: {message}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------- moa run
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import moa
+    from moa._errors import MoAError, QuorumError
+    from moa._plan import normalize_prompt
+    from moa._runlog import RunLog
+    from moa.events import Event
+    from moa.result import AgentOutput
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    recipe, overrides = _recipe_with_sets(args.recipe, args.sets)
+    conversation = normalize_prompt(prompt)
+    interactive = sys.stdout.isatty() and not args.json and not args.quiet
+    log = None if args.no_log else RunLog(args.log_db)
+    run_id = log.start(recipe.name, recipe.model_dump_json(), conversation) if log else None
+    seen: list[AgentOutput] = []
+
+    def record(event: Event) -> None:
+        if event.output is not None and event.kind in ("call_finished", "call_failed"):
+            seen.append(event.output)
+
+    def finish(status: str, calls: list[AgentOutput], **kwargs: Any) -> None:
+        if log is not None and run_id is not None:
+            log.finish(run_id, status, calls, **kwargs)
+
+    view = None
+    on_token = None
+    if interactive:
+        from rich.console import Console
+
+        from moa._live import LiveView
+
+        view = LiveView(recipe, Console(), stream=not args.no_stream)
+        on_token = view.on_token if not args.no_stream else None
+    elif args.quiet and not args.no_stream:
+
+        def on_token(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def on_event(event: Event) -> None:
+        record(event)
+        if view is not None:
+            view.on_event(event)
+
+    try:
+        if view is not None:
+            with view:
+                result = asyncio.run(
+                    moa.run(conversation, recipe, on_event=on_event, on_token=on_token, **overrides)
+                )
+        else:
+            result = asyncio.run(
+                moa.run(conversation, recipe, on_event=on_event, on_token=on_token, **overrides)
+            )
+    except KeyboardInterrupt:
+        finish("interrupted", seen, error="interrupted by the user")
+        raise
+    except QuorumError as exc:
+        partial = exc.partial.calls if exc.partial is not None else seen
+        finish("failed", partial, error=str(exc))
+        raise
+    except MoAError as exc:
+        finish("failed", seen, error=str(exc))
+        raise
+    finish("done", result.calls, result=result)
+
+    if args.json or not (interactive or args.quiet):
+        data = result.model_dump(mode="json")
+        if run_id is not None:
+            data = {"run_id": run_id, **data}
+        import json
+
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    elif args.quiet:
+        print("" if on_token is not None else result.output)
+    elif view is not None and not view.streaming:
+        from rich.console import Console
+
+        console = Console()
+        console.print("[bold]Answer[/bold]")
+        console.print(result.output, markup=False, highlight=False)
+    if interactive and run_id is not None:
+        print(f"(run {run_id} logged: moa logs show {run_id})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _recipe_with_sets(source: str, sets: Sequence[str]) -> tuple[Recipe, dict[str, Any]]:
+    """Apply ``--set`` items: dotted/indexed keys edit the recipe, plain keys become call overrides."""
+    import yaml
+
+    from moa._errors import ConfigError
+    from moa._loader import load_recipe
+
+    recipe = load_recipe(source)
+    overrides: dict[str, Any] = {}
+    edits: list[tuple[str, Any]] = []
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+        if key == "api_key":
+            raise ConfigError(
+                "--set api_key is refused (it would end up in shell history); use api_key_env=VAR"
+            )
+        if "." in key or "[" in key:
+            edits.append((key, value))
+        else:
+            overrides[key] = value
+    if edits:
+        data = recipe.model_dump(mode="json")
+        for key, value in edits:
+            _assign(data, key, value)
+        recipe = load_recipe(data)
+    return recipe, overrides
+
+
+def _assign(data: dict[str, Any], path: str, value: Any) -> None:
+    import re
+
+    from moa._errors import ConfigError
+
+    parts: list[str | int] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+        parts.append(int(index) if index else name)
+    target: Any = data
+    try:
+        for part in parts[:-1]:
+            target = target[part]
+        target[parts[-1]] = value
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ConfigError(f"--set {path}: no such field in the recipe") from exc
+
+
+# --------------------------------------------------------------- moa recipes
+
+
+def _cmd_recipes_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from moa._errors import RecipeError
+    from moa._loader import builtin_recipes, load_recipe
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("recipe", "layers", "calls/query", "models", "source"):
+        table.add_column(column, no_wrap=True, overflow="ellipsis")
+    sources: list[tuple[str, str]] = [(name, "built-in") for name in builtin_recipes()]
+    local_dir = Path.cwd() / "recipes"
+    if local_dir.is_dir() and local_dir.resolve() != _builtin_dir():
+        sources += [(str(p), str(p.relative_to(Path.cwd()))) for p in sorted(local_dir.glob("*.y*ml"))]
+    for source, origin in sources:
+        try:
+            recipe = load_recipe(source)
+        except RecipeError as exc:
+            table.add_row(Path(source).stem, "-", "-", f"[red]invalid: {exc.problems[0][1]}[/red]", origin)
+            continue
+        models = _short_models(recipe.models)
+        table.add_row(recipe.name, str(len(recipe.layers)), str(recipe.calls_per_query), models, origin)
+    Console(soft_wrap=True).print(table)
+    return EXIT_OK
+
+
+def _builtin_dir() -> Path:
+    from moa._resources import data_dir
+
+    return data_dir("recipes").resolve()
+
+
+def _short_models(models: Sequence[str], limit: int = 2) -> str:
+    shown = [m.rsplit("/", 1)[-1] for m in models[:limit]]
+    return ", ".join(shown) + (f" +{len(models) - limit} more" if len(models) > limit else "")
+
+
+def _cmd_recipes_show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from moa._loader import load_recipe
+    from moa._plan import plan
+
+    recipe = load_recipe(args.name)
+    console = Console(highlight=False)
+    console.print(f"[bold]{recipe.name}[/bold]: {recipe.description}")
+    console.print(f"{len(recipe.layers)} layers, {recipe.calls_per_query} calls per query\n")
+    previous = 0
+    for layer_plan, layer in zip(plan(recipe), recipe.layers, strict=True):
+        console.print(
+            f"[bold cyan]Layer {layer_plan.index}[/bold cyan] · {layer.kind} · {layer_plan.calls} calls"
+            + (f" · quorum {layer.min_success}" if layer.min_success else "")
+        )
+        for agent in layer.agents:
+            settings = {
+                **recipe.defaults.model_dump(exclude_none=True, exclude={"extra"}),
+                **agent.model_dump(exclude_none=True, exclude={"model", "name", "system", "n", "extra"}),
+            }
+            shown = " ".join(f"{k}={v}" for k, v in settings.items() if k != "api_key_env")
+            times = f" x {agent.n}" if agent.n > 1 else ""
+            model = f"{agent.model}  " if agent.label != agent.model else ""
+            console.print(f"  - {agent.label}{times}  [dim]{model}{shown}[/dim]", soft_wrap=True)
+            if agent.system:
+                console.print(f"    system prompt: {agent.system!r}")
+        if layer_plan.index == 1:
+            console.print("  each gets: the conversation unchanged (after its own system prompt, if any)")
+        elif layer.kind == "aggregate_seq":
+            console.print(
+                f"  folds the {previous} previous outputs {layer.effective_window} at a time; each step's "
+                "system message carries the synthesis so far and the next outputs"
+            )
+        else:
+            console.print(
+                f"  each gets: the conversation, with the previous layer's {previous} outputs rendered "
+                f"by {layer_plan.template} appended to the system message; user turns unchanged"
+            )
+        previous = 1 if layer.kind == "aggregate_seq" else layer_plan.calls
+        console.print()
+    return EXIT_OK
+
+
+def _cmd_recipes_validate(args: argparse.Namespace) -> int:
+    from moa._errors import RecipeError
+    from moa._loader import load_recipe
+
+    try:
+        recipe = load_recipe(Path(args.path))
+    except RecipeError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILED
+    shape = f"{len(recipe.layers)} layers, {recipe.calls_per_query} calls"
+    print(f"ok: {args.path}: recipe {recipe.name!r}, {shape}")
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from moa.recipe import Recipe
+
+    print(json.dumps(Recipe.model_json_schema(), indent=2))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ moa logs
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from moa._errors import ConfigError
+    from moa._runlog import RunLog
+
+    log = RunLog(args.log_db)
+    console = Console(highlight=False, soft_wrap=True)
+    if args.action == "show":
+        if args.run_id is None:
+            raise ConfigError("moa logs show needs a run ID (see: moa logs)")
+        run = log.get(args.run_id)
+        if run is None:
+            raise ConfigError(f"no run {args.run_id} in {log.path}")
+        if args.json:
+            print(json.dumps(run, indent=2, ensure_ascii=False))
+            return EXIT_OK
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started_at"]))
+        console.print(f"[bold]run {run['id']}[/bold] · {when} · recipe {run['recipe']} · {run['status']}")
+        console.print(f"prompt: {run['prompt'][-1]['content']}")
+        cost = "unknown" if run["cost_usd"] is None else f"${run['cost_usd']:.4f}"
+        console.print(
+            f"{run['calls']} calls ({run['failed_calls']} failed) · "
+            f"{run['prompt_tokens'] + run['completion_tokens']} tokens · {cost}"
+            + (f" · {run['latency_s']:.1f} s" if run["latency_s"] else "")
+        )
+        if run["error"]:
+            console.print(f"[red]error:[/red] {run['error']}")
+        for call in run["calls"]:
+            state = "ok" if call["error"] is None else f"failed: {call['error']['message']}"
+            console.print(
+                f"\n[cyan]layer {call['layer']} · {call['name']} ({call['model']})[/cyan] · {state} · "
+                f"{call['prompt_tokens'] + call['completion_tokens']} tok · {call['latency_s']:.1f} s"
+            )
+            if call["text"]:
+                console.print(call["text"], markup=False)
+        if run["output"]:
+            console.print("\n[bold]Answer[/bold]")
+            console.print(run["output"], markup=False)
+        return EXIT_OK
+    runs = log.recent(args.limit)
+    if args.json:
+        print(json.dumps(runs, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not runs:
+        console.print(f"no runs logged yet in {log.path}")
+        return EXIT_OK
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("id", "started", "status", "recipe", "calls", "tokens", "cost", "seconds", "prompt"):
+        table.add_column(column)
+    for run in runs:
+        cost = "?" if run["cost_usd"] is None else f"${run['cost_usd']:.4f}"
+        seconds = f"{run['latency_s']:.1f}" if run["latency_s"] else "-"
+        prompt = run["prompt"].replace("\n", " ")
+        table.add_row(
+            str(run["id"]),
+            time.strftime("%m-%d %H:%M", time.localtime(run["started_at"])),
+            run["status"],
+            run["recipe"],
+            str(run["calls"]),
+            str(run["prompt_tokens"] + run["completion_tokens"]),
+            cost,
+            seconds,
+            prompt if len(prompt) <= 50 else prompt[:47] + "...",
+        )
+    console.print(table)
+    return EXIT_OK

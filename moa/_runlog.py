@@ -1,0 +1,199 @@
+"""Run logs: every CLI run recorded in a SQLite database.
+
+Where: ``--log-db PATH``, else ``$MOA_LOG_DB``, else ``$XDG_DATA_HOME/moa/runs.sqlite``
+(``~/.local/share/moa/runs.sqlite``).  A run is written when it starts and
+updated when it ends (done, failed or interrupted), with the whole trace:
+prompt, recipe, every call's messages, output or error, tokens, cost and
+latency.  API keys are never part of a trace, and are scrubbed from error text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+from moa.result import AgentOutput, MoAResult
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    status TEXT NOT NULL,              -- running | done | failed | interrupted
+    recipe TEXT NOT NULL,
+    recipe_json TEXT NOT NULL,
+    prompt_json TEXT NOT NULL,
+    output TEXT,
+    error TEXT,
+    calls INTEGER NOT NULL DEFAULT 0,
+    failed_calls INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL,
+    latency_s REAL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    position INTEGER NOT NULL,
+    layer INTEGER NOT NULL,
+    agent INTEGER NOT NULL,
+    sample INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    model TEXT NOT NULL,
+    messages_json TEXT NOT NULL,
+    text TEXT,
+    error_json TEXT,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL,
+    latency_s REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    PRIMARY KEY (run_id, position)
+);
+"""
+
+
+def default_path() -> Path:
+    """The database the CLI uses when no ``--log-db`` is given."""
+    explicit = os.environ.get("MOA_LOG_DB")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "moa" / "runs.sqlite"
+
+
+class RunLog:
+    """A run-log database (created on first use)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or default_path()
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(self.path, timeout=30)) as db:
+            db.row_factory = sqlite3.Row
+            db.executescript(_SCHEMA)
+            with db:  # one transaction
+                yield db
+
+    def start(self, recipe: str, recipe_json: str, prompt: Sequence[dict[str, Any]]) -> int:
+        with self._db() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (started_at, status, recipe, recipe_json, prompt_json) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (time.time(), "running", recipe, recipe_json, json.dumps(list(prompt))),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def finish(
+        self,
+        run_id: int,
+        status: str,
+        calls: Sequence[AgentOutput],
+        *,
+        result: MoAResult | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record how a run ended and every call it made (for a partial run: the finished ones)."""
+        usage = (sum(c.usage.prompt_tokens for c in calls), sum(c.usage.completion_tokens for c in calls))
+        cost = result.cost_usd if result else _sum_cost(calls)
+        latency = result.latency_s if result else None
+        with self._db() as db:
+            db.execute(
+                "UPDATE runs SET finished_at=?, status=?, output=?, error=?, calls=?, failed_calls=?, "
+                "prompt_tokens=?, completion_tokens=?, cost_usd=?, latency_s=? WHERE id=?",
+                (
+                    time.time(),
+                    status,
+                    result.output if result else None,
+                    error,
+                    len(calls),
+                    sum(not c.ok for c in calls),
+                    usage[0],
+                    usage[1],
+                    cost,
+                    latency,
+                    run_id,
+                ),
+            )
+            db.execute("DELETE FROM calls WHERE run_id=?", (run_id,))
+            db.executemany(
+                "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id,
+                        position,
+                        c.layer,
+                        c.agent,
+                        c.sample,
+                        c.step,
+                        c.name,
+                        c.model,
+                        json.dumps(c.messages),
+                        c.text,
+                        c.error.model_dump_json() if c.error else None,
+                        c.usage.prompt_tokens,
+                        c.usage.completion_tokens,
+                        c.cost_usd,
+                        c.latency_s,
+                        c.attempts,
+                    )
+                    for position, c in enumerate(calls)
+                ],
+            )
+
+    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT id, started_at, status, recipe, prompt_json, calls, failed_calls, prompt_tokens, "
+                "completion_tokens, cost_usd, latency_s FROM runs ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_summary(row) for row in rows]
+
+    def get(self, run_id: int) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        with self._db() as db:
+            row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            calls = db.execute("SELECT * FROM calls WHERE run_id=? ORDER BY position", (run_id,)).fetchall()
+        run = dict(row)
+        run["recipe_json"] = json.loads(run["recipe_json"])
+        run["prompt"] = json.loads(run.pop("prompt_json"))
+        run["calls"] = []
+        for call in calls:
+            entry = dict(call)
+            entry["messages"] = json.loads(entry.pop("messages_json"))
+            error = entry.pop("error_json")
+            entry["error"] = json.loads(error) if error else None
+            del entry["run_id"]
+            run["calls"].append(entry)
+        return run
+
+
+def _sum_cost(calls: Sequence[AgentOutput]) -> float | None:
+    done = [c for c in calls if c.ok]
+    if any(c.cost_usd is None for c in done):
+        return None
+    return sum(c.cost_usd or 0.0 for c in done)
+
+
+def _summary(row: sqlite3.Row) -> dict[str, Any]:
+    prompt = json.loads(row["prompt_json"])
+    last = prompt[-1]["content"] if prompt else ""
+    summary = dict(row)
+    del summary["prompt_json"]
+    summary["prompt"] = last
+    return summary
