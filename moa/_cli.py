@@ -280,29 +280,31 @@ def _assign(data: dict[str, Any], path: str, value: Any) -> None:
 
 
 def _cmd_recipes_list(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from moa._errors import RecipeError
     from moa._loader import builtin_recipes, load_recipe
 
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("recipe", "layers", "calls/query", "models", "source"):
-        table.add_column(column, no_wrap=True, overflow="ellipsis")
     sources: list[tuple[str, str]] = [(name, "built-in") for name in builtin_recipes()]
     local_dir = Path.cwd() / "recipes"
     if local_dir.is_dir() and local_dir.resolve() != _builtin_dir():
         sources += [(str(p), str(p.relative_to(Path.cwd()))) for p in sorted(local_dir.glob("*.y*ml"))]
+    rows = [("recipe", "layers", "calls/query", "models", "source")]
     for source, origin in sources:
         try:
             recipe = load_recipe(source)
         except RecipeError as exc:
-            table.add_row(Path(source).stem, "-", "-", f"[red]invalid: {exc.problems[0][1]}[/red]", origin)
+            rows.append((Path(source).stem, "-", "-", f"invalid: {exc.problems[0][1]}", origin))
             continue
         models = _short_models(recipe.models)
-        table.add_row(recipe.name, str(len(recipe.layers)), str(recipe.calls_per_query), models, origin)
-    Console(soft_wrap=True).print(table)
+        rows.append((recipe.name, str(len(recipe.layers)), str(recipe.calls_per_query), models, origin))
+    _print_columns(rows)
     return EXIT_OK
+
+
+def _print_columns(rows: Sequence[Sequence[str]]) -> None:
+    """Plain aligned columns, one line per row, never wrapped (readable when piped too)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _builtin_dir() -> Path:
@@ -391,7 +393,6 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     import time
 
     from rich.console import Console
-    from rich.table import Table
 
     from moa._errors import ConfigError
     from moa._runlog import RunLog
@@ -437,23 +438,26 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     if not runs:
         console.print(f"no runs logged yet in {log.path}")
         return EXIT_OK
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("id", "started", "status", "recipe", "calls", "tokens", "cost", "seconds", "prompt"):
-        table.add_column(column)
+    rows = [("id", "started", "status", "recipe", "calls", "tokens", "cost", "seconds", "prompt")]
     for run in runs:
         cost = "?" if run["cost_usd"] is None else f"${run['cost_usd']:.4f}"
         seconds = f"{run['latency_s']:.1f}" if run["latency_s"] else "-"
         prompt = run["prompt"].replace("\n", " ")
-        table.add_row(
-            str(run["id"]),
-            time.strftime("%m-%d %H:%M", time.localtime(run["started_at"])),
-            run["status"],
-            run["recipe"],
-            str(run["calls"]),
-            str(run["prompt_tokens"] + run["completion_tokens"]),
-            cost,
-            seconds,
-            prompt if len(prompt) <= 50 else prompt[:47] + "...",
+        started = time.strftime("%m-%d %H:%M", time.localtime(run["started_at"]))
+        tokens = str(run["prompt_tokens"] + run["completion_tokens"])
+        short = prompt if len(prompt) <= 50 else prompt[:47] + "..."
+        rows.append(
+            (
+                str(run["id"]),
+                started,
+                run["status"],
+                run["recipe"],
+                str(run["calls"]),
+                tokens,
+                cost,
+                seconds,
+                short,
+            )
         )
-    console.print(table)
+    _print_columns(rows)
     return EXIT_OK

@@ -215,13 +215,18 @@ class Engine:
         request = Request(model=spec.model, messages=messages, params=spec.params, api_key=key)
         gate = self.limiter.gate(spec.model)
         attempts = 0
+        started = 0.0  # when the first attempt got past the limits: queueing is not latency
 
         async def attempt() -> Any:
-            nonlocal attempts
+            nonlocal attempts, started
             attempts += 1
             async with gate.slot():  # queued until the provider's limits let it go
+                started = started or time.perf_counter()
                 self._emit(Event("call_started", layer=site.layer, site=site, step=step, attempt=attempts))
                 return await self.provider.complete(request, on_token)
+
+        def elapsed() -> float:
+            return time.perf_counter() - started if started else 0.0
 
         def on_retry(number: int, error: ProviderError, delay: float) -> None:
             error.site = site
@@ -237,7 +242,6 @@ class Engine:
                 )
             )
 
-        started = time.perf_counter()
         try:
             completion, attempts = await with_retries(
                 attempt, self.recipe.retry, on_retry=on_retry, sleep=self.sleep
@@ -251,7 +255,12 @@ class Engine:
                 transient=exc.transient,
             )
             output = _output(
-                spec, messages, exc.attempts, step=step, error=error, latency=time.perf_counter() - started
+                spec,
+                messages,
+                exc.attempts,
+                step=step,
+                error=error,
+                latency=elapsed(),
             )
             self._emit(
                 Event(
@@ -269,7 +278,7 @@ class Engine:
                 prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens
             ),
             cost=completion.cost_usd,
-            latency=time.perf_counter() - started,
+            latency=elapsed(),
         )
         self._emit(
             Event("call_finished", layer=site.layer, site=site, step=step, attempt=attempts, output=output)

@@ -57,7 +57,8 @@ class LiveView:
         self.started = time.perf_counter()
         self.streaming = False
         for layer_plan, layer in zip(plan(recipe), recipe.layers, strict=True):
-            entry = _Layer(f"Layer {layer_plan.index} · {layer_plan.kind} · {layer_plan.calls} calls")
+            calls = f"{layer_plan.calls} call{'s' if layer_plan.calls != 1 else ''}"
+            entry = _Layer(f"Layer {layer_plan.index} · {layer_plan.kind} · {calls}")
             if layer.kind != "aggregate_seq":
                 for a, agent in enumerate(layer.agents):
                     for s in range(agent.n):
