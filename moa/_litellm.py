@@ -28,7 +28,7 @@ from moa._errors import (
     RequestRejectedError,
 )
 from moa._local import PREFIX as LOCAL_PREFIX
-from moa._local import check_installed, is_local, server_for
+from moa._local import check_installed, ensure_server, is_local
 from moa._provider import Completion, Request, TokenCallback
 
 # Seconds allowed beyond a call's own timeout before we cancel it ourselves
@@ -76,7 +76,7 @@ class LiteLLMProvider:
         model, params, api_key = request.model, dict(request.params), request.api_key
         if is_local(model):
             name = model.removeprefix(LOCAL_PREFIX)
-            server = await asyncio.to_thread(server_for, name)
+            server = await ensure_server(name)
             _price_as_free(litellm, name)
             model, params["api_base"], api_key = f"openai/{name}", server.base_url, "local"
         elif api_key is None and params.get("api_base") and model.startswith("openai/"):

@@ -13,6 +13,7 @@ compiles once, ~6 minutes on 2 cores, then pip caches it).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import ctypes
@@ -23,11 +24,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from moa._errors import ConfigError, ProviderUnavailableError
@@ -73,16 +75,39 @@ def check_installed(name: str) -> None:
 
 @dataclass
 class LocalServer:
-    """One running ``llama_cpp.server`` process."""
+    """One ``llama_cpp.server`` process, and whether it is ready for calls."""
 
     name: str
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    ready: bool = False
+    failure: BaseException | None = None
+    _startup: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_ready(self) -> None:
+        """Block until the server answers and is warmed up (the first caller does the work)."""
+        with self._startup:
+            if self.failure is not None:
+                raise self.failure
+            if self.ready:
+                return
+            try:
+                _wait_ready(self)
+                _warm_up(self)
+            except BaseException as exc:
+                self.failure = exc
+                self.stop()
+                raise
+            self.ready = True
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -98,15 +123,18 @@ _servers: dict[str, LocalServer] = {}
 _lock = threading.Lock()
 
 
-def server_for(name: str) -> LocalServer:
-    """The running server of a local model, started on first use (blocking; call from a thread)."""
+async def ensure_server(name: str) -> LocalServer:
+    """The ready server of a local model, started on first use and shared by every later call.
+
+    The process is spawned from the event loop's thread (a dying parent thread
+    would take a Linux child with it); waiting for it runs in a worker thread.
+    """
     with _lock:
         server = _servers.get(name)
-        if server is not None and server.process.poll() is None:
-            return server
-        server = _start(name)
-        _servers[name] = server
-        return server
+        if server is None or not server.alive or server.failure is not None:
+            server = _servers[name] = _spawn(name)
+    await asyncio.to_thread(server.wait_ready)
+    return server
 
 
 def stop_all() -> None:
@@ -132,29 +160,16 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _start(name: str) -> LocalServer:
+def _spawn(name: str) -> LocalServer:
     check_installed(name)
     weights = model_file(name)
     port = _free_port()
-    log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
-    log_path = log_dir / f"moa-local-{name}-{os.getpid()}.log"
+    log_path = Path(tempfile.gettempdir()) / f"moa-local-{name}-{os.getpid()}.log"
     command = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(weights),
-        "--model_alias",
-        name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        str(CONTEXT_TOKENS),
-        "--interrupt_requests",
-        "False",
-    ]
+        sys.executable, "-m", "llama_cpp.server", "--model", str(weights), "--model_alias", name,
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT_TOKENS),
+        "--interrupt_requests", "False",
+    ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command,
@@ -163,14 +178,7 @@ def _start(name: str) -> LocalServer:
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
-    server = LocalServer(name=name, process=process, port=port, log_path=log_path)
-    try:
-        _wait_ready(server)
-        _warm_up(server)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return LocalServer(name=name, process=process, port=port, log_path=log_path)
 
 
 def _wait_ready(server: LocalServer) -> None:

@@ -55,14 +55,16 @@ def test_local_recipe_runs_on_the_real_model(tmp_path: pytest.TempPathFactory) -
     assert _servers() <= before  # the server went away with the process
 
 
-async def test_library_run_shares_one_server_and_streams() -> None:
+def test_library_runs_share_one_server_and_stream() -> None:
     tokens: list[str] = []
     try:
-        result = await moa.run("Name a color.", "local", max_tokens=24, on_token=tokens.append)
-        again = await moa.run("Name a fruit.", "local", max_tokens=24)
-        assert len(_local._servers) == 1
+        result = moa.run_sync("Name a color.", "local", max_tokens=24, on_token=tokens.append)
+        (server,) = _local._servers.values()
+        again = moa.run_sync("Name a fruit.", "local", max_tokens=24)  # a second event loop
+        assert list(_local._servers.values()) == [server] and server.alive
     finally:
         _local.stop_all()
+    assert not server.alive
     assert "".join(tokens) == result.output and result.output.strip()
     assert len(result.calls) == 4 and len(again.calls) == 4
     assert result.layers[-1].outputs[0].usage.completion_tokens > 0
