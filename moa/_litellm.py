@@ -9,6 +9,7 @@ and nowhere else, with any API key scrubbed from their text.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import time
@@ -47,6 +48,12 @@ def litellm_module() -> ModuleType:
     litellm.suppress_debug_info = True
     litellm.telemetry = False
     litellm.drop_params = False
+    # litellm leaves a very large heap of import-time objects that live forever; every full
+    # garbage collection would walk them again. Moving them to the permanent generation cut
+    # the measured CPU per call by ~7% (benchmarks/engine_overhead.py). Opt out: MOA_NO_GC_FREEZE=1.
+    if not os.environ.get("MOA_NO_GC_FREEZE"):
+        gc.collect()
+        gc.freeze()
     module: ModuleType = litellm
     return module
 
