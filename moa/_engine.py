@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from moa._errors import CallSite, MissingAPIKeyError, ProviderError, QuorumError
+from moa._errors import CallSite, ConfigError, MissingAPIKeyError, ProviderError, QuorumError
 from moa._fanout import Abandoned, settle
 from moa._limits import Limiter
 from moa._loader import RecipeSource, load_recipe
@@ -76,25 +76,35 @@ class Engine:
 
     # ---------------------------------------------------------------- run
 
-    def preflight(self) -> None:
+    def preflight(self, start: int = 0) -> None:
         """Let the provider refuse unreachable models (missing key or extra) before any call."""
         check = getattr(self.provider, "preflight", None)
         if check is None:
             return
         calls = []
-        for index in range(len(self.recipe.layers)):
+        for index in range(start, len(self.recipe.layers)):
             for spec in plan_layer(self.recipe, index, self.overrides):
                 has_key = self.api_key is not None or spec.api_key_env is not None
                 calls.append((spec.model, spec.params, has_key))
         check(calls)
 
-    async def run(self, conversation: list[Message]) -> MoAResult:
-        self.preflight()
+    async def run(self, conversation: list[Message], reuse: Sequence[LayerResult] = ()) -> MoAResult:
+        self.preflight(start=len(reuse))
         started = time.perf_counter()
         layers: list[LayerResult] = []
         references: list[str] = []
         last = len(self.recipe.layers) - 1
+        if len(reuse) > last:
+            raise ConfigError(
+                f"can reuse at most {last} layers of this recipe (the last must run), got {len(reuse)}"
+            )
+        for cached in reuse:  # layers answered before: their outputs feed the next layer, no calls
+            layers.append(cached)
+            texts = [output.text for output in cached.outputs if output.ok and output.text is not None]
+            references = texts[-1:] if cached.kind == "aggregate_seq" else texts
         for index, layer in enumerate(self.recipe.layers):
+            if index < len(reuse):
+                continue
             self._emit(Event("layer_started", layer=index + 1))
             layer_started = time.perf_counter()
             on_token = self.on_token if index == last else None
@@ -279,6 +289,7 @@ class Engine:
             ),
             cost=completion.cost_usd,
             latency=elapsed(),
+            top_logprobs=completion.top_logprobs,
         )
         self._emit(
             Event("call_finished", layer=site.layer, site=site, step=step, attempt=attempts, output=output)
@@ -307,6 +318,7 @@ def _output(
     usage: Usage | None = None,
     cost: float | None = None,
     latency: float = 0.0,
+    top_logprobs: dict[str, float] | None = None,
 ) -> AgentOutput:
     site: CallSite = spec.site
     # Every field is built here from checked values: skip re-validation on this hot path.
@@ -321,6 +333,7 @@ def _output(
         text=text,
         error=error,
         usage=usage or Usage(),
+        top_logprobs=top_logprobs,
         cost_usd=cost,
         latency_s=latency,
         attempts=attempts,
@@ -336,6 +349,7 @@ async def run(
     on_event: EventCallback | None = None,
     on_token: TokenCallback | None = None,
     api_key: str | None = None,
+    reuse: Sequence[LayerResult] = (),
     **overrides: Any,
 ) -> MoAResult:
     """Run a prompt through a recipe and return the answer with its full trace.
@@ -348,7 +362,9 @@ async def run(
     and never recorded.  ``provider`` replaces litellm (tests use
     ``moa.testing.FakeProvider``); ``limiter`` shares provider limits between
     concurrent runs; ``on_event`` receives progress ``Event``s; ``on_token``
-    receives the final answer's text as it streams.
+    receives the final answer's text as it streams.  ``reuse`` takes the first
+    layers' results of an earlier run (``result.layers[:k]``): they are not
+    called again, and the next layer aggregates their outputs (re-aggregation).
 
     Raises ``ConfigError`` subclasses before any call for bad input, and
     ``QuorumError`` (with ``.partial``, the trace so far) when a layer fails.
@@ -368,7 +384,7 @@ async def run(
         on_event=on_event,
         on_token=on_token,
     )
-    return await engine.run(conversation)
+    return await engine.run(conversation, reuse)
 
 
 def run_sync(prompt: str | Sequence[Mapping[str, Any]], recipe: RecipeSource, **kwargs: Any) -> MoAResult:

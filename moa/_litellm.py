@@ -172,11 +172,32 @@ def _completion(litellm: ModuleType, response: Any, request: Request) -> Complet
         raise BadResponseError("the response has no text content", model=request.model)
     usage = getattr(response, "usage", None)
     return Completion(
+        top_logprobs=_first_token_logprobs(choices[0]),
         text=text,
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         cost_usd=_cost(litellm, response, request.model),
     )
+
+
+def _first_token_logprobs(choice: Any) -> dict[str, float] | None:
+    logprobs = getattr(choice, "logprobs", None)
+    content = getattr(logprobs, "content", None) if logprobs is not None else None
+    if isinstance(logprobs, dict):
+        content = logprobs.get("content")
+    if not content:
+        return None
+    first = content[0]
+    alternatives = (
+        first.get("top_logprobs") if isinstance(first, dict) else getattr(first, "top_logprobs", None)
+    )
+    result: dict[str, float] = {}
+    for item in alternatives or []:
+        token = item.get("token") if isinstance(item, dict) else getattr(item, "token", None)
+        value = item.get("logprob") if isinstance(item, dict) else getattr(item, "logprob", None)
+        if isinstance(token, str) and isinstance(value, int | float):
+            result.setdefault(token, float(value))
+    return result or None
 
 
 def _cost(litellm: ModuleType, response: Any, model: str) -> float | None:

@@ -37,6 +37,9 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
+    #: Top alternatives of the first generated token, {token: logprob}, when requested
+    #: with ``logprobs=True, top_logprobs=k`` (the AlpacaEval judge reads them).
+    top_logprobs: dict[str, float] | None = None
 
 
 class Provider(Protocol):

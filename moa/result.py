@@ -58,6 +58,9 @@ class AgentOutput(BaseModel):
     cost_usd: float | None = Field(None, description="None when the model's price is unknown.")
     latency_s: float = 0.0
     attempts: int = 0
+    top_logprobs: dict[str, float] | None = Field(
+        None, description="First token's top alternatives {token: logprob}, when requested."
+    )
 
     @property
     def ok(self) -> bool:

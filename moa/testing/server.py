@@ -54,6 +54,8 @@ _REASONS = {
 }
 
 Responder = Callable[[dict[str, Any], int], str]
+#: Top alternatives of the first token for requests with ``logprobs: true``: {token: logprob}.
+LogprobsFn = Callable[[dict[str, Any], str], dict[str, float]]
 
 
 @dataclass
@@ -89,6 +91,11 @@ class RecordedHTTP:
         return list((self.body or {}).get("messages", []))
 
 
+def default_logprobs(body: dict[str, Any], text: str) -> dict[str, float]:
+    first = text.split()[0] if text.split() else text
+    return {first: -0.1, "?": -2.4}
+
+
 def default_reply(body: dict[str, Any], index: int) -> str:
     messages = body.get("messages") or [{"content": ""}]
     last = str(messages[-1].get("content", ""))
@@ -106,6 +113,7 @@ class LoopbackServer:
     latency_s: float = 0.0
     latency_by_model: dict[str, float] = field(default_factory=dict)
     responder: Responder = default_reply
+    logprobs: LogprobsFn = default_logprobs
     port: int = 0
     requests: list[RecordedHTTP] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
@@ -270,6 +278,17 @@ class LoopbackServer:
             ],
             "usage": usage,
         }
+        if body.get("logprobs"):
+            top = self.logprobs(body, text)
+            first = next(iter(top), text)
+            alternatives = [{"token": t, "logprob": v, "bytes": None} for t, v in top.items()]
+            entry = {
+                "token": first,
+                "logprob": top.get(first, 0.0),
+                "bytes": None,
+                "top_logprobs": alternatives,
+            }
+            payload["choices"][0]["logprobs"] = {"content": [entry]}  # type: ignore[index]
         await self._send(writer, 200, json.dumps(payload).encode())
         return True
 
