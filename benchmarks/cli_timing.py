@@ -26,9 +26,7 @@ def wall(command: list[str], env: dict[str, str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip-local", action="store_true", help="do not time the local-model run")
     args = parser.parse_args()
@@ -37,9 +35,7 @@ def main() -> None:
     env = {**os.environ, "MOA_LOG_DB": os.path.join(tempfile.mkdtemp(), "runs.sqlite")}
     for label, extra in (("moa --help", ["--help"]), ("moa recipes list", ["recipes", "list"])):
         times = [wall([*base, *extra], env) for _ in range(args.repeat)]
-        print(
-            f"{label:<40} median {statistics.median(times):.3f} s  (min {min(times):.3f}, {args.repeat} runs)"
-        )
+        print(f"{label:<40} median {statistics.median(times):.3f} s  (min {min(times):.3f}, {args.repeat} runs)")
     if not args.skip_local:
         seconds = wall([*base, "run", "Why is the sky blue?", "--json"], env)
         print(f"{'moa run (local recipe, 4 calls)':<40} {seconds:.1f} s  (one run, server start included)")

@@ -70,9 +70,7 @@ async def critical_path(runs: int) -> list[float]:
         loaded = moa.load_recipe(recipe(base_url))
         await moa.run("warm-up", loaded, api_key="bench")
         for i in range(runs):
-            result = await moa.run(
-                f"Question {i}: what limits a pipeline's latency?", loaded, api_key="bench"
-            )
+            result = await moa.run(f"Question {i}: what limits a pipeline's latency?", loaded, api_key="bench")
             slowest = sum(max(o.latency_s for o in layer.outputs) for layer in result.layers)
             ratios.append(result.latency_s / slowest)
     return ratios
@@ -98,10 +96,7 @@ async def cpu_per_call(runs: int, blocks: int) -> dict[str, tuple[float, float]]
                     block = template.render(responses=references, layer=layer)
                     messages = [{"role": "system", "content": block}, user]
                 responses = await asyncio.gather(
-                    *(
-                        litellm.acompletion(model=m, messages=messages, timeout=120.0, **kwargs)
-                        for m in models
-                    )
+                    *(litellm.acompletion(model=m, messages=messages, timeout=120.0, **kwargs) for m in models)
                 )
                 references = [r.choices[0].message.content for r in responses]
 
@@ -147,9 +142,7 @@ async def engine_only(runs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="timed runs for the critical-path ratio")
     parser.add_argument("--cpu-runs", type=int, default=10, help="runs (13 calls each) per CPU block")
     parser.add_argument("--blocks", type=int, default=16, help="alternating bare/engine CPU blocks")

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="moa",
         description="Layered Mixture-of-Agents: several LLMs answer, aggregators synthesize.",
         epilog="Examples:\n  moa run 'Why is the sky blue?'\n  moa run - --recipe moa-lite < question.txt\n"
-        "  moa recipes list\n  moa logs",
+        "  moa recipes list\n  moa logs\n  moa eval qa --recipe local --data evals/qa-sample.jsonl --out runs/qa",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--json", action="store_true", help="print JSON")
     _log_arguments(logs)
     logs.set_defaults(handler=_cmd_logs)
+
+    from moa.eval._commands import add_parser as add_eval_parser
+
+    add_eval_parser(commands)
     return parser
 
 
@@ -185,13 +189,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         if view is not None:
             with view:
-                result = asyncio.run(
-                    moa.run(conversation, recipe, on_event=on_event, on_token=on_token, **overrides)
-                )
+                result = asyncio.run(moa.run(conversation, recipe, on_event=on_event, on_token=on_token, **overrides))
         else:
-            result = asyncio.run(
-                moa.run(conversation, recipe, on_event=on_event, on_token=on_token, **overrides)
-            )
+            result = asyncio.run(moa.run(conversation, recipe, on_event=on_event, on_token=on_token, **overrides))
     except KeyboardInterrupt:
         finish("interrupted", seen, error="interrupted by the user")
         raise
@@ -244,9 +244,7 @@ def _recipe_with_sets(source: str, sets: Sequence[str]) -> tuple[Recipe, dict[st
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
         if key == "api_key":
-            raise ConfigError(
-                "--set api_key is refused (it would end up in shell history); use api_key_env=VAR"
-            )
+            raise ConfigError("--set api_key is refused (it would end up in shell history); use api_key_env=VAR")
         if "." in key or "[" in key:
             edits.append((key, value))
         else:

@@ -95,9 +95,7 @@ class Engine:
         references: list[str] = []
         last = len(self.recipe.layers) - 1
         if len(reuse) > last:
-            raise ConfigError(
-                f"can reuse at most {last} layers of this recipe (the last must run), got {len(reuse)}"
-            )
+            raise ConfigError(f"can reuse at most {last} layers of this recipe (the last must run), got {len(reuse)}")
         for cached in reuse:  # layers answered before: their outputs feed the next layer, no calls
             layers.append(cached)
             texts = [output.text for output in cached.outputs if output.ok and output.text is not None]
@@ -131,9 +129,7 @@ class Engine:
             latency_s=time.perf_counter() - started,
         )
 
-    def _result(
-        self, conversation: list[Message], layers: list[LayerResult], started: float, output: str
-    ) -> MoAResult:
+    def _result(self, conversation: list[Message], layers: list[LayerResult], started: float, output: str) -> MoAResult:
         calls = [call for layer in layers for call in layer.outputs]
         usage = sum((call.usage for call in calls), Usage())
         priced = [call for call in calls if call.ok]
@@ -253,9 +249,7 @@ class Engine:
             )
 
         try:
-            completion, attempts = await with_retries(
-                attempt, self.recipe.retry, on_retry=on_retry, sleep=self.sleep
-            )
+            completion, attempts = await with_retries(attempt, self.recipe.retry, on_retry=on_retry, sleep=self.sleep)
         except ProviderError as exc:
             exc.site = site
             error = CallError(
@@ -273,9 +267,7 @@ class Engine:
                 latency=elapsed(),
             )
             self._emit(
-                Event(
-                    "call_failed", layer=site.layer, site=site, attempt=exc.attempts, error=exc, output=output
-                )
+                Event("call_failed", layer=site.layer, site=site, attempt=exc.attempts, error=exc, output=output)
             )
             raise _CallFailed(output, exc) from exc
         output = _output(
@@ -284,16 +276,12 @@ class Engine:
             attempts,
             step=step,
             text=completion.text,
-            usage=Usage(
-                prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens
-            ),
+            usage=Usage(prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens),
             cost=completion.cost_usd,
             latency=elapsed(),
             top_logprobs=completion.top_logprobs,
         )
-        self._emit(
-            Event("call_finished", layer=site.layer, site=site, step=step, attempt=attempts, output=output)
-        )
+        self._emit(Event("call_finished", layer=site.layer, site=site, step=step, attempt=attempts, output=output))
         return output
 
 

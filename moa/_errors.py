@@ -71,9 +71,7 @@ class MissingAPIKeyError(ConfigError):
     def __init__(self, variable: str, models: Sequence[str]) -> None:
         self.variable = variable
         self.models = sorted(set(models))
-        shown = ", ".join(self.models[:2]) + (
-            f" and {len(self.models) - 2} more" if len(self.models) > 2 else ""
-        )
+        shown = ", ".join(self.models[:2]) + (f" and {len(self.models) - 2} more" if len(self.models) > 2 else "")
         super().__init__(f"{variable} is not set (needed by {shown}); export it and try again")
 
 
@@ -95,10 +93,7 @@ class CallSite:
     model: str
 
     def describe(self) -> str:
-        return (
-            f"layer {self.layer}, agent {self.agent} ({self.agent_name}), "
-            f"sample {self.sample}, model {self.model}"
-        )
+        return f"layer {self.layer}, agent {self.agent} ({self.agent_name}), sample {self.sample}, model {self.model}"
 
 
 class ProviderError(RunError):
@@ -184,9 +179,6 @@ class QuorumError(RunError):
         self.succeeded = succeeded
         self.planned = planned
         self.failures = list(failures)
-        lines = [
-            f"layer {layer} failed: {succeeded} of {planned} calls succeeded, "
-            f"min_success is {needed}; causes:"
-        ]
+        lines = [f"layer {layer} failed: {succeeded} of {planned} calls succeeded, min_success is {needed}; causes:"]
         lines += [f"  - {type(err).__name__}: {err}" for err in self.failures]
         super().__init__("\n".join(lines))

@@ -97,9 +97,7 @@ class LiteLLMProvider:
         try:
             async with asyncio.timeout(timeout + _GRACE_S):
                 if on_token is None:
-                    response = await litellm.acompletion(
-                        model=model, messages=list(request.messages), **kwargs
-                    )
+                    response = await litellm.acompletion(model=model, messages=list(request.messages), **kwargs)
                 else:
                     response = await self._stream(litellm, model, request, kwargs, on_token)
         except TimeoutError as exc:
@@ -188,9 +186,7 @@ def _first_token_logprobs(choice: Any) -> dict[str, float] | None:
     if not content:
         return None
     first = content[0]
-    alternatives = (
-        first.get("top_logprobs") if isinstance(first, dict) else getattr(first, "top_logprobs", None)
-    )
+    alternatives = first.get("top_logprobs") if isinstance(first, dict) else getattr(first, "top_logprobs", None)
     result: dict[str, float] = {}
     for item in alternatives or []:
         token = item.get("token") if isinstance(item, dict) else getattr(item, "token", None)

@@ -114,9 +114,7 @@ class LiveView:
         for layer in self.layers:
             branch = root.add(Text(layer.title, style="bold cyan"))
             for row in layer.rows.values():
-                seconds = (
-                    row.seconds if row.seconds is not None else (now - row.started if row.started else None)
-                )
+                seconds = row.seconds if row.seconds is not None else (now - row.started if row.started else None)
                 line = Text()
                 line.append(f"{row.label:<18}", style="bold")
                 line.append(f" {row.model:<28}", style="dim")

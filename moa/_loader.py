@@ -99,9 +99,7 @@ def _check_size(data: Any, label: str) -> None:
         node, ancestors = stack.pop()
         budget -= 1
         if budget < 0:
-            raise RecipeError(
-                label, [("", f"recipe expands to more than {MAX_RECIPE_NODES} values (alias bomb?)")]
-            )
+            raise RecipeError(label, [("", f"recipe expands to more than {MAX_RECIPE_NODES} values (alias bomb?)")])
         if isinstance(node, dict | list):
             if id(node) in ancestors:
                 raise RecipeError(label, [("", "recipe contains a cyclic YAML alias")])

@@ -177,10 +177,22 @@ def _spawn(name: str) -> LocalServer:
     port = _free_port()
     log_path = Path(tempfile.gettempdir()) / f"moa-local-{name}-{os.getpid()}.log"
     command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(weights), "--model_alias", name,
-        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT_TOKENS),
-        "--interrupt_requests", "False",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(weights),
+        "--model_alias",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(CONTEXT_TOKENS),
+        "--interrupt_requests",
+        "False",
+    ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command,

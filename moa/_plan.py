@@ -56,9 +56,7 @@ def normalize_prompt(prompt: str | Sequence[Mapping[str, Any]]) -> list[Message]
             raise PromptError(f"prompt[{index}] is {type(message).__name__}, not a message dict")
         role, content = message.get("role"), message.get("content")
         if role not in _ROLES:
-            raise PromptError(
-                f"prompt[{index}].role is {role!r}; expected one of {', '.join(sorted(_ROLES))}"
-            )
+            raise PromptError(f"prompt[{index}].role is {role!r}; expected one of {', '.join(sorted(_ROLES))}")
         if not isinstance(content, str):
             raise PromptError(f"prompt[{index}].content must be a string")
         if role == "system" and index != 0:
@@ -116,9 +114,7 @@ def call_params(
     return params, key_env
 
 
-def plan_layer(
-    recipe: Recipe, layer_index: int, overrides: Mapping[str, Any] | None = None
-) -> list[CallSpec]:
+def plan_layer(recipe: Recipe, layer_index: int, overrides: Mapping[str, Any] | None = None) -> list[CallSpec]:
     """The calls of one ``propose`` or ``aggregate`` layer (0-based index), in agent order.
 
     For ``aggregate_seq`` it plans the single agent's call once; the engine

@@ -87,8 +87,7 @@ class RunLog:
     def start(self, recipe: str, recipe_json: str, prompt: Sequence[dict[str, Any]]) -> int:
         with self._db() as db:
             cursor = db.execute(
-                "INSERT INTO runs (started_at, status, recipe, recipe_json, prompt_json) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO runs (started_at, status, recipe, recipe_json, prompt_json) VALUES (?, ?, ?, ?, ?)",
                 (time.time(), "running", recipe, recipe_json, json.dumps(list(prompt))),
             )
             return int(cursor.lastrowid or 0)

@@ -92,13 +92,10 @@ def compile_text(text: str, source: str) -> CompiledTemplate:
     unknown = sorted(used - VARIABLES.keys())
     if unknown:
         allowed = ", ".join(sorted(VARIABLES))
-        raise TemplateError(
-            f"template {source} uses unknown variable(s) {', '.join(unknown)}; available: {allowed}"
-        )
+        raise TemplateError(f"template {source} uses unknown variable(s) {', '.join(unknown)}; available: {allowed}")
     if "responses" not in used:
         raise TemplateError(
-            f"template {source} never uses `responses`, so the previous layer's outputs "
-            "would not reach the model"
+            f"template {source} never uses `responses`, so the previous layer's outputs would not reach the model"
         )
     return CompiledTemplate(source=source, template=_ENV.from_string(text))
 

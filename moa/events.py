@@ -13,9 +13,7 @@ from typing import Literal
 from moa._errors import CallSite, ProviderError
 from moa.result import AgentOutput
 
-EventKind = Literal[
-    "layer_started", "call_started", "call_retried", "call_finished", "call_failed", "layer_finished"
-]
+EventKind = Literal["layer_started", "call_started", "call_retried", "call_finished", "call_failed", "layer_finished"]
 
 
 @dataclass(frozen=True)

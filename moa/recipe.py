@@ -74,8 +74,7 @@ class CallParams(_Strict):
     )
     extra: dict[str, Any] = Field(
         default_factory=dict,
-        description="Any other keyword arguments for `litellm.acompletion` "
-        "(e.g. `seed`, `stop`, `presence_penalty`).",
+        description="Any other keyword arguments for `litellm.acompletion` (e.g. `seed`, `stop`, `presence_penalty`).",
     )
 
     @field_validator("api_key_env")
@@ -103,9 +102,7 @@ class Agent(CallParams):
         description="litellm model string, e.g. `openai/gpt-4o`, "
         "`together_ai/Qwen/Qwen1.5-110B-Chat`, or `openai/<name>` with `api_base`.",
     )
-    name: str | None = Field(
-        None, description="Label shown in results and logs; defaults to the model string."
-    )
+    name: str | None = Field(None, description="Label shown in results and logs; defaults to the model string.")
     system: str | None = Field(
         None,
         description="System prompt for this agent. Placed before the conversation's own "
@@ -216,12 +213,8 @@ def _default_template(kind: str | None) -> str:
 class ProviderLimit(_Strict):
     """Limits for one provider, shared by every layer (and every concurrent run given the same limiter)."""
 
-    max_concurrency: int | None = Field(
-        32, ge=1, description="Most calls in flight at once to this provider."
-    )
-    rpm: float | None = Field(
-        None, gt=0, description="Most requests started per minute; unset means no pacing."
-    )
+    max_concurrency: int | None = Field(32, ge=1, description="Most calls in flight at once to this provider.")
+    rpm: float | None = Field(None, gt=0, description="Most requests started per minute; unset means no pacing.")
 
 
 class RetryPolicy(_Strict):
@@ -231,9 +224,7 @@ class RetryPolicy(_Strict):
     """
 
     max_attempts: int = Field(4, ge=1, le=20, description="Attempts per call, the first included.")
-    initial_backoff_s: float = Field(
-        1.0, ge=0, description="Upper bound of the first jittered backoff, in seconds."
-    )
+    initial_backoff_s: float = Field(1.0, ge=0, description="Upper bound of the first jittered backoff, in seconds.")
     max_backoff_s: float = Field(30.0, ge=0, description="Upper bound of any one backoff, in seconds.")
     max_retry_after_s: float = Field(
         120.0,
@@ -254,9 +245,7 @@ class SelfMoA(_Strict):
     temperature: float = Field(0.7, ge=0, le=2, description="Temperature of the samples.")
     max_tokens: int | None = Field(None, gt=0, description="Token limit of each sample.")
     system: str | None = Field(None, description="System prompt of the sampled model.")
-    aggregator: str | None = Field(
-        None, description="Model that aggregates; unset means the sampled model itself."
-    )
+    aggregator: str | None = Field(None, description="Model that aggregates; unset means the sampled model itself.")
     aggregator_temperature: float | None = Field(
         None, ge=0, le=2, description="Temperature of the aggregator; unset uses `defaults`."
     )
@@ -264,9 +253,7 @@ class SelfMoA(_Strict):
     window: int | None = Field(
         None, ge=2, description="Set to make this Self-MoA-Seq with this window (see `Layer.window`)."
     )
-    min_success: int | None = Field(
-        None, ge=1, description="Quorum of the sampling layer; unset means all samples."
-    )
+    min_success: int | None = Field(None, ge=1, description="Quorum of the sampling layer; unset means all samples.")
 
     def expand(self) -> list[dict[str, Any]]:
         """The layers this shorthand stands for (as data, validated with the recipe)."""

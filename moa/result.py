@@ -92,12 +92,8 @@ class MoAResult(BaseModel):
     output: str = Field(description="The final aggregator's answer.")
     layers: list[LayerResult]
     usage: Usage
-    cost_usd: float | None = Field(
-        description="Total USD cost; None when any successful call's model is unpriced."
-    )
-    unpriced_models: list[str] = Field(
-        default_factory=list, description="Models whose cost is unknown in this run."
-    )
+    cost_usd: float | None = Field(description="Total USD cost; None when any successful call's model is unpriced.")
+    unpriced_models: list[str] = Field(default_factory=list, description="Models whose cost is unknown in this run.")
     latency_s: float
 
     @property

@@ -80,8 +80,17 @@ def test_prompt_from_stdin_and_set_overrides(
 
     recipe = write_recipe(loopback, tmp_path / "r.yaml")
     monkeypatch.setattr(sys, "stdin", io.StringIO("From stdin?"))
-    args = ["run", "-", "--recipe", str(recipe), "--json", "--set", "temperature=0.25",
-            "--set", "layers[1].agents[0].model=openai/judge"]  # fmt: skip
+    args = [
+        "run",
+        "-",
+        "--recipe",
+        str(recipe),
+        "--json",
+        "--set",
+        "temperature=0.25",
+        "--set",
+        "layers[1].agents[0].model=openai/judge",
+    ]
     assert main(args) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["prompt"] == [{"role": "user", "content": "From stdin?"}]
@@ -135,9 +144,7 @@ def test_recipes_list_show_validate_schema(tmp_path: Path, capsys: pytest.Captur
     assert main(["recipes", "show", "moa"]) == 0
     out = capsys.readouterr().out
     assert "3 layers, 13 calls per query" in out and "previous layer's 6 outputs" in out
-    assert main(
-        ["recipes", "validate", "recipes/moa.yaml" if Path("recipes/moa.yaml").exists() else "x"]
-    ) in (0, 1)
+    assert main(["recipes", "validate", "recipes/moa.yaml" if Path("recipes/moa.yaml").exists() else "x"]) in (0, 1)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nlayers:\n  - kind: propose\n    agents: [{model: a}]\n    min_success: 2\n")
     capsys.readouterr()
@@ -149,9 +156,7 @@ def test_recipes_list_show_validate_schema(tmp_path: Path, capsys: pytest.Captur
     assert schema["properties"]["layers"]["description"].startswith("The stages, in order.")
 
 
-def test_logs_list_and_show(
-    loopback: LoopbackServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_logs_list_and_show(loopback: LoopbackServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["logs"]) == 0
     assert "no runs logged yet" in capsys.readouterr().out
     recipe = write_recipe(loopback, tmp_path / "r.yaml")
@@ -193,8 +198,11 @@ def test_ctrl_c_exits_130_and_logs_the_partial_run(loopback: LoopbackServer, tmp
     env = {**os.environ, "MOA_LOG_DB": str(db)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "moa", "run", "Q", "--recipe", str(recipe), "--json"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while len(loopback.completions("p2")) < 1 and time.monotonic() < deadline:
         time.sleep(0.05)

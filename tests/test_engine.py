@@ -48,9 +48,7 @@ async def test_aggregators_receive_exactly_the_previous_layers_outputs() -> None
     second = [r for r in fake.requests if r.system and "L1:" in r.system]
     assert len(second) == 3
     for request in second:
-        assert request.system is not None and request.system.endswith(
-            "Answers from the assistants:\n" + expected_l2
-        )
+        assert request.system is not None and request.system.endswith("Answers from the assistants:\n" + expected_l2)
         assert request.messages[1:] == [{"role": "user", "content": "What is a CRDT?"}]
 
     final = fake.to_model("openai/final")
@@ -60,10 +58,7 @@ async def test_aggregators_receive_exactly_the_previous_layers_outputs() -> None
 
     assert result.output == "L3:openai/final"
     assert [len(layer.outputs) for layer in result.layers] == [3, 3, 1]
-    assert (
-        result.layers[0].outputs[2].model == "openai/p2"
-        and result.layers[0].outputs[2].text == "L1:openai/p2"
-    )
+    assert result.layers[0].outputs[2].model == "openai/p2" and result.layers[0].outputs[2].text == "L1:openai/p2"
     assert result.layers[2].outputs[0].messages == final[0].messages
 
 
@@ -114,9 +109,7 @@ async def test_proposers_run_concurrently() -> None:
 async def test_failed_agent_is_recorded_and_run_goes_on_when_quorum_holds() -> None:
     fake = FakeProvider(
         by_text,
-        replies={
-            "openai/p1": [RequestRejectedError("bad request", model="openai/p1", status_code=400), "ok"]
-        },
+        replies={"openai/p1": [RequestRejectedError("bad request", model="openai/p1", status_code=400), "ok"]},
     )
     result = await moa.run("Q", three_layer(first={"min_success": 2}), provider=fake)
     failed = result.layers[0].outputs[1]
@@ -148,9 +141,7 @@ async def test_quorum_error_names_layer_agents_and_causes() -> None:
 
 
 async def test_default_quorum_is_all_and_abandons_the_rest() -> None:
-    fake = FakeProvider(
-        by_text, replies={"openai/p0": [RequestRejectedError("nope", status_code=400)]}, delay_s=0.05
-    )
+    fake = FakeProvider(by_text, replies={"openai/p0": [RequestRejectedError("nope", status_code=400)]}, delay_s=0.05)
     fake.replies["openai/p0"].insert(0, RequestRejectedError("nope", status_code=400))
     with pytest.raises(moa.QuorumError, match="min_success is 3") as info:
         await moa.run("Q", three_layer(), provider=fake)
@@ -173,9 +164,7 @@ async def test_transient_failures_are_retried_and_attempts_recorded() -> None:
     assert result.layers[0].outputs[0].attempts == 3
     assert result.layers[0].outputs[0].text == "fine"
     retried = [e for e in events if e.kind == "call_retried"]
-    assert [e.attempt for e in retried] == [1, 2] and all(
-        e.site and e.site.model == "openai/p0" for e in retried
-    )
+    assert [e.attempt for e in retried] == [1, 2] and all(e.site and e.site.model == "openai/p0" for e in retried)
 
 
 async def test_event_stream_shape() -> None:

@@ -20,9 +20,7 @@ async def fail_after(delay: float) -> int:
 
 
 async def test_outcomes_keep_factory_order() -> None:
-    outcomes = await settle(
-        [lambda: value_after(1, 0.03), lambda: value_after(2, 0.0), lambda: value_after(3, 0.01)]
-    )
+    outcomes = await settle([lambda: value_after(1, 0.03), lambda: value_after(2, 0.0), lambda: value_after(3, 0.01)])
     assert outcomes == [1, 2, 3]
 
 

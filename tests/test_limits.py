@@ -17,9 +17,7 @@ def test_provider_grouping() -> None:
 
 
 def test_gates_are_shared_per_provider_and_default_applies() -> None:
-    limiter = Limiter(
-        {"openai": ProviderLimit(max_concurrency=2), "default": ProviderLimit(max_concurrency=5)}
-    )
+    limiter = Limiter({"openai": ProviderLimit(max_concurrency=2), "default": ProviderLimit(max_concurrency=5)})
     assert limiter.gate("openai/a") is limiter.gate("gpt-4o")
     assert limiter.gate("openai/a").limit.max_concurrency == 2
     assert limiter.gate("together_ai/x").limit.max_concurrency == 5

@@ -38,9 +38,7 @@ def test_queued_running_retrying_done_and_totals() -> None:
     site = moa.CallSite(layer=1, agent=0, sample=0, agent_name="alpha", model="openai/a")
     view.on_event(moa.Event("call_started", layer=1, site=site, attempt=1))
     assert "running" in _render(view.tree())
-    view.on_event(
-        moa.Event("call_retried", layer=1, site=site, attempt=1, error=RateLimitedError("429"), delay_s=2)
-    )
+    view.on_event(moa.Event("call_retried", layer=1, site=site, attempt=1, error=RateLimitedError("429"), delay_s=2))
     assert "retrying 2/4 in 2.0 s" in _render(view.tree())
 
 

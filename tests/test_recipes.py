@@ -93,12 +93,8 @@ def test_every_source_kind_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_template_path_is_relative_to_the_recipe_file(tmp_path: Path) -> None:
     (tmp_path / "prompts").mkdir()
-    (tmp_path / "prompts" / "mine.j2").write_text(
-        "Use these:\n{% for r in responses %}- {{ r }}\n{% endfor %}"
-    )
-    text = MINIMAL.replace(
-        "agents: [{model: openai/c}]", "agents: [{model: openai/c}]\n    template: prompts/mine.j2"
-    )
+    (tmp_path / "prompts" / "mine.j2").write_text("Use these:\n{% for r in responses %}- {{ r }}\n{% endfor %}")
+    text = MINIMAL.replace("agents: [{model: openai/c}]", "agents: [{model: openai/c}]\n    template: prompts/mine.j2")
     (tmp_path / "r.yaml").write_text(text)
     recipe = moa.load_recipe(tmp_path / "r.yaml")
     assert recipe.layers[1].template == str((tmp_path / "prompts" / "mine.j2").resolve())
@@ -168,13 +164,9 @@ def test_unknown_template_variable_fails_at_load(tmp_path: Path) -> None:
 
 
 def test_missing_template_file_and_builtin(tmp_path: Path) -> None:
-    text = MINIMAL.replace(
-        "agents: [{model: openai/c}]", "agents: [{model: openai/c}]\n    template: nothere.j2"
-    )
+    text = MINIMAL.replace("agents: [{model: openai/c}]", "agents: [{model: openai/c}]\n    template: nothere.j2")
     assert "does not exist" in str(error_of(text))
-    text = MINIMAL.replace(
-        "agents: [{model: openai/c}]", "agents: [{model: openai/c}]\n    template: agregate"
-    )
+    text = MINIMAL.replace("agents: [{model: openai/c}]", "agents: [{model: openai/c}]\n    template: agregate")
     assert "no built-in template named 'agregate'" in str(error_of(text))
 
 

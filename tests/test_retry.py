@@ -48,9 +48,7 @@ async def test_retry_after_is_honoured_exactly() -> None:
 
 async def test_backoff_is_jittered_and_bounded() -> None:
     sleep = FakeSleep()
-    script = Script(
-        ProviderUnavailableError("503"), CallTimeoutError("slow"), ProviderUnavailableError("conn"), "ok"
-    )
+    script = Script(ProviderUnavailableError("503"), CallTimeoutError("slow"), ProviderUnavailableError("conn"), "ok")
     assert await with_retries(script, POLICY, sleep=sleep) == ("ok", 4)
     assert len(sleep.delays) == 3 and all(0 <= d <= 8.0 for d in sleep.delays)
 

@@ -132,9 +132,7 @@ class LoopbackServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def add_fault(
-        self, kind: str, times: int = 1, model: str | None = None, retry_after: float = 0.1
-    ) -> None:
+    def add_fault(self, kind: str, times: int = 1, model: str | None = None, retry_after: float = 0.1) -> None:
         with self._lock:
             self.faults.append(Fault(kind, times, model, retry_after))
 
@@ -146,9 +144,7 @@ class LoopbackServer:
     def completions(self, model: str | None = None) -> list[RecordedHTTP]:
         """Recorded chat-completion requests (for one model, when given)."""
         return [
-            r
-            for r in self.requests
-            if r.path.endswith("/chat/completions") and (model is None or r.model == model)
+            r for r in self.requests if r.path.endswith("/chat/completions") and (model is None or r.model == model)
         ]
 
     def start(self) -> LoopbackServer:
@@ -273,9 +269,7 @@ class LoopbackServer:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            ],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": usage,
         }
         if body.get("logprobs"):

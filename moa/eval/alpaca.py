@@ -1,0 +1,268 @@
+"""AlpacaEval 2.0: generate the official model-outputs file, then judge it pairwise.
+
+Generation reads the official eval set (a JSON list of objects with
+``instruction`` and ``dataset``, e.g. ``gpt4_1106_preview.model_outputs.json``)
+and writes ``model_outputs.json`` (``instruction, output, generator, dataset``)
+in input order.  Judging follows the weighted annotator
+(``weighted_alpaca_eval_gpt4_turbo``): a user-supplied chatml prompt file, one
+output token, logprobs over ``m``/``M``, preference = expectation, the
+official per-instruction output-order coin, then AlpacaEval's win rate and
+standard error, and a length-controlled win rate.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from moa.eval import _stats
+from moa.eval._common import (
+    ITEMS_FILE,
+    JUDGMENTS_FILE,
+    DataError,
+    EvalContext,
+    read_json,
+    require,
+    trace_record,
+    update_summary,
+    write_summary,
+)
+from moa.eval._runner import Budget, RunStats, run_items
+from moa.eval._store import Checkpoint, write_json
+from moa.recipe import Recipe
+
+OUTPUTS_FILE = "model_outputs.json"
+ANNOTATIONS_FILE = "annotations.json"
+_CHATML = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)\n?<\|im_end\|>", re.DOTALL)
+
+
+def read_eval_set(path: Path) -> list[dict[str, Any]]:
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of objects with `instruction` (AlpacaEval format)")
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}[{index}]: expected an object")
+        require(row, "instruction", str, f"{path}[{index}]")
+    return rows
+
+
+def _key(index: int, instruction: str) -> str:
+    return f"{index}:{hashlib.sha1(instruction.encode()).hexdigest()[:10]}"
+
+
+async def generate(
+    ctx: EvalContext,
+    data: Path,
+    out: Path,
+    *,
+    limit: int | None = None,
+    generator: str | None = None,
+    concurrency: int = 8,
+    budget: Budget | None = None,
+    show_progress: bool | None = None,
+) -> tuple[dict[str, Any], RunStats]:
+    """Answer every instruction (resumably) and write ``model_outputs.json`` and ``summary.json``."""
+    rows = read_eval_set(data)[:limit]
+    name = generator or ctx.recipe.name
+    items = [(_key(i, row["instruction"]), (i, row)) for i, row in enumerate(rows)]
+
+    async def work(item: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+        index, row = item
+        result = await ctx.answer(row["instruction"], _key(index, row["instruction"]))
+        return {
+            "index": index,
+            "instruction": row["instruction"],
+            "dataset": row.get("dataset"),
+            "output": result.output,
+            **trace_record([result]),
+        }
+
+    records, stats = await run_items(
+        "alpacaeval",
+        items,
+        work,
+        Checkpoint(out / ITEMS_FILE),
+        concurrency=concurrency,
+        budget=budget,
+        show_progress=show_progress,
+    )
+    finished = [records[key] for key, _ in items if key in records]
+    outputs = [
+        {"instruction": r["instruction"], "output": r["output"], "generator": name, "dataset": r["dataset"]}
+        for r in finished
+    ]
+    write_json(out / OUTPUTS_FILE, outputs)
+    summary = write_summary(out, "alpacaeval", ctx.recipe, stats, finished, {"generator": name})
+    return summary, stats
+
+
+def parse_chatml(text: str, source: str) -> list[dict[str, str]]:
+    """The judge prompt file (``<|im_start|>role ... <|im_end|>`` blocks) as chat messages."""
+    messages = [{"role": role, "content": content} for role, content in _CHATML.findall(text)]
+    if not messages:
+        raise DataError(f"{source}: no <|im_start|>role ... <|im_end|> blocks found (AlpacaEval chatml format)")
+    joined = "".join(m["content"] for m in messages)
+    for placeholder in ("{instruction}", "{output_1}", "{output_2}"):
+        if placeholder not in joined:
+            raise DataError(f"{source}: the judge prompt has no {placeholder} placeholder")
+    return messages
+
+
+def judge_recipe(model: str, *, logprobs: bool = True) -> Recipe:
+    """One call to the judge: temperature 1, one token, top-5 logprobs (the weighted annotator)."""
+    extra = {"logprobs": True, "top_logprobs": 5} if logprobs else {}
+    agent = {"model": model, "temperature": 1.0, "max_tokens": 1, "extra": extra}
+    return Recipe.model_validate({"name": f"judge:{model}", "layers": [{"kind": "propose", "agents": [agent]}]})
+
+
+async def judge(
+    out: Path,
+    judge_ctx: EvalContext,
+    prompt_file: Path,
+    reference_file: Path,
+    *,
+    difficulty_file: Path | None = None,
+    concurrency: int = 8,
+    budget: Budget | None = None,
+    show_progress: bool | None = None,
+) -> tuple[dict[str, Any], RunStats]:
+    """Judge ``model_outputs.json`` against the reference outputs; write annotations and metrics."""
+    template = parse_chatml(_read_text(prompt_file), str(prompt_file))
+    outputs = read_eval_set(out / OUTPUTS_FILE)
+    references = {row["instruction"]: row for row in read_eval_set(reference_file)}
+    index_of = {row["instruction"]: i for i, row in enumerate(read_eval_set(reference_file))}
+    pairs = []
+    for row in outputs:
+        reference = references.get(row["instruction"])
+        if reference is None or not isinstance(reference.get("output"), str):
+            raise DataError(f"{reference_file}: no reference `output` for instruction {row['instruction'][:60]!r}")
+        pairs.append((row, reference))
+
+    def key(row: dict[str, Any], reference: dict[str, Any]) -> str:
+        text = "\x00".join((row["instruction"], row["output"], reference["output"]))
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    async def work(pair: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+        row, reference = pair
+        switched = _stats.is_switched(row["instruction"])
+        first, second = (row["output"], reference["output"]) if switched else (reference["output"], row["output"])
+        messages = [
+            {
+                "role": m["role"],
+                "content": m["content"]
+                .replace("{instruction}", row["instruction"])
+                .replace("{output_1}", first)
+                .replace("{output_2}", second),
+            }
+            for m in template
+        ]
+        result = await judge_ctx.answer(messages)
+        call = result.layers[0].outputs[0]
+        preference, method = None, "unparsable"
+        if call.top_logprobs:
+            preference = _stats.preference_from_logprobs(call.top_logprobs, switched)
+            method = "logprobs" if preference is not None else method
+        if preference is None:
+            preference = _stats.preference_from_text(result.output, switched)
+            method = "text" if preference is not None else method
+        return {
+            "index": index_of.get(row["instruction"]),
+            "instruction": row["instruction"],
+            "output_1": reference["output"],
+            "generator_1": reference.get("generator", "reference"),
+            "output_2": row["output"],
+            "generator_2": row.get("generator"),
+            "dataset": row.get("dataset"),
+            "annotator": judge_ctx.recipe.layers[0].agents[0].model,
+            "preference": preference,
+            "is_switched_outputs": switched,
+            "method": method,
+            "raw_completion": result.output,
+            "top_logprobs": call.top_logprobs,
+            **trace_record([result]),
+        }
+
+    items = [(key(row, ref), (row, ref)) for row, ref in pairs]
+    records, stats = await run_items(
+        "judge alpacaeval",
+        items,
+        work,
+        Checkpoint(out / JUDGMENTS_FILE),
+        concurrency=concurrency,
+        budget=budget,
+        show_progress=show_progress,
+    )
+    annotations = [records[k] for k, _ in items if k in records]
+    write_json(out / ANNOTATIONS_FILE, [{k: v for k, v in a.items() if k != "traces"} for a in annotations])
+    metrics = alpaca_metrics(annotations, _read_difficulty(difficulty_file) if difficulty_file else None)
+    judge_cost = [a.get("cost_usd") for a in annotations]
+    summary = update_summary(
+        out,
+        **metrics,
+        judge=judge_ctx.recipe.layers[0].agents[0].model,
+        judged=len(annotations),
+        judge_cost_usd=None if any(c is None for c in judge_cost) else sum(c or 0.0 for c in judge_cost),
+    )
+    return summary, stats
+
+
+def alpaca_metrics(annotations: list[dict[str, Any]], difficulty: dict[int, float] | None) -> dict[str, Any]:
+    """Win rate, standard error and the length-controlled win rate of judged pairs."""
+    preferences = [a["preference"] for a in annotations]
+    rate = _stats.win_rate(preferences)
+    methods = [a["method"] for a in annotations]
+    valid = [a for a in annotations if a["preference"] is not None]
+    metrics: dict[str, Any] = {
+        "score_name": "LC win rate",
+        "win_rate": rate.win_rate,
+        "standard_error": rate.standard_error,
+        "discrete_win_rate": rate.discrete_win_rate,
+        "n_wins": rate.n_wins,
+        "n_wins_base": rate.n_wins_base,
+        "n_draws": rate.n_draws,
+        "n_total": rate.n_total,
+        "unparsable_judgments": methods.count("unparsable"),
+        "judge_method": "logprobs"
+        if methods.count("logprobs") == len(valid)
+        else f"text verdicts for {methods.count('text')} of {len(valid)} (judge gave no logprobs)",
+    }
+    if len(valid) >= 3:
+        use_difficulty = difficulty is not None and all(a.get("index") in difficulty for a in valid)
+        lc = _stats.length_controlled(
+            [a["preference"] for a in valid],
+            [len(a["output_2"]) for a in valid],
+            [len(a["output_1"]) for a in valid],
+            [difficulty[a["index"]] for a in valid] if use_difficulty and difficulty else None,
+        )
+        metrics["length_controlled_win_rate"] = lc
+        metrics["lc_method"] = (
+            "GLM with instruction difficulty (AlpacaEval length_controlled_v1 form, without its "
+            "regularisation towards gamed baselines)"
+            if use_difficulty
+            else "APPROXIMATION: GLM without instruction difficulty (supply --instruction-difficulty for the LC form)"
+        )
+    metrics["score"] = metrics.get("length_controlled_win_rate", rate.win_rate)
+    return metrics
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise DataError(f"{path} does not exist") from exc
+
+
+def _read_difficulty(path: Path) -> dict[int, float]:
+    """AlpacaEval's instruction_difficulty.csv: instruction index -> difficulty."""
+    rows = list(csv.reader(_read_text(path).splitlines()))
+    difficulty = {}
+    for number, row in enumerate(rows[1:], start=2):
+        try:
+            difficulty[int(row[0])] = float(row[-1])
+        except (ValueError, IndexError) as exc:
+            raise DataError(f"{path}, line {number}: expected `index,instruction_difficulty`") from exc
+    return difficulty

@@ -1,0 +1,298 @@
+"""MT-Bench: answer both turns, write FastChat's answer JSONL, grade with FastChat's single-answer judge.
+
+Turn 2 sees turn 1's final answer as the assistant turn of the conversation.
+Each category's temperature (FastChat's table) overrides the recipe's for
+every call of that question.  Judging uses the user-supplied
+``judge_prompts.jsonl`` (``single-v1``, ``single-v1-multi-turn``, and the
+reference-guided ``single-math-v1*`` for math/reasoning/coding when reference
+answers are given); the rating is parsed from ``[[x]]`` and unparsable ratings
+are counted, not dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from moa.eval._common import (
+    ITEMS_FILE,
+    JUDGMENTS_FILE,
+    DataError,
+    EvalContext,
+    read_jsonl,
+    require,
+    short_id,
+    trace_record,
+    update_summary,
+    write_summary,
+)
+from moa.eval._runner import Budget, RunStats, run_items
+from moa.eval._store import Checkpoint, write_jsonl
+from moa.recipe import Recipe
+
+#: FastChat's sampling temperature per category (llm_judge/common.py).
+CATEGORY_TEMPERATURE = {
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+    "arena-hard-200": 0.0,
+}
+NEED_REFERENCE = {"math", "reasoning", "coding", "arena-hard-200"}
+JUDGMENT_FILE = "model_judgment.jsonl"
+_RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_RATING_LOOSE = re.compile(r"\[(\d+\.?\d*)\]")
+
+
+def read_questions(path: Path) -> list[dict[str, Any]]:
+    rows = read_jsonl(path)
+    for number, row in enumerate(rows, start=1):
+        where = f"{path}, line {number}"
+        require(row, "question_id", int, where)
+        require(row, "category", str, where)
+        turns = require(row, "turns", list, where)
+        if not turns or not all(isinstance(t, str) for t in turns):
+            raise DataError(f"{where}: `turns` must be a non-empty list of strings")
+    return rows
+
+
+async def generate(
+    ctx: EvalContext,
+    questions: Path,
+    out: Path,
+    *,
+    limit: int | None = None,
+    model_id: str | None = None,
+    concurrency: int = 8,
+    budget: Budget | None = None,
+    show_progress: bool | None = None,
+) -> tuple[dict[str, Any], RunStats]:
+    """Answer every question's turns (resumably); write ``<model_id>.jsonl`` and ``summary.json``."""
+    rows = read_questions(questions)[:limit]
+    name = model_id or ctx.recipe.name
+    items = [(str(row["question_id"]), row) for row in rows]
+
+    async def work(row: dict[str, Any]) -> dict[str, Any]:
+        key = str(row["question_id"])
+        temperature = CATEGORY_TEMPERATURE.get(row["category"], 0.7)
+        conversation: list[dict[str, str]] = []
+        results, answers = [], []
+        for turn, question in enumerate(row["turns"]):
+            conversation.append({"role": "user", "content": question})
+            result = await ctx.answer(
+                list(conversation), key if turn == 0 else f"{key}#turn{turn + 1}", temperature=temperature
+            )
+            conversation.append({"role": "assistant", "content": result.output})
+            results.append(result)
+            answers.append(result.output)
+        return {
+            "question_id": row["question_id"],
+            "category": row["category"],
+            "answers": answers,
+            "temperature": temperature,
+            "answer_id": short_id(),
+            "tstamp": time.time(),
+            **trace_record(results),
+        }
+
+    records, stats = await run_items(
+        "mt-bench",
+        items,
+        work,
+        Checkpoint(out / ITEMS_FILE),
+        concurrency=concurrency,
+        budget=budget,
+        show_progress=show_progress,
+    )
+    finished = [records[key] for key, _ in items if key in records]
+    answers = [
+        {
+            "question_id": r["question_id"],
+            "answer_id": r["answer_id"],
+            "model_id": name,
+            "choices": [{"index": 0, "turns": r["answers"]}],
+            "tstamp": r["tstamp"],
+        }
+        for r in finished
+    ]
+    write_jsonl(out / f"{name}.jsonl", answers)
+    summary = write_summary(out, "mt-bench", ctx.recipe, stats, finished, {"model_id": name})
+    return summary, stats
+
+
+def read_judge_prompts(path: Path) -> dict[str, dict[str, Any]]:
+    prompts = {row.get("name"): row for row in read_jsonl(path)}
+    for name in ("single-v1", "single-v1-multi-turn"):
+        if name not in prompts:
+            raise DataError(f"{path}: no `{name}` judge prompt (FastChat judge_prompts.jsonl expected)")
+    return prompts  # type: ignore[return-value]
+
+
+def read_reference_answers(path: Path) -> dict[int, list[str]]:
+    """FastChat reference answers (model-answer format) by question id."""
+    return {row["question_id"]: row["choices"][0]["turns"] for row in read_jsonl(path)}
+
+
+def judge_recipe(model: str) -> Recipe:
+    agent = {"model": model, "temperature": 0.0, "max_tokens": 2048}
+    return Recipe.model_validate({"name": f"judge:{model}", "layers": [{"kind": "propose", "agents": [agent]}]})
+
+
+def parse_rating(judgment: str) -> float:
+    """The ``[[x]]`` rating of a judgment (``[x]`` accepted as a fallback); -1 when there is none."""
+    match = _RATING.search(judgment) or _RATING_LOOSE.search(judgment)
+    return float(match.group(1)) if match else -1.0
+
+
+def build_judge_prompt(
+    prompts: dict[str, dict[str, Any]],
+    question: dict[str, Any],
+    answers: list[str],
+    turn: int,
+    reference: list[str] | None,
+) -> tuple[str, str, str]:
+    """(prompt name, system prompt, user prompt) for one turn, as FastChat builds them."""
+    use_reference = question["category"] in NEED_REFERENCE and reference is not None
+    base = "single-math-v1" if use_reference and "single-math-v1" in prompts else "single-v1"
+    name = base if turn == 1 else f"{base}-multi-turn"
+    prompt = prompts[name]
+    values: dict[str, str] = {}
+    if turn == 1:
+        values = {"question": question["turns"][0], "answer": answers[0]}
+        if use_reference and reference:
+            values["ref_answer_1"] = reference[0]
+    else:
+        values = {
+            "question_1": question["turns"][0],
+            "question_2": question["turns"][1],
+            "answer_1": answers[0],
+            "answer_2": answers[1],
+        }
+        if use_reference and reference:
+            values.update(ref_answer_1=reference[0], ref_answer_2=reference[1] if len(reference) > 1 else "")
+    try:
+        user = prompt["prompt_template"].format(**values)
+    except (KeyError, IndexError) as exc:
+        raise DataError(f"judge prompt {name!r} needs a value moa does not have: {exc}") from exc
+    return name, str(prompt.get("system_prompt", "")), user
+
+
+async def judge(
+    out: Path,
+    judge_ctx: EvalContext,
+    questions_file: Path,
+    prompts_file: Path,
+    *,
+    reference_file: Path | None = None,
+    concurrency: int = 8,
+    budget: Budget | None = None,
+    show_progress: bool | None = None,
+) -> tuple[dict[str, Any], RunStats]:
+    """Grade every answered turn; write FastChat's judgment JSONL and the scores."""
+    questions = {row["question_id"]: row for row in read_questions(questions_file)}
+    prompts = read_judge_prompts(prompts_file)
+    references = read_reference_answers(reference_file) if reference_file else {}
+    answered = Checkpoint(out / ITEMS_FILE).load()
+    judge_model = judge_ctx.recipe.layers[0].agents[0].model
+    summary_model = next(iter(answered.values()), {}).get("model_id")
+    items = []
+    for record in sorted(answered.values(), key=lambda r: r["question_id"]):
+        question = questions.get(record["question_id"])
+        if question is None:
+            raise DataError(f"{questions_file}: no question {record['question_id']} (answered in {out})")
+        for turn in range(1, min(2, len(record["answers"])) + 1):
+            items.append((f"{record['question_id']}:t{turn}", (question, record, turn)))
+
+    async def work(item: tuple[dict[str, Any], dict[str, Any], int]) -> dict[str, Any]:
+        question, record, turn = item
+        name, system, user = build_judge_prompt(
+            prompts, question, record["answers"], turn, references.get(question["question_id"])
+        )
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        result = await judge_ctx.answer(messages)
+        return {
+            "question_id": question["question_id"],
+            "category": question["category"],
+            "model": summary_model,
+            "judge": [judge_model, name],
+            "user_prompt": user,
+            "judgment": result.output,
+            "score": parse_rating(result.output),
+            "turn": turn,
+            "tstamp": time.time(),
+            **trace_record([result]),
+        }
+
+    records, stats = await run_items(
+        "judge mt-bench",
+        items,
+        work,
+        Checkpoint(out / JUDGMENTS_FILE),
+        concurrency=concurrency,
+        budget=budget,
+        show_progress=show_progress,
+    )
+    judged = [records[key] for key, _ in items if key in records]
+    model_name = _model_id(out) or summary_model or "moa"
+    fastchat = [
+        {
+            "question_id": j["question_id"],
+            "model": model_name,
+            "judge": j["judge"],
+            "user_prompt": j["user_prompt"],
+            "judgment": j["judgment"],
+            "score": j["score"],
+            "turn": j["turn"],
+            "tstamp": j["tstamp"],
+        }
+        for j in judged
+    ]
+    write_jsonl(out / JUDGMENT_FILE, fastchat)
+    costs = [j.get("cost_usd") for j in judged]
+    summary = update_summary(
+        out,
+        **mtbench_scores(judged),
+        judge=judge_model,
+        judged=len(judged),
+        judge_cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
+    )
+    return summary, stats
+
+
+def mtbench_scores(judgments: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean rating overall, per turn and per category; ratings of -1 (unparsable) are counted apart."""
+    valid = [j for j in judgments if j["score"] >= 0]
+    by_turn: dict[int, list[float]] = defaultdict(list)
+    by_category: dict[str, list[float]] = defaultdict(list)
+    for j in valid:
+        by_turn[j["turn"]].append(j["score"])
+        by_category[j["category"]].append(j["score"])
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    return {
+        "score_name": "MT-Bench score",
+        "score": mean([j["score"] for j in valid]),
+        "score_turn_1": mean(by_turn[1]),
+        "score_turn_2": mean(by_turn[2]),
+        "score_by_category": {c: mean(v) for c, v in sorted(by_category.items())},
+        "unparsable_judgments": len(judgments) - len(valid),
+    }
+
+
+def _model_id(out: Path) -> str | None:
+    import json
+
+    path = out / "summary.json"
+    if path.exists():
+        value = json.loads(path.read_text()).get("model_id")
+        return str(value) if value else None
+    return None
