@@ -125,6 +125,12 @@ def _judge_context(args: argparse.Namespace, recipe: Any) -> EvalContext:
     return EvalContext(recipe=judge_recipe, overrides=overrides)
 
 
+def _rest_of(budget: Budget) -> Budget:
+    """A budget for the judging phase: what generation left of ``--max-cost``."""
+    left = None if budget.max_cost_usd is None else max(0.0, budget.max_cost_usd - budget.spent_usd)
+    return Budget(left)
+
+
 def _report_stats(label: str, stats: RunStats, budget: Budget) -> None:
     done = stats.skipped_done + stats.finished
     line = (
@@ -203,6 +209,7 @@ def _cmd_alpacaeval(args: argparse.Namespace) -> int:
     _report_stats("alpacaeval generation", stats, budget)
     if args.judge and summary["complete"] and not budget.exhausted:
         judge_ctx = _judge_context(args, alpaca.judge_recipe(args.judge, logprobs=not args.no_logprobs))
+        budget = _rest_of(budget)
         summary, stats = asyncio.run(
             alpaca.judge(
                 args.out,
@@ -250,6 +257,7 @@ def _cmd_mtbench(args: argparse.Namespace) -> int:
     _report_stats("mt-bench generation", stats, budget)
     if args.judge and summary["complete"] and not budget.exhausted:
         judge_ctx = _judge_context(args, mtbench.judge_recipe(args.judge))
+        budget = _rest_of(budget)
         summary, stats = asyncio.run(
             mtbench.judge(
                 args.out,

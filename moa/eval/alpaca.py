@@ -226,9 +226,7 @@ def alpaca_metrics(annotations: list[dict[str, Any]], difficulty: dict[int, floa
         "n_draws": rate.n_draws,
         "n_total": rate.n_total,
         "unparsable_judgments": methods.count("unparsable"),
-        "judge_method": "logprobs"
-        if methods.count("logprobs") == len(valid)
-        else f"text verdicts for {methods.count('text')} of {len(valid)} (judge gave no logprobs)",
+        "judge_method": _judge_method(methods, len(valid)),
     }
     if len(valid) >= 3:
         use_difficulty = difficulty is not None and all(a.get("index") in difficulty for a in valid)
@@ -247,6 +245,14 @@ def alpaca_metrics(annotations: list[dict[str, Any]], difficulty: dict[int, floa
         )
     metrics["score"] = metrics.get("length_controlled_win_rate", rate.win_rate)
     return metrics
+
+
+def _judge_method(methods: list[str], valid: int) -> str:
+    if not valid:
+        return "no parsable judgment"
+    if methods.count("logprobs") == valid:
+        return "logprobs"
+    return f"text verdicts for {methods.count('text')} of {valid} (no usable logprobs)"
 
 
 def _read_text(path: Path) -> str:

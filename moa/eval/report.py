@@ -110,13 +110,17 @@ def _html_table(runs: list[dict[str, Any]]) -> str:
 
 
 def _scatter(runs: list[dict[str, Any]]) -> str:
+    scored = [r for r in runs if r.get("score") is not None]
+    if not scored:
+        return '<p class="note">No run has a score yet: no chart.</p>'
+    by_cost = all(r.get("cost_per_item_usd") is not None for r in scored)
+    x_key, x_label, x_format = (
+        ("cost_per_item_usd", "generation cost per item (USD)", "${:.4f}") if by_cost else
+        ("calls_per_item", "calls per item (the cost of some runs is unknown)", "{:.1f}")
+    )  # fmt: skip
     points: list[tuple[float, float, str]] = [
-        (float(r["cost_per_item_usd"]), float(r["score"]), str(r.get("recipe", "?")))
-        for r in runs
-        if r.get("cost_per_item_usd") is not None and r.get("score") is not None
+        (float(r[x_key] or 0.0), float(r["score"]), str(r.get("recipe", "?"))) for r in scored
     ]
-    if not points:
-        return '<p class="note">No run has both a score and a known cost yet: no cost-vs-score chart.</p>'
     width, height, pad = 640, 360, 56
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = 0.0, max(xs) * 1.15 or 1.0
@@ -141,14 +145,14 @@ def _scatter(runs: list[dict[str, Any]]) -> str:
         xv, yv = x0 + (x1 - x0) * k / 4, y0 + (y1 - y0) * k / 4
         ticks.append(
             f'<text x="{sx(xv):.1f}" y="{height - pad + 18}" font-size="11" text-anchor="middle">'
-            f'${xv:.4f}</text><text x="{pad - 8}" y="{sy(yv) + 4:.1f}" font-size="11" '
+            f'{x_format.format(xv)}</text><text x="{pad - 8}" y="{sy(yv) + 4:.1f}" font-size="11" '
             f'text-anchor="end">{yv:.1f}</text>'
         )
     score_name = html.escape(str(runs[0].get("score_name", "score")))
     return f"""<svg width="{width}" height="{height}" role="img" aria-label="cost versus score">
 <rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="#fafafa" stroke="#ccc"/>
 {"".join(ticks)}{"".join(marks)}
-<text x="{width / 2}" y="{height - 10}" text-anchor="middle" font-size="13">generation cost per item (USD)</text>
+<text x="{width / 2}" y="{height - 10}" text-anchor="middle" font-size="13">{x_label}</text>
 <text x="16" y="{height / 2}" font-size="13" transform="rotate(-90 16 {height / 2})"
  text-anchor="middle">{score_name}</text>
 </svg>"""
