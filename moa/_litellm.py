@@ -68,6 +68,7 @@ class LiteLLMProvider:
         models need the ``[local]`` extra; provider models need their usual
         API key variable unless a key is given or ``api_base`` points elsewhere.
         """
+        litellm_module()  # import now (~3 s), not inside the first call's measured latency
         missing: dict[str, list[str]] = {}
         for model, params, has_key in calls:
             if is_local(model):

@@ -121,9 +121,9 @@ def _scatter(runs: list[dict[str, Any]]) -> str:
     points: list[tuple[float, float, str]] = [
         (float(r[x_key] or 0.0), float(r["score"]), str(r.get("recipe", "?"))) for r in scored
     ]
-    width, height, pad = 640, 360, 56
+    width, height, pad = 760, 360, 56
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = 0.0, max(xs) * 1.15 or 1.0
+    x0, x1 = 0.0, max(xs) * 1.5 or 1.0  # room on the right for the labels
     y0, y1 = min(0.0, min(ys)), max(ys) * 1.15 or 1.0
 
     def sx(x: float) -> float:
