@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,18 @@ def test_library_runs_share_one_server_and_stream() -> None:
     assert "".join(tokens) == result.output and result.output.strip()
     assert len(result.calls) == 4 and len(again.calls) == 4
     assert result.layers[-1].outputs[0].usage.completion_tokens > 0
+
+
+def test_eval_qa_and_report_on_the_real_model(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "qa"
+    command = [sys.executable, "-m", "moa", "eval", "qa", "--recipe", "local", "--limit", "2", "--out", str(out),
+               "--data", str(root / "evals" / "qa-sample.jsonl"), "--set", "max_tokens=24"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] == 2 and summary["calls_per_item"] == 4 and summary["cost_usd"] == 0.0
+    page = tmp_path / "r.html"
+    report = subprocess.run([sys.executable, "-m", "moa", "eval", "report", str(out), "--html", str(page)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert report.returncode == 0 and "<svg" in page.read_text()

@@ -222,10 +222,11 @@ def _cmd_alpacaeval(args: argparse.Namespace) -> int:
             )
         )
         _report_stats("alpacaeval judging", stats, budget)
+        lc = summary.get("length_controlled_win_rate")
+        lc_text = f"{lc:.2f} [{summary['lc_method']}]" if lc is not None else "needs 3 or more judged pairs"
         print(
-            f"win rate {summary['win_rate']:.2f} ± {summary['standard_error']:.2f}; LC win rate "
-            f"{summary.get('length_controlled_win_rate', float('nan')):.2f} [{summary.get('lc_method', '-')}]; "
-            f"judge: {summary['judge_method']}"
+            f"win rate {summary['win_rate']:.2f} ± {summary['standard_error']:.2f}; LC win rate {lc_text}; "
+            f"judge: {summary['judge_method']}; unparsable: {summary['unparsable_judgments']}"
         )
     print(f"wrote {args.out / alpaca.OUTPUTS_FILE} and {args.out / ITEMS_FILE}")
     return EXIT_OK

@@ -228,6 +228,7 @@ def alpaca_metrics(annotations: list[dict[str, Any]], difficulty: dict[int, floa
         "unparsable_judgments": methods.count("unparsable"),
         "judge_method": _judge_method(methods, len(valid)),
     }
+    metrics["length_controlled_win_rate"] = metrics["lc_method"] = None
     if len(valid) >= 3:
         use_difficulty = difficulty is not None and all(a.get("index") in difficulty for a in valid)
         lc = _stats.length_controlled(
@@ -243,7 +244,8 @@ def alpaca_metrics(annotations: list[dict[str, Any]], difficulty: dict[int, floa
             if use_difficulty
             else "APPROXIMATION: GLM without instruction difficulty (supply --instruction-difficulty for the LC form)"
         )
-    metrics["score"] = metrics.get("length_controlled_win_rate", rate.win_rate)
+    lc = metrics["length_controlled_win_rate"]
+    metrics["score"] = lc if lc is not None else rate.win_rate
     return metrics
 
 
