@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from moa.eval._common import ITEMS_FILE, EvalContext, load_reuse
-from moa.eval._runner import Budget, RunStats
+if TYPE_CHECKING:  # imported lazily: `moa --help` must not load pydantic or litellm
+    from moa.eval._common import EvalContext
+    from moa.eval._runner import Budget, RunStats
 
 EXIT_OK = 0
+ITEMS_FILE = "items.jsonl"
 
 
 def add_parser(commands: Any) -> None:
@@ -112,6 +113,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _context(args: argparse.Namespace, recipe_source: str | None = None) -> EvalContext:
     from moa._cli import _recipe_with_sets
+    from moa.eval._common import EvalContext, load_reuse
 
     recipe, overrides = _recipe_with_sets(recipe_source or args.recipe, args.sets)
     reuse = load_reuse(args.reaggregate_from) if getattr(args, "reaggregate_from", None) else {}
@@ -120,6 +122,7 @@ def _context(args: argparse.Namespace, recipe_source: str | None = None) -> Eval
 
 def _judge_context(args: argparse.Namespace, recipe: Any) -> EvalContext:
     from moa._cli import _recipe_with_sets
+    from moa.eval._common import EvalContext
 
     judge_recipe, overrides = _recipe_with_sets(recipe, args.judge_sets)
     return EvalContext(recipe=judge_recipe, overrides=overrides)
@@ -127,6 +130,8 @@ def _judge_context(args: argparse.Namespace, recipe: Any) -> EvalContext:
 
 def _rest_of(budget: Budget) -> Budget:
     """A budget for the judging phase: what generation left of ``--max-cost``."""
+    from moa.eval._runner import Budget
+
     left = None if budget.max_cost_usd is None else max(0.0, budget.max_cost_usd - budget.spent_usd)
     return Budget(left)
 
@@ -185,8 +190,11 @@ def _dry_run(ctx: EvalContext, prompts: list[str], turns: int = 1, judge_calls: 
 
 
 def _cmd_alpacaeval(args: argparse.Namespace) -> int:
+    import asyncio
+
     from moa._errors import ConfigError
     from moa.eval import alpaca
+    from moa.eval._runner import Budget
 
     ctx = _context(args)
     if args.dry_run:
@@ -233,8 +241,11 @@ def _cmd_alpacaeval(args: argparse.Namespace) -> int:
 
 
 def _cmd_mtbench(args: argparse.Namespace) -> int:
+    import asyncio
+
     from moa._errors import ConfigError
     from moa.eval import mtbench
+    from moa.eval._runner import Budget
 
     ctx = _context(args)
     if args.dry_run:
@@ -280,7 +291,10 @@ def _cmd_mtbench(args: argparse.Namespace) -> int:
 
 
 def _cmd_qa(args: argparse.Namespace) -> int:
+    import asyncio
+
     from moa.eval import qa
+    from moa.eval._runner import Budget
 
     ctx = _context(args)
     if args.dry_run:
