@@ -13,12 +13,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from moa._budget import Budget
     from moa._engine import run, run_sync
     from moa._errors import (
         BadResponseError,
+        BudgetExceeded,
         CallSite,
         CallTimeoutError,
         ConfigError,
+        DeadlineExceeded,
         MissingAPIKeyError,
         MoAError,
         PromptError,
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
         RequestRejectedError,
         RunError,
         TemplateError,
+        UnpricedModelError,
     )
     from moa._limits import Limiter
     from moa._loader import builtin_recipes, load_recipe
@@ -46,12 +50,15 @@ _EXPORTS = {
     "Agent": "moa.recipe",
     "AgentOutput": "moa.result",
     "BadResponseError": "moa._errors",
+    "Budget": "moa._budget",
+    "BudgetExceeded": "moa._errors",
     "CallError": "moa.result",
     "CallParams": "moa.recipe",
     "CallSite": "moa._errors",
     "CallTimeoutError": "moa._errors",
     "Completion": "moa._provider",
     "ConfigError": "moa._errors",
+    "DeadlineExceeded": "moa._errors",
     "Event": "moa.events",
     "Layer": "moa.recipe",
     "LayerPlan": "moa._plan",
@@ -75,6 +82,7 @@ _EXPORTS = {
     "RunError": "moa._errors",
     "SelfMoA": "moa.recipe",
     "TemplateError": "moa._errors",
+    "UnpricedModelError": "moa._errors",
     "Usage": "moa.result",
     "builtin_recipes": "moa._loader",
     "load_recipe": "moa._loader",
@@ -101,12 +109,15 @@ __all__ = [
     "Agent",
     "AgentOutput",
     "BadResponseError",
+    "Budget",
+    "BudgetExceeded",
     "CallError",
     "CallParams",
     "CallSite",
     "CallTimeoutError",
     "Completion",
     "ConfigError",
+    "DeadlineExceeded",
     "Event",
     "Layer",
     "LayerPlan",
@@ -130,6 +141,7 @@ __all__ = [
     "RunError",
     "SelfMoA",
     "TemplateError",
+    "UnpricedModelError",
     "Usage",
     "builtin_recipes",
     "load_recipe",

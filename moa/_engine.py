@@ -14,7 +14,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from moa._errors import CallSite, ConfigError, MissingAPIKeyError, ProviderError, QuorumError
+from moa._budget import Budget, BudgetRefused
+from moa._errors import (
+    BudgetExceeded,
+    CallSite,
+    ConfigError,
+    DeadlineExceeded,
+    MissingAPIKeyError,
+    ProviderError,
+    QuorumError,
+    UnpricedModelError,
+)
 from moa._fanout import Abandoned, settle
 from moa._limits import Limiter
 from moa._loader import RecipeSource, load_recipe
@@ -35,6 +45,18 @@ class _CallFailed(Exception):
         self.cause = cause
 
 
+class _CallRefused(Exception):
+    """Internal: the budget refused to start a call; carries its recorded output."""
+
+    def __init__(self, output: AgentOutput) -> None:
+        super().__init__(output.error.message if output.error else "refused")
+        self.output = output
+
+
+def _abandons(exc: Exception) -> bool:
+    return not isinstance(exc, _CallRefused)  # calls in flight finish when the budget runs out
+
+
 @dataclass
 class Engine:
     """One configured pipeline run.  Use ``moa.run``; this is the machinery behind it."""
@@ -47,9 +69,12 @@ class Engine:
     on_event: EventCallback | None = None
     on_token: TokenCallback | None = None
     sleep: Sleep | None = None
+    budget: Budget | None = None
 
     def __post_init__(self) -> None:
         self._keys = self._resolve_keys()
+        self._layers: list[LayerResult] = []  # finished layers, for partial traces
+        self._current: list[AgentOutput] = []  # finished calls of the layer in progress
 
     # -------------------------------------------------------------- set-up
 
@@ -78,19 +103,34 @@ class Engine:
 
     def preflight(self, start: int = 0) -> None:
         """Let the provider refuse unreachable models (missing key or extra) before any call."""
-        check = getattr(self.provider, "preflight", None)
-        if check is None:
-            return
+        check = getattr(self.provider, "preflight", lambda calls: None)
         calls = []
         for index in range(start, len(self.recipe.layers)):
             for spec in plan_layer(self.recipe, index, self.overrides):
                 has_key = self.api_key is not None or spec.api_key_env is not None
                 calls.append((spec.model, spec.params, has_key))
         check(calls)
+        price = getattr(self.provider, "worst_case_cost", None)
+        if self.budget is not None and not self.budget.allow_unpriced:
+            probes = [Request(model=m, messages=[{"role": "user", "content": ""}], params=p) for m, p, _ in calls]
+            unpriced = [r.model for r in probes if price is None or price(r) is None]
+            if unpriced:
+                raise UnpricedModelError(unpriced)
 
-    async def run(self, conversation: list[Message], reuse: Sequence[LayerResult] = ()) -> MoAResult:
+    async def run(
+        self, conversation: list[Message], reuse: Sequence[LayerResult] = (), deadline_s: float | None = None
+    ) -> MoAResult:
         self.preflight(start=len(reuse))
         started = time.perf_counter()
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await self._run(conversation, reuse, started)
+        except TimeoutError as exc:
+            error = DeadlineExceeded(f"the run's deadline of {deadline_s:g} s passed; calls in flight were cancelled")
+            error.partial = self._result(conversation, self._layers, started, output="")
+            raise error from exc
+
+    async def _run(self, conversation: list[Message], reuse: Sequence[LayerResult], started: float) -> MoAResult:
         layers: list[LayerResult] = []
         references: list[str] = []
         last = len(self.recipe.layers) - 1
@@ -106,15 +146,22 @@ class Engine:
             self._emit(Event("layer_started", layer=index + 1))
             layer_started = time.perf_counter()
             on_token = self.on_token if index == last else None
+            self._current = []
             try:
                 if layer.kind == "aggregate_seq":
                     outputs = await self._sequential(index, layer, conversation, references, on_token)
                 else:
                     outputs = await self._parallel(index, layer, conversation, references, on_token)
-            except QuorumError as exc:
-                layers.append(self._layer(index, layer, exc.outputs, layer_started))
+            except (QuorumError, BudgetExceeded) as exc:
+                recorded = exc.outputs if isinstance(exc, QuorumError) else self._current
+                layers.append(self._layer(index, layer, recorded, layer_started))
                 exc.partial = self._result(conversation, layers, started, output="")
                 raise
+            except asyncio.CancelledError:  # the run's deadline, or the caller cancelled
+                layers.append(self._layer(index, layer, self._current, layer_started))
+                raise
+            finally:
+                self._layers = layers
             layers.append(self._layer(index, layer, outputs, layer_started))
             self._emit(Event("layer_finished", layer=index + 1))
             texts = [output.text for output in outputs if output.ok and output.text is not None]
@@ -163,10 +210,16 @@ class Engine:
             agent = layer.agents[spec.site.agent]
             messages = build_messages(conversation, system=agent.system, references=block)
             factories.append(_bind(self._call, spec, messages, 0, on_token))
-        outcomes = await settle(factories, min_success=layer.min_success)
+        outcomes = await settle(
+            factories, min_success=layer.min_success, straggler_s=layer.straggler_s, abandons=_abandons
+        )
         outputs = [self._outcome(spec, outcome) for spec, outcome in zip(specs, outcomes, strict=True)]
+        self._current = outputs
         need = layer.min_success or len(specs)
         succeeded = sum(output.ok for output in outputs)
+        refused = [o for o in outcomes if isinstance(o, _CallRefused)]
+        if refused:
+            raise BudgetExceeded(f"layer {index + 1}: {refused[0]}; {len(refused)} call(s) not started")
         if succeeded < need:
             causes = [o.cause for o in outcomes if isinstance(o, _CallFailed)]
             raise QuorumError(index + 1, need, succeeded, len(specs), causes, outputs)
@@ -193,19 +246,23 @@ class Engine:
             final_step = step == len(windows)
             try:
                 output = await self._call(spec, messages, step, on_token if final_step else None)
+            except _CallRefused as refused:
+                self._current = [*outputs, refused.output]
+                raise BudgetExceeded(f"layer {index + 1}, step {step}: {refused}") from None
             except _CallFailed as failed:
                 outputs.append(failed.output)
                 raise QuorumError(
                     index + 1, len(windows), step - 1, len(windows), [failed.cause], outputs
                 ) from failed.cause
             outputs.append(output)
+            self._current = list(outputs)
             synthesis = output.text
         return outputs
 
     def _outcome(self, spec: CallSpec, outcome: AgentOutput | Exception) -> AgentOutput:
         if isinstance(outcome, AgentOutput):
             return outcome
-        if isinstance(outcome, _CallFailed):
+        if isinstance(outcome, _CallFailed | _CallRefused):
             return outcome.output
         if isinstance(outcome, Abandoned):
             return _output(spec, [], 0, error=CallError(type="Abandoned", message=str(outcome)))
@@ -223,13 +280,24 @@ class Engine:
         attempts = 0
         started = 0.0  # when the first attempt got past the limits: queueing is not latency
 
+        price = getattr(self.provider, "worst_case_cost", None)
+
         async def attempt() -> Any:
             nonlocal attempts, started
             attempts += 1
             async with gate.slot():  # queued until the provider's limits let it go
+                held = self.budget.reserve(price(request) if price else None) if self.budget else 0.0
                 started = started or time.perf_counter()
                 self._emit(Event("call_started", layer=site.layer, site=site, step=step, attempt=attempts))
-                return await self.provider.complete(request, on_token)
+                try:
+                    completion = await self.provider.complete(request, on_token)
+                except BaseException:
+                    if self.budget:
+                        self.budget.settle(held, 0.0)
+                    raise
+                if self.budget:
+                    self.budget.settle(held, completion.cost_usd)
+                return completion
 
         def elapsed() -> float:
             return time.perf_counter() - started if started else 0.0
@@ -250,6 +318,11 @@ class Engine:
 
         try:
             completion, attempts = await with_retries(attempt, self.recipe.retry, on_retry=on_retry, sleep=self.sleep)
+        except BudgetRefused as exc:
+            error = CallError(type="BudgetExceeded", message=str(exc))
+            output = _output(spec, messages, attempts - 1, step=step, error=error, latency=elapsed())
+            self._emit(Event("call_failed", layer=site.layer, site=site, step=step, attempt=attempts, output=output))
+            raise _CallRefused(output) from None
         except ProviderError as exc:
             exc.site = site
             error = CallError(
@@ -269,6 +342,7 @@ class Engine:
             self._emit(
                 Event("call_failed", layer=site.layer, site=site, attempt=exc.attempts, error=exc, output=output)
             )
+            self._current.append(output)
             raise _CallFailed(output, exc) from exc
         output = _output(
             spec,
@@ -281,6 +355,7 @@ class Engine:
             latency=elapsed(),
             top_logprobs=completion.top_logprobs,
         )
+        self._current.append(output)
         self._emit(Event("call_finished", layer=site.layer, site=site, step=step, attempt=attempts, output=output))
         return output
 
@@ -338,6 +413,10 @@ async def run(
     on_token: TokenCallback | None = None,
     api_key: str | None = None,
     reuse: Sequence[LayerResult] = (),
+    max_cost_usd: float | None = None,
+    allow_unpriced: bool = False,
+    budget: Budget | None = None,
+    deadline_s: float | None = None,
     **overrides: Any,
 ) -> MoAResult:
     """Run a prompt through a recipe and return the answer with its full trace.
@@ -353,9 +432,12 @@ async def run(
     receives the final answer's text as it streams.  ``reuse`` takes the first
     layers' results of an earlier run (``result.layers[:k]``): they are not
     called again, and the next layer aggregates their outputs (re-aggregation).
+    ``max_cost_usd`` bounds what the run may spend (or ``budget``: one
+    ``Budget`` shared by many runs); ``deadline_s`` bounds its wall time.
 
-    Raises ``ConfigError`` subclasses before any call for bad input, and
-    ``QuorumError`` (with ``.partial``, the trace so far) when a layer fails.
+    Raises ``ConfigError`` subclasses before any call for bad input;
+    ``QuorumError``, ``BudgetExceeded`` and ``DeadlineExceeded`` (each with
+    ``.partial``, the trace so far) when the run cannot finish.
     """
     loaded = load_recipe(recipe)
     conversation = normalize_prompt(prompt)
@@ -371,8 +453,9 @@ async def run(
         api_key=api_key,
         on_event=on_event,
         on_token=on_token,
+        budget=budget or (Budget(max_cost_usd, allow_unpriced) if max_cost_usd is not None else None),
     )
-    return await engine.run(conversation, reuse)
+    return await engine.run(conversation, reuse, deadline_s)
 
 
 def run_sync(prompt: str | Sequence[Mapping[str, Any]], recipe: RecipeSource, **kwargs: Any) -> MoAResult:

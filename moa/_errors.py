@@ -6,7 +6,8 @@ MoAError
 │   ├── RecipeError        a recipe that cannot be parsed or validated (names file and field)
 │   ├── TemplateError      a template that cannot be found, compiled or rendered
 │   ├── PromptError        an empty or malformed prompt
-│   └── MissingAPIKeyError an env var named by ``api_key_env`` is not set
+│   ├── MissingAPIKeyError an env var named by ``api_key_env`` is not set
+│   └── UnpricedModelError a budget is set but a model has no known price
 └── RunError               it went wrong at run time
     ├── ProviderError      one call failed (carries layer, agent, model, status, transient)
     │   ├── RateLimitedError      429 (honours Retry-After)
@@ -14,7 +15,9 @@ MoAError
     │   ├── CallTimeoutError      no answer within the call's timeout
     │   ├── BadResponseError      the provider answered with something unusable
     │   └── RequestRejectedError  400/401/403/404/422: never retried
-    └── QuorumError        a layer had fewer successes than its ``min_success``
+    ├── QuorumError        a layer had fewer successes than its ``min_success``
+    ├── BudgetExceeded     the run's ``max_cost_usd`` would be passed (carries ``.partial``)
+    └── DeadlineExceeded   the run's ``deadline_s`` passed (carries ``.partial``)
 ```
 
 Foreign exceptions are translated in exactly one place each: litellm's in
@@ -73,6 +76,17 @@ class MissingAPIKeyError(ConfigError):
         self.models = sorted(set(models))
         shown = ", ".join(self.models[:2]) + (f" and {len(self.models) - 2} more" if len(self.models) > 2 else "")
         super().__init__(f"{variable} is not set (needed by {shown}); export it and try again")
+
+
+class UnpricedModelError(ConfigError):
+    """A budget is set, but litellm has no price for some models (opt in with ``allow_unpriced``)."""
+
+    def __init__(self, models: Sequence[str]) -> None:
+        self.models = sorted(set(models))
+        super().__init__(
+            f"no known price for {', '.join(self.models)}: a budget cannot bound their cost; "
+            "pass allow_unpriced=True (CLI: --allow-unpriced) to count them as free"
+        )
 
 
 # -------------------------------------------------------------------- runtime
@@ -182,3 +196,19 @@ class QuorumError(RunError):
         lines = [f"layer {layer} failed: {succeeded} of {planned} calls succeeded, min_success is {needed}; causes:"]
         lines += [f"  - {type(err).__name__}: {err}" for err in self.failures]
         super().__init__("\n".join(lines))
+
+
+class _Partial(RunError):
+    """A run that stopped early; ``partial`` holds its trace so far (a ``MoAResult``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.partial: Any = None
+
+
+class BudgetExceeded(_Partial):
+    """The run's budget would be passed: no new call started, calls in flight finished."""
+
+
+class DeadlineExceeded(_Partial):
+    """The run's deadline passed: every call in flight was cancelled."""

@@ -7,8 +7,12 @@ Semantics of ``settle(factories, min_success=k)``:
   (settle), it does not cancel the siblings;
 - as soon as so many children have failed that ``k`` successes are no longer
   possible, the children still running are cancelled (their outcome is
-  ``Abandoned``): money is not spent on a layer that has already failed;
+  ``Abandoned``): money is not spent on a layer that has already failed.
+  Failures for which ``abandons(exc)`` is false (a call the budget refused to
+  start) count against the quorum but cancel nothing: in-flight calls finish;
 - with ``k`` unset, all must succeed: the first failure abandons the rest;
+- with ``straggler_s`` set, once ``k`` children have succeeded the others get
+  that many more seconds, then are cancelled (``Abandoned``, a straggler);
 - if the caller is cancelled, every child is cancelled and awaited before the
   ``CancelledError`` propagates (no task outlives the call);
 - outcomes come back in the order of the factories.
@@ -26,39 +30,63 @@ T = TypeVar("T")
 
 
 class Abandoned(Exception):
-    """Outcome of a child cancelled because its layer could no longer reach its quorum."""
+    """Outcome of a child cancelled because its result was no longer needed."""
+
+
+def _always(exc: Exception) -> bool:
+    return True
 
 
 async def settle(
-    factories: Sequence[Callable[[], Awaitable[T]]], *, min_success: int | None = None
+    factories: Sequence[Callable[[], Awaitable[T]]],
+    *,
+    min_success: int | None = None,
+    straggler_s: float | None = None,
+    abandons: Callable[[Exception], bool] = _always,
 ) -> list[T | Exception]:
     """Run all factories concurrently; return each one's result or exception, in order."""
     total = len(factories)
     need = total if min_success is None else min_success
     outcomes: list[T | Exception] = [Abandoned("not started")] * total
     tasks: list[asyncio.Task[None]] = []
-    failures = 0
-    quorum_lost = False
+    failures = successes = 0
+    reason: str | None = None  # why we cancelled our own children, once we have
+    timer: asyncio.TimerHandle | None = None
+
+    def cancel_rest(why: str) -> None:
+        nonlocal reason
+        reason = reason or why
+        current = asyncio.current_task()
+        for task in tasks:
+            if task is not current and not task.done():
+                task.cancel()
 
     async def child(index: int, factory: Callable[[], Awaitable[T]]) -> None:
-        nonlocal failures, quorum_lost
+        nonlocal failures, successes, timer
         try:
             outcomes[index] = await factory()
         except asyncio.CancelledError:
-            if not quorum_lost:
+            if reason is None:
                 raise
-            outcomes[index] = Abandoned("cancelled: the layer could no longer reach its quorum")
+            outcomes[index] = Abandoned(f"cancelled: {reason}")
+            return
         except Exception as exc:
             outcomes[index] = exc
             failures += 1
-            if not quorum_lost and total - failures < need:
-                quorum_lost = True
-                current = asyncio.current_task()
-                for task in tasks:
-                    if task is not current:
-                        task.cancel()
+            if total - failures < need and abandons(exc):
+                cancel_rest("the layer could no longer reach its quorum")
+            return
+        successes += 1
+        if straggler_s is not None and successes == need and need < total:
+            loop = asyncio.get_running_loop()
+            why = f"straggler cut-off: {need} calls had succeeded {straggler_s:g} s before"
+            timer = loop.call_later(straggler_s, cancel_rest, why)
 
-    async with asyncio.TaskGroup() as group:
-        for index, factory in enumerate(factories):
-            tasks.append(group.create_task(child(index, factory)))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for index, factory in enumerate(factories):
+                tasks.append(group.create_task(child(index, factory)))
+    finally:
+        if timer is not None:
+            timer.cancel()
     return outcomes

@@ -79,6 +79,26 @@ class LiteLLMProvider:
         for variable, models in missing.items():
             raise MissingAPIKeyError(variable, models)
 
+    def worst_case_cost(self, request: Request) -> float | None:
+        """The most this call can cost: its prompt at ~3 characters a token plus ``max_tokens`` of output.
+
+        None when litellm has no price for the model; 0.0 for local models.
+        """
+        if is_local(request.model):
+            return 0.0
+        litellm = litellm_module()
+        chars = sum(len(str(m.get("content", ""))) + 16 for m in request.messages)
+        prompt_tokens = chars // 3 + 1
+        max_tokens = request.params.get("max_tokens") or _max_output_tokens(litellm, request.model)
+        try:
+            prompt_cost, completion_cost = litellm.cost_per_token(
+                model=request.model, prompt_tokens=prompt_tokens, completion_tokens=int(max_tokens)
+            )
+        except Exception:  # unmapped model
+            return None
+        total = float(prompt_cost) + float(completion_cost)
+        return total if total > 0 or _is_free(litellm, request.model) else None
+
     async def complete(self, request: Request, on_token: TokenCallback | None = None) -> Completion:
         litellm = litellm_module()
         model, params, api_key = request.model, dict(request.params), request.api_key
@@ -135,6 +155,23 @@ class LiteLLMProvider:
         if not chunks:
             raise BadResponseError("the stream ended before any data", model=request.model)
         return litellm.stream_chunk_builder(chunks, messages=list(request.messages))
+
+
+def _max_output_tokens(litellm: ModuleType, model: str) -> int:
+    """The model's own output limit from litellm's map (4096 when unknown)."""
+    try:
+        info = litellm.get_model_info(model)
+    except Exception:
+        return 4096
+    return int(info.get("max_output_tokens") or info.get("max_tokens") or 4096)
+
+
+def _is_free(litellm: ModuleType, model: str) -> bool:
+    try:
+        info = litellm.get_model_info(model)
+    except Exception:
+        return False
+    return bool(info.get("input_cost_per_token") == 0 and info.get("output_cost_per_token") == 0)
 
 
 def _missing_keys(model: str) -> list[str]:

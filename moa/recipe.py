@@ -146,6 +146,13 @@ class Layer(_Strict):
         description="Quorum: how many of this layer's calls must succeed for the run to go on. "
         "Unset means all of them. Failed calls are recorded with their error.",
     )
+    straggler_s: float | None = Field(
+        None,
+        gt=0,
+        description="Tail-latency cut-off: once `min_success` calls have succeeded, wait at most this many "
+        "seconds for the others, then cancel them (recorded as abandoned). Needs `min_success` below the "
+        "layer's call count.",
+    )
     window: int | None = Field(
         None,
         ge=2,
@@ -184,6 +191,8 @@ class Layer(_Strict):
                 raise ValueError("an `aggregate_seq` layer has exactly one agent with n = 1")
         elif self.window is not None:
             raise ValueError("`window` applies only to `aggregate_seq` layers")
+        if self.straggler_s is not None and (self.min_success is None or calls is None or self.min_success >= calls):
+            raise ValueError("`straggler_s` needs `min_success` below the layer's number of calls")
         if self.min_success is not None and calls is not None and self.min_success > calls:
             raise ValueError(f"min_success is {self.min_success} but the layer makes only {calls} calls")
         return self

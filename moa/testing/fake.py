@@ -43,6 +43,8 @@ class FakeProvider:
     raise.  ``replies`` maps a model to a list of replies consumed in order
     (the last one repeats) and wins over the responder for that model.
     ``delay_s`` makes each call await that long (with the real loop clock).
+    ``price_usd`` is every call's worst-case cost for budgets; give replies a
+    ``Completion`` with ``cost_usd`` for what they really cost.
     Token counts of plain-text replies are word counts.
     """
 
@@ -52,10 +54,12 @@ class FakeProvider:
         *,
         replies: Mapping[str, list[Reply]] | None = None,
         delay_s: float = 0.0,
+        price_usd: float | None = None,
     ) -> None:
         self.responder = responder or _default_reply
         self.replies = {model: list(items) for model, items in (replies or {}).items()}
         self.delay_s = delay_s
+        self.price_usd = price_usd
         self.requests: list[RecordedRequest] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -88,6 +92,10 @@ class FakeProvider:
             for piece in re.findall(r"\S+\s*|\s+", reply.text):
                 on_token(piece)
         return reply
+
+    def worst_case_cost(self, request: Request) -> float | None:
+        """``price_usd`` (the budget's view of every call); None (unpriced) when it is not set."""
+        return self.price_usd
 
     def _reply(self, request: Request, index: int) -> Reply:
         queue = self.replies.get(request.model)

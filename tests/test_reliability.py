@@ -1,0 +1,125 @@
+"""Budgets, deadlines, straggler cut-off and cancellation (in-process fake and loopback HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from conftest import agents, loopback_recipe
+
+import moa
+from moa import Completion
+from moa.testing import FakeProvider, LoopbackServer
+
+THREE = {
+    "name": "three",
+    "layers": [
+        {"kind": "propose", "agents": [{"model": "openai/p0"}, {"model": "openai/p1"}, {"model": "openai/p2"}]},
+        {"kind": "aggregate", "agents": [{"model": "openai/agg"}]},
+    ],
+}
+
+
+def priced(cost: float) -> FakeProvider:
+    return FakeProvider(lambda r, i: Completion(f"answer {i}", 10, 5, cost_usd=cost), price_usd=0.01, delay_s=0.02)
+
+
+async def test_budget_stops_new_calls_and_keeps_the_partial_trace() -> None:
+    fake = priced(0.009)
+    with pytest.raises(moa.BudgetExceeded) as info:
+        # Worst cases of 0.01 each: three proposers fit in 0.03; after them 0.027 is spent, so the
+        # aggregator's worst case does not fit.
+        await moa.run("Q", THREE, provider=fake, max_cost_usd=0.03)
+    assert len(fake.requests) == 3  # no new call started once the budget could not cover it
+    partial = info.value.partial
+    assert [len(layer.outputs) for layer in partial.layers] == [3, 1]
+    assert partial.layers[1].outputs[0].error.type == "BudgetExceeded"
+    assert partial.cost_usd == pytest.approx(0.027)
+
+
+async def test_calls_in_flight_finish_when_the_budget_runs_out() -> None:
+    fake = priced(0.001)
+    recipe = {**THREE, "layers": [{**THREE["layers"][0], "min_success": 1}, THREE["layers"][1]]}
+    with pytest.raises(moa.BudgetExceeded) as info:
+        await moa.run("Q", recipe, provider=fake, max_cost_usd=0.025)  # 2 of 3 proposers may start
+    first = info.value.partial.layers[0].outputs
+    assert [o.ok for o in first] == [True, True, False] and first[2].error.type == "BudgetExceeded"
+    assert len(fake.requests) == 2
+
+
+async def test_a_budget_shared_by_several_runs() -> None:
+    budget = moa.Budget(max_cost_usd=0.1)
+    fake = priced(0.01)
+    await moa.run("Q", THREE, provider=fake, budget=budget)
+    await moa.run("Q", THREE, provider=fake, budget=budget)
+    assert budget.spent_usd == pytest.approx(0.08) and budget.reserved_usd == 0
+    with pytest.raises(moa.BudgetExceeded):
+        await moa.run("Q", THREE, provider=fake, budget=budget)
+
+
+async def test_unpriced_models_are_refused_under_a_budget_unless_allowed() -> None:
+    fake = FakeProvider()  # no price
+    with pytest.raises(moa.UnpricedModelError, match="openai/agg, openai/p0"):
+        await moa.run("Q", THREE, provider=fake, max_cost_usd=1.0)
+    assert fake.requests == []
+    result = await moa.run("Q", THREE, provider=fake, max_cost_usd=1.0, allow_unpriced=True)
+    assert len(result.calls) == 4
+
+
+async def test_deadline_bounds_the_run_and_keeps_finished_calls() -> None:
+    def slow_for_p2(request: moa.Request, index: int) -> str:
+        return "ok"
+
+    class Slow(FakeProvider):
+        async def complete(self, request: moa.Request, on_token: object = None) -> Completion:  # type: ignore[override]
+            if request.model == "openai/p2":
+                await asyncio.sleep(30)
+            return await super().complete(request)
+
+    started = time.perf_counter()
+    with pytest.raises(moa.DeadlineExceeded) as info:
+        await moa.run("Q", THREE, provider=Slow(slow_for_p2), deadline_s=0.3)
+    assert time.perf_counter() - started < 1.0
+    layer = info.value.partial.layers[0]
+    assert sorted(o.model for o in layer.outputs) == ["openai/p0", "openai/p1"]
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+async def test_straggler_cut_off_closes_a_layer_early(loopback: LoopbackServer) -> None:
+    loopback.latency_by_model = {"p2": 5.0}
+    layers = [
+        {"kind": "propose", "agents": agents("openai/p0", "openai/p1", "openai/p2"), "min_success": 2,
+         "straggler_s": 0.2},
+        {"kind": "aggregate", "agents": agents("openai/agg")},
+    ]  # fmt: skip
+    result = await moa.run("Q", loopback_recipe(loopback, layers), api_key="k")
+    assert result.layers[0].latency_s < 1.5  # not the 5 s of the straggler
+    outputs = result.layers[0].outputs
+    assert [o.ok for o in outputs] == [True, True, False]
+    assert outputs[2].error is not None and "straggler cut-off" in outputs[2].error.message
+    system = result.layers[1].outputs[0].messages[0]["content"]
+    assert system.count("p0 reply") + system.count("p1 reply") == 2 and "p2 reply" not in system
+
+
+def test_straggler_needs_a_quorum_below_the_layer() -> None:
+    bad = {**THREE, "layers": [{**THREE["layers"][0], "straggler_s": 1.0}, THREE["layers"][1]]}
+    with pytest.raises(moa.RecipeError, match="needs `min_success` below"):
+        moa.load_recipe(bad)
+
+
+async def test_cancelling_a_run_cancels_every_call_within_a_second(loopback: LoopbackServer) -> None:
+    loopback.add_fault("hang", times=10)
+    layers = [{"kind": "propose", "agents": agents("openai/p0", "openai/p1", "openai/p2")},
+              {"kind": "aggregate", "agents": agents("openai/agg")}]  # fmt: skip
+    task = asyncio.create_task(moa.run("Q", loopback_recipe(loopback, layers), api_key="k"))
+    deadline = time.monotonic() + 10
+    while len(loopback.completions()) < 3 and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    cancelled_at = time.perf_counter()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.perf_counter() - cancelled_at < 1.0
+    await asyncio.sleep(0)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
