@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the whole result as JSON (no live view)")
     run.add_argument("--quiet", "-q", action="store_true", help="print only the answer")
     run.add_argument("--no-stream", action="store_true", help="do not stream the answer token by token")
+    run.add_argument("--max-cost", type=float, metavar="USD",
+                     help="budget: a call whose worst case does not fit is not started (exit 1)")  # fmt: skip
+    run.add_argument("--allow-unpriced", action="store_true",
+                     help="under --max-cost, count models with no known price as free, not refuse them")  # fmt: skip
+    run.add_argument("--deadline", type=float, metavar="SECONDS", help="stop the whole run after this long")
     _log_arguments(run)
     run.add_argument("--no-log", action="store_true", help="do not record this run in the run log")
     run.set_defaults(handler=_cmd_run)
@@ -144,7 +149,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     import moa
-    from moa._errors import MoAError, QuorumError
+    from moa._errors import BudgetExceeded, DeadlineExceeded, MoAError, QuorumError
     from moa._plan import normalize_prompt
     from moa._runlog import RunLog
     from moa.events import Event
@@ -186,16 +191,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if view is not None:
             view.on_event(event)
 
+    limits: dict[str, Any] = {"deadline_s": args.deadline, "allow_unpriced": args.allow_unpriced}
+    if args.max_cost is not None:
+        limits["max_cost_usd"] = args.max_cost
+
+    def go() -> Any:
+        return asyncio.run(moa.run(conversation, recipe, on_event=on_event, on_token=on_token, **limits, **overrides))
+
     try:
         if view is not None:
             with view:
-                result = asyncio.run(moa.run(conversation, recipe, on_event=on_event, on_token=on_token, **overrides))
+                result = go()
         else:
-            result = asyncio.run(moa.run(conversation, recipe, on_event=on_event, on_token=on_token, **overrides))
+            result = go()
     except KeyboardInterrupt:
         finish("interrupted", seen, error="interrupted by the user")
         raise
-    except QuorumError as exc:
+    except (QuorumError, BudgetExceeded, DeadlineExceeded) as exc:
         partial = exc.partial.calls if exc.partial is not None else seen
         finish("failed", partial, error=str(exc))
         raise

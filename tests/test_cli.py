@@ -231,3 +231,21 @@ def test_local_recipe_without_the_extra_says_what_to_install(
     assert main(["run", "Why is the sky blue?", "--no-log"]) == 2
     err = capsys.readouterr().err.strip()
     assert "is not installed; run: pip install 'moa-pipeline[local]'" in err and "\n" not in err
+
+
+def test_run_budget_and_deadline_flags(
+    loopback: LoopbackServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_log: Path
+) -> None:
+    recipe = write_recipe(loopback, tmp_path / "r.yaml")
+    # openai/p1 and openai/p2 have no price: refused under a budget unless allowed.
+    assert main(["run", "Q", "--recipe", str(recipe), "--max-cost", "1"]) == 2
+    assert "no known price for openai/p1, openai/p2" in capsys.readouterr().err
+    assert main(["run", "Q", "--recipe", str(recipe), "--max-cost", "1", "--allow-unpriced", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["run", "Q", "--recipe", str(recipe), "--max-cost", "0.0000001", "--allow-unpriced"]) == 1
+    assert "would pass the budget" in capsys.readouterr().err
+    loopback.add_fault("hang", times=5, model="p2")
+    assert main(["run", "Q", "--recipe", str(recipe), "--deadline", "0.5"]) == 1
+    assert "deadline of 0.5 s passed" in capsys.readouterr().err
+    statuses = [run["status"] for run in RunLog(isolated_log).recent()]
+    assert statuses == ["failed", "failed", "done", "failed"]

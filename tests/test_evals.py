@@ -244,8 +244,12 @@ def test_max_cost_and_dry_run(server: LoopbackServer, tmp_path: Path, capsys: py
     assert main(["eval", "alpacaeval", "--recipe", str(path), "--data", data, "--out", str(tmp_path / "c"),
                  "--max-cost", "0.0000001", "--concurrency", "1"]) == 0  # fmt: skip
     err = capsys.readouterr().err
-    assert "stopped: --max-cost" in err and "3 items not started" in err
-    assert len(json.loads((tmp_path / "c" / "model_outputs.json").read_text())) == 1
+    assert "stopped: --max-cost" in err and "3 items not started" in err and "BudgetExceeded" in err
+    assert json.loads((tmp_path / "c" / "model_outputs.json").read_text()) == []
+    assert not server.completions()  # the first call's worst case did not fit: nothing was sent
+    assert main(["eval", "alpacaeval", "--recipe", str(path), "--data", data, "--out", str(tmp_path / "c"),
+                 "--max-cost", "1.0"]) == 0  # fmt: skip
+    assert len(json.loads((tmp_path / "c" / "model_outputs.json").read_text())) == 4
 
 
 # ------------------------------------------------------------------ mt-bench

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported lazily: `moa --help` must not load pydantic or litellm
+    from moa._budget import Budget
     from moa.eval._common import EvalContext
-    from moa.eval._runner import Budget, RunStats
+    from moa.eval._runner import RunStats
 
 EXIT_OK = 0
 ITEMS_FILE = "items.jsonl"
@@ -85,7 +86,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for outputs, traces and checkpoints")
     parser.add_argument("--limit", type=int, help="only the first N items")
     parser.add_argument("--concurrency", type=int, default=8, help="items in flight at once (default 8)")
-    parser.add_argument("--max-cost", type=float, metavar="USD", help="stop starting items once this is spent")
+    parser.add_argument("--max-cost", type=float, metavar="USD",
+                        help="budget for every call of the run, judge included: a call whose worst case does not "
+                        "fit is not started, items in flight finish, and the run can be resumed later")  # fmt: skip
+    parser.add_argument("--allow-unpriced", action="store_true",
+                        help="under --max-cost, count models with no known price as free, not refuse them")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the number of calls and a cost estimate")
     parser.add_argument(
         "--set",
@@ -111,48 +116,42 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _context(args: argparse.Namespace, recipe_source: str | None = None) -> EvalContext:
+def _budget(args: argparse.Namespace) -> Budget | None:
+    from moa._budget import Budget
+
+    return Budget(args.max_cost, allow_unpriced=args.allow_unpriced) if args.max_cost is not None else None
+
+
+def _context(args: argparse.Namespace, recipe_source: str | None = None, budget: Budget | None = None) -> EvalContext:
     from moa._cli import _recipe_with_sets
     from moa.eval._common import EvalContext, load_reuse
 
     recipe, overrides = _recipe_with_sets(recipe_source or args.recipe, args.sets)
     reuse = load_reuse(args.reaggregate_from) if getattr(args, "reaggregate_from", None) else {}
-    return EvalContext(recipe=recipe, overrides=overrides, reuse=reuse)
+    return EvalContext(recipe=recipe, overrides=overrides, reuse=reuse, budget=budget)
 
 
-def _judge_context(args: argparse.Namespace, recipe: Any) -> EvalContext:
+def _judge_context(args: argparse.Namespace, recipe: Any, budget: Budget | None) -> EvalContext:
     from moa._cli import _recipe_with_sets
     from moa.eval._common import EvalContext
 
     judge_recipe, overrides = _recipe_with_sets(recipe, args.judge_sets)
-    return EvalContext(recipe=judge_recipe, overrides=overrides)
+    return EvalContext(recipe=judge_recipe, overrides=overrides, budget=budget)
 
 
-def _rest_of(budget: Budget) -> Budget:
-    """A budget for the judging phase: what generation left of ``--max-cost``."""
-    from moa.eval._runner import Budget
-
-    left = None if budget.max_cost_usd is None else max(0.0, budget.max_cost_usd - budget.spent_usd)
-    return Budget(left)
-
-
-def _report_stats(label: str, stats: RunStats, budget: Budget) -> None:
+def _report_stats(label: str, stats: RunStats, budget: Budget | None) -> None:
     done = stats.skipped_done + stats.finished
-    line = (
-        f"{label}: {done}/{stats.total} done ({stats.finished} now, {stats.skipped_done} from checkpoint), "
-        f"{stats.failed} failed, {stats.wall_s:.1f} s, ${budget.spent_usd:.4f}"
-    )
-    if budget.unpriced:
-        line += f" (+{budget.unpriced} items with unknown cost)"
+    line = (f"{label}: {done}/{stats.total} done ({stats.finished} now, {stats.skipped_done} from checkpoint), "
+            f"{stats.failed} failed, {stats.wall_s:.1f} s, ${stats.cost_usd:.4f}")  # fmt: skip
+    if stats.unpriced:
+        line += f" (+{stats.unpriced} items with unknown cost)"
     print(line, file=sys.stderr)
     for error in stats.errors[:5]:
         print(f"  failed {error.splitlines()[0]}", file=sys.stderr)
-    if stats.not_started:
-        print(
-            f"stopped: --max-cost ${budget.max_cost_usd} reached; {stats.not_started} items not started "
-            "(run the same command with a higher --max-cost to continue)",
-            file=sys.stderr,
-        )
+    if budget is not None and budget.exhausted:
+        print(f"stopped: --max-cost ${budget.max_cost_usd:g} reached (spent ${budget.spent_usd:.4f}); "
+              f"{stats.not_started} items not started; run the same command with a higher --max-cost "
+              "to continue", file=sys.stderr)  # fmt: skip
 
 
 def _dry_run(ctx: EvalContext, prompts: list[str], turns: int = 1, judge_calls: int = 0) -> int:
@@ -194,15 +193,14 @@ def _cmd_alpacaeval(args: argparse.Namespace) -> int:
 
     from moa._errors import ConfigError
     from moa.eval import alpaca
-    from moa.eval._runner import Budget
 
-    ctx = _context(args)
+    budget = _budget(args)
+    ctx = _context(args, budget=budget)
     if args.dry_run:
         rows = alpaca.read_eval_set(args.data)[: args.limit]
         return _dry_run(ctx, [r["instruction"] for r in rows], judge_calls=len(rows) if args.judge else 0)
     if args.judge and not args.judge_prompt:
         raise ConfigError("--judge needs --judge-prompt (AlpacaEval's alpaca_eval_clf.txt)")
-    budget = Budget(args.max_cost)
     summary, stats = asyncio.run(
         alpaca.generate(
             ctx,
@@ -215,9 +213,8 @@ def _cmd_alpacaeval(args: argparse.Namespace) -> int:
         )
     )
     _report_stats("alpacaeval generation", stats, budget)
-    if args.judge and summary["complete"] and not budget.exhausted:
-        judge_ctx = _judge_context(args, alpaca.judge_recipe(args.judge, logprobs=not args.no_logprobs))
-        budget = _rest_of(budget)
+    if args.judge and summary["complete"] and not (budget and budget.exhausted):
+        judge_ctx = _judge_context(args, alpaca.judge_recipe(args.judge, logprobs=not args.no_logprobs), budget)
         summary, stats = asyncio.run(
             alpaca.judge(
                 args.out,
@@ -245,16 +242,15 @@ def _cmd_mtbench(args: argparse.Namespace) -> int:
 
     from moa._errors import ConfigError
     from moa.eval import mtbench
-    from moa.eval._runner import Budget
 
-    ctx = _context(args)
+    budget = _budget(args)
+    ctx = _context(args, budget=budget)
     if args.dry_run:
         rows = mtbench.read_questions(args.questions)[: args.limit]
         turns = max(len(r["turns"]) for r in rows) if rows else 2
         return _dry_run(ctx, [r["turns"][0] for r in rows], turns=turns, judge_calls=2 * len(rows) if args.judge else 0)
     if args.judge and not args.judge_prompts:
         raise ConfigError("--judge needs --judge-prompts (FastChat's judge_prompts.jsonl)")
-    budget = Budget(args.max_cost)
     summary, stats = asyncio.run(
         mtbench.generate(
             ctx,
@@ -267,9 +263,8 @@ def _cmd_mtbench(args: argparse.Namespace) -> int:
         )
     )
     _report_stats("mt-bench generation", stats, budget)
-    if args.judge and summary["complete"] and not budget.exhausted:
-        judge_ctx = _judge_context(args, mtbench.judge_recipe(args.judge))
-        budget = _rest_of(budget)
+    if args.judge and summary["complete"] and not (budget and budget.exhausted):
+        judge_ctx = _judge_context(args, mtbench.judge_recipe(args.judge), budget)
         summary, stats = asyncio.run(
             mtbench.judge(
                 args.out,
@@ -294,20 +289,19 @@ def _cmd_qa(args: argparse.Namespace) -> int:
     import asyncio
 
     from moa.eval import qa
-    from moa.eval._runner import Budget
 
-    ctx = _context(args)
+    budget = _budget(args)
+    ctx = _context(args, budget=budget)
     if args.dry_run:
         rows = qa.read_questions(args.data)[: args.limit]
         return _dry_run(ctx, [r["prompt"] for r in rows])
-    budget = Budget(args.max_cost)
     summary, stats = asyncio.run(
         qa.generate(ctx, args.data, args.out, limit=args.limit, concurrency=args.concurrency, budget=budget)
     )
     _report_stats(f"qa {ctx.recipe.name}", stats, budget)
     print(f"{ctx.recipe.name}: accuracy {summary['score']:.1f}% ({summary['correct']}/{summary['finished']})")
     if args.baseline:
-        base_ctx = _context(args, args.baseline)
+        base_ctx = _context(args, args.baseline, budget=budget)
         base_out = args.out / "baseline"
         base_summary, stats = asyncio.run(
             qa.generate(base_ctx, args.data, base_out, limit=args.limit, concurrency=args.concurrency, budget=budget)

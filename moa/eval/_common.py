@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moa._budget import Budget
 from moa._engine import run
 from moa._errors import ConfigError
 from moa._limits import Limiter
@@ -38,6 +39,7 @@ class EvalContext:
     provider: Provider | None = None
     limiter: Limiter | None = None
     reuse: Mapping[str, list[LayerResult]] = field(default_factory=dict)
+    budget: Budget | None = None  # shared by every call of every item (and the judge's)
 
     def __post_init__(self) -> None:
         self.limiter = self.limiter or Limiter(self.recipe.limits)
@@ -49,6 +51,7 @@ class EvalContext:
             provider=self.provider,
             limiter=self.limiter,
             reuse=self.reuse.get(key, ()),
+            budget=self.budget,
             **{**self.overrides, **overrides},
         )
 

@@ -1,6 +1,7 @@
 """Run many items concurrently, durably and within a budget, with a progress bar.
 
-Every item is one async job returning a JSON-able record.  Finished records
+Every item is one async job returning a JSON-able record.  A ``Budget`` (the
+same one every call of every item reserves from) stops new items once spent.  Finished records
 are appended to a ``Checkpoint`` as they complete, so a re-run (after a crash,
 Ctrl-C or ``kill -9``) skips them and never pays for them twice.  Items run
 under one global concurrency limit, and their calls share one ``Limiter`` for
@@ -16,29 +17,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from moa._budget import Budget
 from moa._fanout import settle
 from moa.eval._store import Checkpoint
 
 Record = dict[str, Any]
-
-
-@dataclass
-class Budget:
-    """Stops new items once ``max_cost_usd`` is spent (items in flight finish)."""
-
-    max_cost_usd: float | None = None
-    spent_usd: float = 0.0
-    unpriced: int = 0
-
-    @property
-    def exhausted(self) -> bool:
-        return self.max_cost_usd is not None and self.spent_usd >= self.max_cost_usd
-
-    def add(self, cost: float | None) -> None:
-        if cost is None:
-            self.unpriced += 1
-        else:
-            self.spent_usd += cost
 
 
 @dataclass
@@ -52,6 +35,7 @@ class RunStats:
     not_started: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
+    unpriced: int = 0  # finished items whose cost is unknown
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -70,15 +54,14 @@ async def run_items(
     done = checkpoint.load()
     pending = [(key, item) for key, item in items if key not in done]
     stats = RunStats(total=len(items), skipped_done=len(items) - len(pending))
-    budget = budget or Budget()
     gate = asyncio.Semaphore(concurrency)
-    progress = _Progress(label, len(items), stats, budget, show_progress)
+    progress = _Progress(label, len(items), stats, show_progress)
     progress.advance(stats.skipped_done)
     started = time.perf_counter()
 
     async def one(key: str, item: Any) -> None:
         async with gate:
-            if budget.exhausted:
+            if budget is not None and budget.exhausted:
                 stats.not_started += 1
                 return
             try:
@@ -93,8 +76,10 @@ async def run_items(
             done[key] = record
             stats.finished += 1
             stats.tokens += int(record.get("tokens", 0))
-            budget.add(record.get("cost_usd"))
-            stats.cost_usd = budget.spent_usd
+            if record.get("cost_usd") is None:
+                stats.unpriced += 1
+            else:
+                stats.cost_usd += record["cost_usd"]
             progress.advance(1)
 
     with progress:
@@ -110,8 +95,8 @@ def _bind(fn: Callable[[str, Any], Awaitable[None]], key: str, item: Any) -> Cal
 class _Progress:
     """A rich progress bar on stderr (items, failures, tokens, cost, ETA); silent when not a terminal."""
 
-    def __init__(self, label: str, total: int, stats: RunStats, budget: Budget, show: bool | None) -> None:
-        self.stats, self.budget = stats, budget
+    def __init__(self, label: str, total: int, stats: RunStats, show: bool | None) -> None:
+        self.stats = stats
         self.enabled = sys.stderr.isatty() if show is None else show
         self._progress: Any = None
         if self.enabled:
@@ -131,7 +116,7 @@ class _Progress:
     def advance(self, n: int) -> None:
         if self._progress is None:
             return
-        cost = f"${self.budget.spent_usd:.4f}" + (" +unpriced" if self.budget.unpriced else "")
+        cost = f"${self.stats.cost_usd:.4f}" + (" +unpriced" if self.stats.unpriced else "")
         extra = f"failed {self.stats.failed}  tokens {self.stats.tokens}  cost {cost}"
         self._progress.update(self._task, advance=n, extra=extra)
 

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from moa._budget import Budget
 from moa.eval import _stats
 from moa.eval._common import (
     ITEMS_FILE,
@@ -30,7 +31,7 @@ from moa.eval._common import (
     update_summary,
     write_summary,
 )
-from moa.eval._runner import Budget, RunStats, run_items
+from moa.eval._runner import RunStats, run_items
 from moa.eval._store import Checkpoint, write_json
 from moa.recipe import Recipe
 

@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from moa._budget import Budget
 from moa.eval._common import (
     ITEMS_FILE,
     JUDGMENTS_FILE,
@@ -29,7 +30,7 @@ from moa.eval._common import (
     update_summary,
     write_summary,
 )
-from moa.eval._runner import Budget, RunStats, run_items
+from moa.eval._runner import RunStats, run_items
 from moa.eval._store import Checkpoint, write_jsonl
 from moa.recipe import Recipe
 

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from moa._budget import Budget
 from moa.eval import _stats
 from moa.eval._common import (
     ITEMS_FILE,
@@ -27,7 +28,7 @@ from moa.eval._common import (
     update_summary,
     write_summary,
 )
-from moa.eval._runner import Budget, RunStats, run_items
+from moa.eval._runner import RunStats, run_items
 from moa.eval._store import Checkpoint, write_jsonl
 
 RESULTS_FILE = "qa_results.jsonl"
