@@ -152,8 +152,11 @@ class LiteLLMProvider:
             text = getattr(delta, "content", None) if delta is not None else None
             if text:
                 on_token(text)
-        if not chunks:
-            raise BadResponseError("the stream ended before any data", model=request.model)
+        # litellm closes every stream with a finish_reason of its own; whether the *server* sent one
+        # is kept on the wrapper. None means a cut connection or a body that was no event stream.
+        if getattr(stream, "received_finish_reason", "stop") is None:
+            # A cut connection, or a body that was no event stream: never take a partial answer as whole.
+            raise ProviderUnavailableError("the stream ended before the answer was finished", model=request.model)
         return litellm.stream_chunk_builder(chunks, messages=list(request.messages))
 
 

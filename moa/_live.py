@@ -83,6 +83,8 @@ class LiveView:
             row.detail = "" if event.attempt == 1 else f"{event.attempt}/{self.max_attempts}"
             row.started = row.started or time.perf_counter()
         elif event.kind == "call_retried":
+            if self.streaming:
+                self.console.print(Text("\n[the answer's stream broke off; retrying from the start]", style="dim"))
             row.state = "retrying"
             row.detail = f"{event.attempt + 1}/{self.max_attempts} in {event.delay_s:.1f} s"
         elif event.kind in ("call_finished", "call_failed") and event.output is not None:
