@@ -68,7 +68,8 @@ async def outcome(server: LoopbackServer, fault: str, model: str, times: int, qu
             f"retried, run succeeds ({call.attempts} attempts)" if call.attempts > 1 else "not affected (not streamed)"
         )
     assert call.error is not None
-    return f"call fails ({call.error.type}, {call.attempts} attempt{'s' * (call.attempts > 1)}, {sent} sent); quorum holds, run succeeds"
+    tries = f"{call.attempts} attempt{'s' * (call.attempts > 1)}"
+    return f"call fails ({call.error.type}, {tries}, {sent} sent); quorum holds, run succeeds"
 
 
 async def table(server: LoopbackServer) -> list[list[str]]:
