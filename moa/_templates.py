@@ -97,7 +97,11 @@ def compile_text(text: str, source: str) -> CompiledTemplate:
         raise TemplateError(
             f"template {source} never uses `responses`, so the previous layer's outputs would not reach the model"
         )
-    return CompiledTemplate(source=source, template=_ENV.from_string(text))
+    compiled = CompiledTemplate(source=source, template=_ENV.from_string(text))
+    # A trial render with stand-in answers: sandbox violations and bad attribute access fail now,
+    # at load time, not in the middle of a paid run.
+    compiled.render(responses=["<answer 1>", "<answer 2>"], layer=2, step=1)
+    return compiled
 
 
 @lru_cache(maxsize=64)

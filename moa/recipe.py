@@ -53,7 +53,9 @@ class CallParams(_Strict):
     temperature: float | None = Field(
         None, ge=0, le=2, description="Sampling temperature; unset leaves the provider's default."
     )
-    max_tokens: int | None = Field(None, gt=0, description="Most tokens the model may write in one answer.")
+    max_tokens: int | None = Field(
+        None, gt=0, le=1_000_000, description="Most tokens the model may write in one answer."
+    )
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
     timeout: float | None = Field(
         None,
@@ -252,7 +254,7 @@ class SelfMoA(_Strict):
     model: str = Field(..., min_length=1, description="The model to sample.")
     samples: int = Field(6, ge=1, le=64, description="How many samples to draw (k).")
     temperature: float = Field(0.7, ge=0, le=2, description="Temperature of the samples.")
-    max_tokens: int | None = Field(None, gt=0, description="Token limit of each sample.")
+    max_tokens: int | None = Field(None, gt=0, le=1_000_000, description="Token limit of each sample.")
     system: str | None = Field(None, description="System prompt of the sampled model.")
     aggregator: str | None = Field(None, description="Model that aggregates; unset means the sampled model itself.")
     aggregator_temperature: float | None = Field(

@@ -23,10 +23,9 @@ def test_builtin_aggregate_numbers_responses_one_per_line() -> None:
         "{{ responses.append('x') }}",
     ],
 )
-def test_sandbox_blocks_python_internals(probe: str) -> None:
-    template = compile_text(probe if "responses" in probe else probe + "{{ responses }}", "<probe>")
+def test_sandbox_blocks_python_internals_at_load(probe: str) -> None:
     with pytest.raises(TemplateError, match=r"unsafe|failed to render"):
-        template.render(responses=["a"], layer=2)
+        compile_text(probe if "responses" in probe else probe + "{{ responses }}", "<probe>")
 
 
 def test_unknown_variables_and_syntax_errors_fail_at_compile() -> None:
@@ -38,7 +37,6 @@ def test_unknown_variables_and_syntax_errors_fail_at_compile() -> None:
         compile_text("Just a fixed instruction.", "<t>")
 
 
-def test_strict_undefined_attribute_fails_clearly() -> None:
-    template = compile_text("{{ responses.missing }}", "<t>")
+def test_strict_undefined_attribute_fails_clearly_at_load() -> None:
     with pytest.raises(TemplateError, match="failed to render"):
-        template.render(responses=["a"], layer=2)
+        compile_text("{{ responses.missing }}", "<t>")
