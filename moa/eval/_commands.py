@@ -299,7 +299,8 @@ def _cmd_qa(args: argparse.Namespace) -> int:
         qa.generate(ctx, args.data, args.out, limit=args.limit, concurrency=args.concurrency, budget=budget)
     )
     _report_stats(f"qa {ctx.recipe.name}", stats, budget)
-    print(f"{ctx.recipe.name}: accuracy {summary['score']:.1f}% ({summary['correct']}/{summary['finished']})")
+    accuracy = "no item finished" if summary["score"] is None else f"{summary['score']:.1f}%"
+    print(f"{ctx.recipe.name}: accuracy {accuracy} ({summary['correct']}/{summary['finished']})")
     if args.baseline:
         base_ctx = _context(args, args.baseline, budget=budget)
         base_out = args.out / "baseline"
