@@ -72,6 +72,8 @@ class Engine:
     budget: Budget | None = None
 
     def __post_init__(self) -> None:
+        # Planned once: key checks, preflight and the layers all read the same specs.
+        self._specs = [plan_layer(self.recipe, i, self.overrides) for i in range(len(self.recipe.layers))]
         self._keys = self._resolve_keys()
         self._layers: list[LayerResult] = []  # finished layers, for partial traces
         self._current: list[AgentOutput] = []  # finished calls of the layer in progress
@@ -84,7 +86,7 @@ class Engine:
             return {}
         needed: dict[str, list[str]] = {}
         for index in range(len(self.recipe.layers)):
-            for spec in plan_layer(self.recipe, index, self.overrides):
+            for spec in self._specs[index]:
                 if spec.api_key_env:
                     needed.setdefault(spec.api_key_env, []).append(spec.model)
         keys = {}
@@ -106,7 +108,7 @@ class Engine:
         check = getattr(self.provider, "preflight", lambda calls: None)
         calls = []
         for index in range(start, len(self.recipe.layers)):
-            for spec in plan_layer(self.recipe, index, self.overrides):
+            for spec in self._specs[index]:
                 has_key = self.api_key is not None or spec.api_key_env is not None
                 calls.append((spec.model, spec.params, has_key))
         check(calls)
@@ -169,7 +171,7 @@ class Engine:
         return self._result(conversation, layers, started, output=references[0])
 
     def _layer(self, index: int, layer: Layer, outputs: Sequence[AgentOutput], started: float) -> LayerResult:
-        return LayerResult(
+        return LayerResult.model_construct(  # built from checked values: no re-validation
             index=index + 1,
             kind=layer.kind,
             outputs=list(outputs),
@@ -182,7 +184,7 @@ class Engine:
         priced = [call for call in calls if call.ok]
         unpriced = sorted({call.model for call in priced if call.cost_usd is None})
         cost = None if unpriced else sum(call.cost_usd or 0.0 for call in priced)
-        return MoAResult(
+        return MoAResult.model_construct(
             recipe=self.recipe.name,
             prompt=conversation,
             output=output,
@@ -204,7 +206,7 @@ class Engine:
         on_token: TokenCallback | None,
     ) -> list[AgentOutput]:
         block = layer.compiled_template.render(responses=references, layer=index + 1) if index else None
-        specs = plan_layer(self.recipe, index, self.overrides)
+        specs = self._specs[index]
         factories: list[Callable[[], Awaitable[AgentOutput]]] = []
         for spec in specs:
             agent = layer.agents[spec.site.agent]
@@ -234,7 +236,7 @@ class Engine:
         on_token: TokenCallback | None,
     ) -> list[AgentOutput]:
         """Self-MoA-Seq: fold the inputs in ``window`` at a time; each step sees the synthesis so far."""
-        spec = plan_layer(self.recipe, index, self.overrides)[0]
+        spec = self._specs[index][0]
         agent = layer.agents[0]
         windows = seq_windows(len(references), layer.effective_window)
         outputs: list[AgentOutput] = []
