@@ -19,13 +19,13 @@ from conftest import agents, loopback_recipe
 
 from moa.testing import LoopbackServer
 
-ITEMS = 40
+ITEMS = 100
 
 
 @pytest.mark.slow
 def test_twenty_kills_lose_nothing_and_pay_for_nothing_twice(tmp_path: Path) -> None:
     rng = random.Random(20261123)
-    with LoopbackServer(latency_s=0.05) as server:
+    with LoopbackServer(latency_s=0.1) as server:
         layers = [{"kind": "propose", "agents": agents("openai/p0", "openai/p1")},
                   {"kind": "aggregate", "agents": agents("openai/agg")}]  # fmt: skip
         recipe = tmp_path / "r.yaml"
@@ -36,7 +36,7 @@ def test_twenty_kills_lose_nothing_and_pay_for_nothing_twice(tmp_path: Path) -> 
         out = tmp_path / "out"
         checkpoint = out / "items.jsonl"
         command = [sys.executable, "-m", "moa", "eval", "qa", "--recipe", str(recipe), "--data", str(data),
-                   "--out", str(out), "--concurrency", "4"]  # fmt: skip
+                   "--out", str(out), "--concurrency", "2"]  # fmt: skip
         env = {**os.environ, "MOA_LOG_DB": str(tmp_path / "runs.sqlite")}
 
         def finished() -> set[str]:
@@ -61,7 +61,7 @@ def test_twenty_kills_lose_nothing_and_pay_for_nothing_twice(tmp_path: Path) -> 
             deadline = time.monotonic() + 30
             while len(finished()) == before and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.15))  # somewhere in the middle of the next items
+            time.sleep(rng.uniform(0.0, 0.2))  # somewhere in the middle of the next items
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
@@ -73,7 +73,7 @@ def test_twenty_kills_lose_nothing_and_pay_for_nothing_twice(tmp_path: Path) -> 
                 assert frozen.setdefault(key, seen[f"Question {key}?"]) == seen[f"Question {key}?"], key
         final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert final.returncode == 0, final.stderr
-        assert kills >= 10
+        assert kills == 20
         lines = checkpoint.read_text().splitlines()
         keys = [json.loads(line)["key"] for line in lines]
         assert len(keys) == ITEMS and len(set(keys)) == ITEMS  # every item exactly once
