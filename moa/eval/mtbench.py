@@ -202,7 +202,7 @@ async def judge(
     references = read_reference_answers(reference_file) if reference_file else {}
     answered = Checkpoint(out / ITEMS_FILE).load()
     judge_model = judge_ctx.recipe.layers[0].agents[0].model
-    summary_model = next(iter(answered.values()), {}).get("model_id")
+    model_name = _model_id(out) or judge_ctx.recipe.name
     items = []
     for record in sorted(answered.values(), key=lambda r: r["question_id"]):
         question = questions.get(record["question_id"])
@@ -221,7 +221,7 @@ async def judge(
         return {
             "question_id": question["question_id"],
             "category": question["category"],
-            "model": summary_model,
+            "model": model_name,
             "judge": [judge_model, name],
             "user_prompt": user,
             "judgment": result.output,
@@ -241,7 +241,6 @@ async def judge(
         show_progress=show_progress,
     )
     judged = [records[key] for key, _ in items if key in records]
-    model_name = _model_id(out) or summary_model or "moa"
     fastchat = [
         {
             "question_id": j["question_id"],
