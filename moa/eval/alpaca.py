@@ -115,7 +115,8 @@ def parse_chatml(text: str, source: str) -> list[dict[str, str]]:
 
 def judge_recipe(model: str, *, logprobs: bool = True) -> Recipe:
     """One call to the judge: temperature 1, one token, top-5 logprobs (the weighted annotator)."""
-    extra = {"logprobs": True, "top_logprobs": 5} if logprobs else {}
+    # drop_params: a provider that cannot return logprobs gets the call without them (text fallback).
+    extra = {"logprobs": True, "top_logprobs": 5, "drop_params": True} if logprobs else {}
     agent = {"model": model, "temperature": 1.0, "max_tokens": 1, "extra": extra}
     return Recipe.model_validate({"name": f"judge:{model}", "layers": [{"kind": "propose", "agents": [agent]}]})
 
