@@ -209,7 +209,6 @@ def _cmd_alpacaeval(args: argparse.Namespace) -> int:
             limit=args.limit,
             generator=args.generator,
             concurrency=args.concurrency,
-            budget=budget,
         )
     )
     _report_stats("alpacaeval generation", stats, budget)
@@ -223,7 +222,6 @@ def _cmd_alpacaeval(args: argparse.Namespace) -> int:
                 args.reference or args.data,
                 difficulty_file=args.instruction_difficulty,
                 concurrency=args.concurrency,
-                budget=budget,
             )
         )
         _report_stats("alpacaeval judging", stats, budget)
@@ -259,7 +257,6 @@ def _cmd_mtbench(args: argparse.Namespace) -> int:
             limit=args.limit,
             model_id=args.model_id,
             concurrency=args.concurrency,
-            budget=budget,
         )
     )
     _report_stats("mt-bench generation", stats, budget)
@@ -273,7 +270,6 @@ def _cmd_mtbench(args: argparse.Namespace) -> int:
                 args.judge_prompts,
                 reference_file=args.reference_answers,
                 concurrency=args.concurrency,
-                budget=budget,
             )
         )
         _report_stats("mt-bench judging", stats, budget)
@@ -295,9 +291,7 @@ def _cmd_qa(args: argparse.Namespace) -> int:
     if args.dry_run:
         rows = qa.read_questions(args.data)[: args.limit]
         return _dry_run(ctx, [r["prompt"] for r in rows])
-    summary, stats = asyncio.run(
-        qa.generate(ctx, args.data, args.out, limit=args.limit, concurrency=args.concurrency, budget=budget)
-    )
+    summary, stats = asyncio.run(qa.generate(ctx, args.data, args.out, limit=args.limit, concurrency=args.concurrency))
     _report_stats(f"qa {ctx.recipe.name}", stats, budget)
     accuracy = "no item finished" if summary["score"] is None else f"{summary['score']:.1f}%"
     print(f"{ctx.recipe.name}: accuracy {accuracy} ({summary['correct']}/{summary['finished']})")
@@ -305,7 +299,7 @@ def _cmd_qa(args: argparse.Namespace) -> int:
         base_ctx = _context(args, args.baseline, budget=budget)
         base_out = args.out / "baseline"
         base_summary, stats = asyncio.run(
-            qa.generate(base_ctx, args.data, base_out, limit=args.limit, concurrency=args.concurrency, budget=budget)
+            qa.generate(base_ctx, args.data, base_out, limit=args.limit, concurrency=args.concurrency)
         )
         _report_stats(f"qa baseline {base_ctx.recipe.name}", stats, budget)
         comparison = qa.compare(args.out, base_out)

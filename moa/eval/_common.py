@@ -6,7 +6,7 @@ import json
 import secrets
 import string
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from moa._engine import run
 from moa._errors import ConfigError
 from moa._limits import Limiter
 from moa._provider import Provider
-from moa.eval._runner import RunStats
+from moa.eval._runner import Record, RunStats, run_items
 from moa.eval._store import Checkpoint, write_json
 from moa.recipe import Recipe
 from moa.result import LayerResult, MoAResult
@@ -54,6 +54,24 @@ class EvalContext:
             budget=self.budget,
             **{**self.overrides, **overrides},
         )
+
+
+async def run_in_order(
+    ctx: EvalContext,
+    label: str,
+    items: Sequence[tuple[str, Any]],
+    work: Callable[[Any], Awaitable[Record]],
+    checkpoint: Path,
+    *,
+    concurrency: int = 8,
+    show_progress: bool | None = None,
+) -> tuple[list[Record], RunStats]:
+    """``run_items`` under the context's budget; the finished records come back in input order."""
+    records, stats = await run_items(
+        label, items, work, Checkpoint(checkpoint), concurrency=concurrency, budget=ctx.budget,
+        show_progress=show_progress,
+    )  # fmt: skip
+    return [records[key] for key, _ in items if key in records], stats
 
 
 def trace_record(results: Sequence[MoAResult]) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from moa._budget import Budget
 from moa.eval import _stats
 from moa.eval._common import (
     ITEMS_FILE,
@@ -27,12 +26,13 @@ from moa.eval._common import (
     EvalContext,
     read_json,
     require,
+    run_in_order,
     trace_record,
     update_summary,
     write_summary,
 )
-from moa.eval._runner import RunStats, run_items
-from moa.eval._store import Checkpoint, write_json
+from moa.eval._runner import RunStats
+from moa.eval._store import write_json
 from moa.recipe import Recipe
 
 OUTPUTS_FILE = "model_outputs.json"
@@ -63,7 +63,6 @@ async def generate(
     limit: int | None = None,
     generator: str | None = None,
     concurrency: int = 8,
-    budget: Budget | None = None,
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """Answer every instruction (resumably) and write ``model_outputs.json`` and ``summary.json``."""
@@ -82,16 +81,15 @@ async def generate(
             **trace_record([result]),
         }
 
-    records, stats = await run_items(
+    finished, stats = await run_in_order(
+        ctx,
         "alpacaeval",
         items,
         work,
-        Checkpoint(out / ITEMS_FILE),
+        out / ITEMS_FILE,
         concurrency=concurrency,
-        budget=budget,
         show_progress=show_progress,
     )
-    finished = [records[key] for key, _ in items if key in records]
     outputs = [
         {"instruction": r["instruction"], "output": r["output"], "generator": name, "dataset": r["dataset"]}
         for r in finished
@@ -129,7 +127,6 @@ async def judge(
     *,
     difficulty_file: Path | None = None,
     concurrency: int = 8,
-    budget: Budget | None = None,
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """Judge ``model_outputs.json`` against the reference outputs; write annotations and metrics."""
@@ -189,16 +186,15 @@ async def judge(
         }
 
     items = [(key(row, ref), (row, ref)) for row, ref in pairs]
-    records, stats = await run_items(
+    annotations, stats = await run_in_order(
+        judge_ctx,
         "judge alpacaeval",
         items,
         work,
-        Checkpoint(out / JUDGMENTS_FILE),
+        out / JUDGMENTS_FILE,
         concurrency=concurrency,
-        budget=budget,
         show_progress=show_progress,
     )
-    annotations = [records[k] for k, _ in items if k in records]
     write_json(out / ANNOTATIONS_FILE, [{k: v for k, v in a.items() if k != "traces"} for a in annotations])
     metrics = alpaca_metrics(annotations, _read_difficulty(difficulty_file) if difficulty_file else None)
     judge_cost = [a.get("cost_usd") for a in annotations]

@@ -17,7 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from moa._budget import Budget
 from moa.eval._common import (
     ITEMS_FILE,
     JUDGMENTS_FILE,
@@ -25,12 +24,13 @@ from moa.eval._common import (
     EvalContext,
     read_jsonl,
     require,
+    run_in_order,
     short_id,
     trace_record,
     update_summary,
     write_summary,
 )
-from moa.eval._runner import RunStats, run_items
+from moa.eval._runner import RunStats
 from moa.eval._store import Checkpoint, write_jsonl
 from moa.recipe import Recipe
 
@@ -72,7 +72,6 @@ async def generate(
     limit: int | None = None,
     model_id: str | None = None,
     concurrency: int = 8,
-    budget: Budget | None = None,
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """Answer every question's turns (resumably); write ``<model_id>.jsonl`` and ``summary.json``."""
@@ -103,16 +102,15 @@ async def generate(
             **trace_record(results),
         }
 
-    records, stats = await run_items(
+    finished, stats = await run_in_order(
+        ctx,
         "mt-bench",
         items,
         work,
-        Checkpoint(out / ITEMS_FILE),
+        out / ITEMS_FILE,
         concurrency=concurrency,
-        budget=budget,
         show_progress=show_progress,
     )
-    finished = [records[key] for key, _ in items if key in records]
     answers = [
         {
             "question_id": r["question_id"],
@@ -193,7 +191,6 @@ async def judge(
     *,
     reference_file: Path | None = None,
     concurrency: int = 8,
-    budget: Budget | None = None,
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """Grade every answered turn; write FastChat's judgment JSONL and the scores."""
@@ -231,16 +228,15 @@ async def judge(
             **trace_record([result]),
         }
 
-    records, stats = await run_items(
+    judged, stats = await run_in_order(
+        judge_ctx,
         "judge mt-bench",
         items,
         work,
-        Checkpoint(out / JUDGMENTS_FILE),
+        out / JUDGMENTS_FILE,
         concurrency=concurrency,
-        budget=budget,
         show_progress=show_progress,
     )
-    judged = [records[key] for key, _ in items if key in records]
     fastchat = [
         {
             "question_id": j["question_id"],

@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from moa._budget import Budget
 from moa.eval import _stats
 from moa.eval._common import (
     ITEMS_FILE,
@@ -24,12 +23,13 @@ from moa.eval._common import (
     EvalContext,
     read_jsonl,
     require,
+    run_in_order,
     trace_record,
     update_summary,
     write_summary,
 )
-from moa.eval._runner import RunStats, run_items
-from moa.eval._store import Checkpoint, write_jsonl
+from moa.eval._runner import RunStats
+from moa.eval._store import write_jsonl
 
 RESULTS_FILE = "qa_results.jsonl"
 _NUMBER = re.compile(r"[-+]?\d[\d,]*\.?\d*(?:[eE][-+]?\d+)?")
@@ -93,7 +93,6 @@ async def generate(
     *,
     limit: int | None = None,
     concurrency: int = 8,
-    budget: Budget | None = None,
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """Answer and score every question (resumably); write ``qa_results.jsonl`` and ``summary.json``."""
@@ -110,16 +109,15 @@ async def generate(
             **trace_record([result]),
         }
 
-    records, stats = await run_items(
+    finished, stats = await run_in_order(
+        ctx,
         f"qa {ctx.recipe.name}",
         items,
         work,
-        Checkpoint(out / ITEMS_FILE),
+        out / ITEMS_FILE,
         concurrency=concurrency,
-        budget=budget,
         show_progress=show_progress,
     )
-    finished = [records[key] for key, _ in items if key in records]
     write_jsonl(out / RESULTS_FILE, [{k: v for k, v in r.items() if k != "traces"} for r in finished])
     correct = sum(r["correct"] for r in finished)
     summary = write_summary(
