@@ -12,7 +12,7 @@ import yaml
 from conftest import agents, loopback_recipe
 
 from moa._cli import main
-from moa.eval import _stats
+from moa.eval import _lc, _stats
 from moa.eval._store import Checkpoint
 from moa.testing import LoopbackServer
 
@@ -100,7 +100,8 @@ def test_length_control_removes_a_pure_length_effect() -> None:
     reference = [200] * 8
     skewed = [1.9 if m > r else 1.1 for m, r in zip([300, 310, 320, 330, 340, 350, 100, 360], reference, strict=True)]
     assert _stats.win_rate(skewed).win_rate > 70
-    assert _stats.length_controlled(skewed, [300, 310, 320, 330, 340, 350, 100, 360], reference) < 60
+    lc = _lc.length_controlled_win_rate(skewed, [300, 310, 320, 330, 340, 350, 100, 360], reference, range(8))
+    assert lc is not None and lc.win_rate < 60 and lc.method.startswith("APPROXIMATION") and not lc.exact
 
 
 @pytest.mark.skipif(not (SHARED / "alpaca_eval").exists(), reason="needs ../shared/data (not committed)")
@@ -173,6 +174,52 @@ def test_alpacaeval_generates_the_official_file_and_judges_it(
     assert summary["win_rate"] == pytest.approx(sum(p - 1 for p in expected) / 4 * 100)
     assert summary["lc_method"].startswith("APPROXIMATION") and summary["judge_method"] == "logprobs"
     assert summary["calls_per_item"] == 4 and summary["complete"]
+
+
+def test_exact_lc_from_df_gamed_on_rerun_without_new_calls(
+    server: LoopbackServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_lc import sklearn_lc, write_gamed
+
+    out = tmp_path / "alpaca"
+    args = [
+        "eval", "alpacaeval", "--recipe", str(recipe_file(server, tmp_path)), "--data",
+        str(FIXTURES / "alpaca_eval_set.json"), "--out", str(out), "--judge", "openai/gpt-4o",
+        "--judge-prompt", str(FIXTURES / "alpaca_judge_prompt.txt"), "--judge-set", f"api_base={server.base_url}",
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads((out / "summary.json").read_text())["lc_method"].startswith("APPROXIMATION")
+    calls = len(server.completions())
+
+    difficulty = [0.4, -0.3, 1.1, -0.8]
+    gamed = [
+        _lc.GamedRow(i, pref, sd, difficulty[i], False)
+        for k, (sd, base) in enumerate([(1.2, 0.7), (-1.0, 0.3)])
+        for i in range(4)
+        for pref in [min(1.0, base + 0.05 * i + 0.02 * k)]
+    ]
+    gamed_csv = write_gamed(tmp_path / "df_gamed.csv", gamed)
+    assert main([*args[:-2], "--lc-data", str(gamed_csv), *args[-2:]]) == 0
+    assert len(server.completions()) == calls  # every item and judgment came from the checkpoints
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lc_exact"] is True and summary["lc_method"].startswith("exact: AlpacaEval length_controlled_v1")
+    annotations = json.loads((out / "annotations.json").read_text())
+    expected, _c, _ = sklearn_lc(
+        [a["preference"] for a in annotations],
+        [len(a["output_2"]) for a in annotations],
+        [len(a["output_1"]) for a in annotations],
+        [difficulty[a["index"]] for a in annotations],
+        gamed,
+    )
+    assert summary["length_controlled_win_rate"] == pytest.approx(expected, abs=0.02)
+    assert summary["score"] == summary["length_controlled_win_rate"]
+    assert f"LC win rate {summary['length_controlled_win_rate']:.2f} [exact" in capsys.readouterr().out
+
+    assert main([*args[:-2], "--lc-data", str(tmp_path / "nope.csv"), *args[-2:]]) == 2
+    assert f"{tmp_path / 'nope.csv'} does not exist" in capsys.readouterr().err
+    assert main([*args[:8], "--lc-data", str(gamed_csv)]) == 2
+    assert "--lc-data is used when judging" in capsys.readouterr().err
+    assert len(server.completions()) == calls
 
 
 def test_judge_without_logprobs_falls_back_to_text_and_says_so(server: LoopbackServer, tmp_path: Path) -> None:

@@ -47,10 +47,13 @@ def add_parser(commands: Any) -> None:
         help="reference outputs (default: --data, which holds them in the official file)",
     )
     alpaca.add_argument(
+        "--lc-data",
         "--instruction-difficulty",
+        dest="lc_data",
         type=Path,
         metavar="CSV",
-        help="AlpacaEval's instruction_difficulty.csv, for the LC win rate's difficulty term",
+        help="AlpacaEval's df_gamed.csv: the exact length-controlled win rate (its gamed baselines and "
+        "instruction difficulty); instruction_difficulty.csv alone gives a labelled approximation",
     )
     alpaca.add_argument("--no-logprobs", action="store_true", help="the judge gives no logprobs: parse its text")
     alpaca.set_defaults(handler=_cmd_alpacaeval)
@@ -193,6 +196,7 @@ def _cmd_alpacaeval(args: argparse.Namespace) -> int:
 
     from moa._errors import ConfigError
     from moa.eval import alpaca
+    from moa.eval._lc import read_lc_data
 
     budget = _budget(args)
     ctx = _context(args, budget=budget)
@@ -201,6 +205,9 @@ def _cmd_alpacaeval(args: argparse.Namespace) -> int:
         return _dry_run(ctx, [r["instruction"] for r in rows], judge_calls=len(rows) if args.judge else 0)
     if args.judge and not args.judge_prompt:
         raise ConfigError("--judge needs --judge-prompt (AlpacaEval's alpaca_eval_clf.txt)")
+    if args.lc_data and not args.judge:
+        raise ConfigError("--lc-data is used when judging: add --judge MODEL --judge-prompt FILE")
+    lc_data = read_lc_data(args.lc_data) if args.lc_data else None  # a bad file fails before any call
     summary, stats = asyncio.run(
         alpaca.generate(
             ctx,
@@ -220,17 +227,19 @@ def _cmd_alpacaeval(args: argparse.Namespace) -> int:
                 judge_ctx,
                 args.judge_prompt,
                 args.reference or args.data,
-                difficulty_file=args.instruction_difficulty,
+                lc_data=lc_data,
                 concurrency=args.concurrency,
             )
         )
         _report_stats("alpacaeval judging", stats, budget)
         lc = summary.get("length_controlled_win_rate")
-        lc_text = f"{lc:.2f} [{summary['lc_method']}]" if lc is not None else "needs 3 or more judged pairs"
+        lc_text = f"{lc:.2f} [{summary['lc_method']}]" if lc is not None else summary["lc_method"]
         print(
             f"win rate {summary['win_rate']:.2f} ± {summary['standard_error']:.2f}; LC win rate {lc_text}; "
             f"judge: {summary['judge_method']}; unparsable: {summary['unparsable_judgments']}"
         )
+        if summary.get("lc_warning"):
+            print(f"warning: {summary['lc_warning']}", file=sys.stderr)
     print(f"wrote {args.out / alpaca.OUTPUTS_FILE} and {args.out / ITEMS_FILE}")
     return EXIT_OK
 

@@ -1,4 +1,4 @@
-"""The statistics of the harness, in plain Python: win rates, McNemar, a small logistic GLM."""
+"""The statistics of the harness, in plain Python: win rates and McNemar (the LC GLM is in ``_lc``)."""
 
 from __future__ import annotations
 
@@ -80,69 +80,3 @@ def mcnemar_exact(right_to_wrong: int, wrong_to_right: int) -> float:
     k = min(right_to_wrong, wrong_to_right)
     tail: float = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
     return min(1.0, 2 * tail)
-
-
-def fit_logistic(rows: Sequence[Sequence[float]], targets: Sequence[float], ridge: float = 1e-6) -> list[float]:
-    """Weights of a logistic regression without intercept, fitted to soft targets in [0, 1] (Newton)."""
-    k = len(rows[0])
-    w = [0.0] * k
-    for _ in range(100):
-        grad = [-ridge * wi for wi in w]
-        hess = [[-ridge if i == j else 0.0 for j in range(k)] for i in range(k)]
-        for x, y in zip(rows, targets, strict=True):
-            p = _sigmoid(sum(wi * xi for wi, xi in zip(w, x, strict=True)))
-            for i in range(k):
-                grad[i] += (y - p) * x[i]
-                for j in range(k):
-                    hess[i][j] -= p * (1 - p) * x[i] * x[j]
-        step = _solve(hess, grad)
-        w = [wi - si for wi, si in zip(w, step, strict=True)]
-        if max(abs(s) for s in step) < 1e-10:
-            break
-    return w
-
-
-def length_controlled(
-    preferences: Sequence[float],
-    model_lengths: Sequence[int],
-    reference_lengths: Sequence[int],
-    difficulty: Sequence[float] | None = None,
-) -> float:
-    """Win rate had the outputs been as long as the reference's, from AlpacaEval's LC GLM form.
-
-    preference ~ tanh(std(len_ref - len_model)) [+ difficulty] + baseline term; the
-    prediction sets the length term to 0.  Unlike the official fit, there is no
-    regularisation towards AlpacaEval's "gamed" baselines (its df_gamed.csv).
-    """
-    deltas = [r - m for m, r in zip(model_lengths, reference_lengths, strict=True)]
-    n = len(deltas)
-    mean = sum(deltas) / n
-    std = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (n - 1)) if n > 1 else 0.0
-    std = std or 1.0
-    rows = [
-        [math.tanh(d / std), *([difficulty[i]] if difficulty is not None else []), 1.0] for i, d in enumerate(deltas)
-    ]
-    w = fit_logistic(rows, [p - 1 for p in preferences])
-    if difficulty is None:
-        return _sigmoid(w[-1]) * 100
-    return sum(_sigmoid(w[1] * difficulty[i] + w[2]) for i in range(n)) / n * 100
-
-
-def _sigmoid(x: float) -> float:
-    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
-
-
-def _solve(a: list[list[float]], b: list[float]) -> list[float]:
-    """Gaussian elimination for the small Newton systems (negative-definite Hessians)."""
-    n = len(b)
-    m = [[*row, b[i]] for i, row in enumerate(a)]
-    for col in range(n):
-        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
-        m[col], m[pivot] = m[pivot], m[col]
-        if abs(m[col][col]) < 1e-300:
-            return [0.0] * n
-        for r in range(n):
-            if r != col:
-                factor = m[r][col] / m[col][col]
-                m[r] = [x - factor * y for x, y in zip(m[r], m[col], strict=True)]
-    return [m[i][n] / m[i][i] for i in range(n)]

@@ -12,13 +12,12 @@ standard error, and a length-controlled win rate.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
-from moa.eval import _stats
+from moa.eval import _lc, _stats
 from moa.eval._common import (
     ITEMS_FILE,
     JUDGMENTS_FILE,
@@ -125,7 +124,7 @@ async def judge(
     prompt_file: Path,
     reference_file: Path,
     *,
-    difficulty_file: Path | None = None,
+    lc_data: _lc.LCData | None = None,
     concurrency: int = 8,
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
@@ -196,7 +195,7 @@ async def judge(
         show_progress=show_progress,
     )
     write_json(out / ANNOTATIONS_FILE, [{k: v for k, v in a.items() if k != "traces"} for a in annotations])
-    metrics = alpaca_metrics(annotations, _read_difficulty(difficulty_file) if difficulty_file else None)
+    metrics = alpaca_metrics(annotations, lc_data)
     judge_cost = [a.get("cost_usd") for a in annotations]
     summary = update_summary(
         out,
@@ -208,7 +207,7 @@ async def judge(
     return summary, stats
 
 
-def alpaca_metrics(annotations: list[dict[str, Any]], difficulty: dict[int, float] | None) -> dict[str, Any]:
+def alpaca_metrics(annotations: list[dict[str, Any]], lc_data: _lc.LCData | None) -> dict[str, Any]:
     """Win rate, standard error and the length-controlled win rate of judged pairs."""
     preferences = [a["preference"] for a in annotations]
     rate = _stats.win_rate(preferences)
@@ -226,24 +225,24 @@ def alpaca_metrics(annotations: list[dict[str, Any]], difficulty: dict[int, floa
         "unparsable_judgments": methods.count("unparsable"),
         "judge_method": _judge_method(methods, len(valid)),
     }
-    metrics["length_controlled_win_rate"] = metrics["lc_method"] = None
-    if len(valid) >= 3:
-        use_difficulty = difficulty is not None and all(a.get("index") in difficulty for a in valid)
-        lc = _stats.length_controlled(
-            [a["preference"] for a in valid],
-            [len(a["output_2"]) for a in valid],
-            [len(a["output_1"]) for a in valid],
-            [difficulty[a["index"]] for a in valid] if use_difficulty and difficulty else None,
-        )
-        metrics["length_controlled_win_rate"] = lc
-        metrics["lc_method"] = (
-            "GLM with instruction difficulty (AlpacaEval length_controlled_v1 form, without its "
-            "regularisation towards gamed baselines)"
-            if use_difficulty
-            else "APPROXIMATION: GLM without instruction difficulty (supply --instruction-difficulty for the LC form)"
-        )
-    lc = metrics["length_controlled_win_rate"]
-    metrics["score"] = lc if lc is not None else rate.win_rate
+    lc = _lc.length_controlled_win_rate(
+        preferences,
+        [len(a["output_2"]) for a in annotations],
+        [len(a["output_1"]) for a in annotations],
+        [a.get("index") for a in annotations],
+        lc_data,
+    )
+    metrics["length_controlled_win_rate"] = lc.win_rate if lc else None
+    metrics["lc_method"] = lc.method if lc else "needs 2 or more judged pairs"
+    metrics["lc_exact"] = bool(lc and lc.exact)
+    metrics["lc_C"] = lc.C if lc else None
+    metrics["lc_weights"] = lc.weights if lc else None
+    metrics["lc_warning"] = (
+        f"the LC win rate ({lc.win_rate:.1f}) is far from the raw one ({rate.win_rate:.1f}): the GLM may have failed"
+        if lc and _lc.is_extreme_change(rate.win_rate, lc.win_rate)
+        else None
+    )
+    metrics["score"] = lc.win_rate if lc else rate.win_rate
     return metrics
 
 
@@ -260,15 +259,3 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise DataError(f"{path} does not exist") from exc
-
-
-def _read_difficulty(path: Path) -> dict[int, float]:
-    """AlpacaEval's instruction_difficulty.csv: instruction index -> difficulty."""
-    rows = list(csv.reader(_read_text(path).splitlines()))
-    difficulty = {}
-    for number, row in enumerate(rows[1:], start=2):
-        try:
-            difficulty[int(row[0])] = float(row[-1])
-        except (ValueError, IndexError) as exc:
-            raise DataError(f"{path}, line {number}: expected `index,instruction_difficulty`") from exc
-    return difficulty
