@@ -173,6 +173,7 @@ def test_alpacaeval_generates_the_official_file_and_judges_it(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["win_rate"] == pytest.approx(sum(p - 1 for p in expected) / 4 * 100)
     assert summary["lc_method"].startswith("APPROXIMATION") and summary["judge_method"] == "logprobs"
+    assert summary["score_name"] == "LC win rate (approx.)" and summary["lc_exact"] is False
     assert summary["calls_per_item"] == 4 and summary["complete"]
 
 
@@ -212,7 +213,7 @@ def test_exact_lc_from_df_gamed_on_rerun_without_new_calls(
         gamed,
     )
     assert summary["length_controlled_win_rate"] == pytest.approx(expected, abs=0.02)
-    assert summary["score"] == summary["length_controlled_win_rate"]
+    assert summary["score"] == summary["length_controlled_win_rate"] and summary["score_name"] == "LC win rate"
     assert f"LC win rate {summary['length_controlled_win_rate']:.2f} [exact" in capsys.readouterr().out
 
     assert main([*args[:-2], "--lc-data", str(tmp_path / "nope.csv"), *args[-2:]]) == 2

@@ -243,6 +243,7 @@ def alpaca_metrics(annotations: list[dict[str, Any]], lc_data: _lc.LCData | None
         else None
     )
     metrics["score"] = lc.win_rate if lc else rate.win_rate
+    metrics["score_name"] = "LC win rate" if lc and lc.exact else "LC win rate (approx.)" if lc else "win rate"
     return metrics
 
 

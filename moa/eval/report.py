@@ -148,7 +148,8 @@ def _scatter(runs: list[dict[str, Any]]) -> str:
             f'{x_format.format(xv)}</text><text x="{pad - 8}" y="{sy(yv) + 4:.1f}" font-size="11" '
             f'text-anchor="end">{yv:.1f}</text>'
         )
-    score_name = html.escape(str(runs[0].get("score_name", "score")))
+    names = {str(run.get("score_name", "score")) for run in runs}  # "LC win rate" and "... (approx.)" share an axis
+    score_name = html.escape(names.pop() if len(names) == 1 else min(names).split(" (")[0])
     return f"""<svg width="{width}" height="{height}" role="img" aria-label="cost versus score">
 <rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="#fafafa" stroke="#ccc"/>
 {"".join(ticks)}{"".join(marks)}
