@@ -60,6 +60,16 @@ def recipe_file(server: LoopbackServer, tmp_path: Path, name: str = "lb", **fiel
     return path
 
 
+def judged_alpaca(server: LoopbackServer, tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    """`moa eval alpacaeval` on the fixtures, judged by the loopback server (the first 8 items: generation only)."""
+    return [
+        "eval", "alpacaeval", "--recipe", str(recipe_file(server, tmp_path)), "--data",
+        str(FIXTURES / "alpaca_eval_set.json"), "--out", str(out), "--judge", "openai/gpt-4o",
+        "--judge-prompt", str(FIXTURES / "alpaca_judge_prompt.txt"), *extra,
+        "--judge-set", f"api_base={server.base_url}",
+    ]  # fmt: skip
+
+
 def completions_for(server: LoopbackServer, text: str) -> int:
     return sum(1 for r in server.completions() if text in r.messages[-1]["content"])
 
@@ -145,11 +155,7 @@ def test_alpacaeval_generates_the_official_file_and_judges_it(
     server: LoopbackServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "alpaca"
-    args = [
-        "eval", "alpacaeval", "--recipe", str(recipe_file(server, tmp_path)), "--data",
-        str(FIXTURES / "alpaca_eval_set.json"), "--out", str(out), "--judge", "openai/gpt-4o",
-        "--judge-prompt", str(FIXTURES / "alpaca_judge_prompt.txt"), "--judge-set", f"api_base={server.base_url}",
-    ]  # fmt: skip
+    args = judged_alpaca(server, tmp_path, out)
     assert main(args) == 0
     outputs = json.loads((out / "model_outputs.json").read_text())
     data = json.loads((FIXTURES / "alpaca_eval_set.json").read_text())
@@ -183,11 +189,7 @@ def test_exact_lc_from_df_gamed_on_rerun_without_new_calls(
     from test_lc import sklearn_lc, write_gamed
 
     out = tmp_path / "alpaca"
-    args = [
-        "eval", "alpacaeval", "--recipe", str(recipe_file(server, tmp_path)), "--data",
-        str(FIXTURES / "alpaca_eval_set.json"), "--out", str(out), "--judge", "openai/gpt-4o",
-        "--judge-prompt", str(FIXTURES / "alpaca_judge_prompt.txt"), "--judge-set", f"api_base={server.base_url}",
-    ]  # fmt: skip
+    args = judged_alpaca(server, tmp_path, out)
     assert main(args) == 0
     assert json.loads((out / "summary.json").read_text())["lc_method"].startswith("APPROXIMATION")
     calls = len(server.completions())
@@ -200,7 +202,7 @@ def test_exact_lc_from_df_gamed_on_rerun_without_new_calls(
         for pref in [min(1.0, base + 0.05 * i + 0.02 * k)]
     ]
     gamed_csv = write_gamed(tmp_path / "df_gamed.csv", gamed)
-    assert main([*args[:-2], "--lc-data", str(gamed_csv), *args[-2:]]) == 0
+    assert main(judged_alpaca(server, tmp_path, out, "--lc-data", str(gamed_csv))) == 0
     assert len(server.completions()) == calls  # every item and judgment came from the checkpoints
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lc_exact"] is True and summary["lc_method"].startswith("exact: AlpacaEval length_controlled_v1")
@@ -216,7 +218,7 @@ def test_exact_lc_from_df_gamed_on_rerun_without_new_calls(
     assert summary["score"] == summary["length_controlled_win_rate"] and summary["score_name"] == "LC win rate"
     assert f"LC win rate {summary['length_controlled_win_rate']:.2f} [exact" in capsys.readouterr().out
 
-    assert main([*args[:-2], "--lc-data", str(tmp_path / "nope.csv"), *args[-2:]]) == 2
+    assert main(judged_alpaca(server, tmp_path, out, "--lc-data", str(tmp_path / "nope.csv"))) == 2
     assert f"{tmp_path / 'nope.csv'} does not exist" in capsys.readouterr().err
     assert main([*args[:8], "--lc-data", str(gamed_csv)]) == 2
     assert "--lc-data is used when judging" in capsys.readouterr().err
@@ -225,11 +227,7 @@ def test_exact_lc_from_df_gamed_on_rerun_without_new_calls(
 
 def test_judge_without_logprobs_falls_back_to_text_and_says_so(server: LoopbackServer, tmp_path: Path) -> None:
     out = tmp_path / "alpaca"
-    args = [
-        "eval", "alpacaeval", "--recipe", str(recipe_file(server, tmp_path)), "--data",
-        str(FIXTURES / "alpaca_eval_set.json"), "--out", str(out), "--judge", "openai/gpt-4o", "--no-logprobs",
-        "--judge-prompt", str(FIXTURES / "alpaca_judge_prompt.txt"), "--judge-set", f"api_base={server.base_url}",
-    ]  # fmt: skip
+    args = judged_alpaca(server, tmp_path, out, "--no-logprobs")
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["judge_method"] == "text verdicts for 4 of 4 (no usable logprobs)"
