@@ -171,17 +171,18 @@ def length_controlled_win_rate(
     """The LC win rate of one model's judged pairs (AlpacaEval preferences in [1, 2], 0 a draw).
 
     With ``df_gamed.csv`` this is AlpacaEval's estimator.  With only the difficulty
-    file, or nothing, the same fit runs without the gamed rows (and without the
-    difficulty term): an approximation, and ``method`` says so.  Pairs without a
-    preference still get a prediction (as AlpacaEval does); None when fewer than two
-    pairs have one, or an instruction has no difficulty in ``data``.
+    file the same fit runs without the gamed rows; with no file, or one that lacks
+    an instruction's difficulty, also without the difficulty term: an approximation,
+    and ``method`` says so.  Pairs without a preference are left out of the fit but
+    still predicted and averaged (as AlpacaEval does); None when fewer than two pairs
+    have a preference.
     """
     n = len(preferences)
     deltas = [float(r - m) for m, r in zip(model_lengths, reference_lengths, strict=True)]
     mean = sum(deltas) / n if n else 0.0
     std = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (n - 1)) if n > 1 else 0.0
     use_difficulty = data is not None and all(i is not None and i in data.difficulty for i in indices)
-    difficulty = [data.difficulty[i] for i in indices if i is not None] if data is not None and use_difficulty else []
+    difficulty = [data.difficulty[i] for i in indices if i is not None] if data and use_difficulty else []
 
     def features(i: int, length_term: float) -> list[float]:
         return [length_term, *([difficulty[i]] if use_difficulty else []), 1.0]
