@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import ctypes
+import http.client
 import importlib.util
 import json
 import os
@@ -179,7 +181,7 @@ def _spawn(name: str) -> LocalServer:
     command = [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "moa._llama_server",  # llama_cpp.server, with a crash on AMX CPUs avoided (see that module)
         "--model",
         str(weights),
         "--model_alias",
@@ -208,9 +210,9 @@ def _wait_ready(server: LocalServer) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            tail = server.log_path.read_text(errors="replace")[-800:]
             raise ProviderUnavailableError(
-                f"the local model server exited with code {server.process.returncode}; its log ends:\n{tail}",
+                f"the local model server stopped before it was ready: {_exit_state(server)}; "
+                f"its log ends:\n{_log_tail(server)}",
                 model=PREFIX + server.name,
             )
         try:
@@ -234,5 +236,30 @@ def _warm_up(server: LocalServer) -> None:
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=READY_TIMEOUT_S) as response:
-        response.read()
+    try:
+        with urllib.request.urlopen(request, timeout=READY_TIMEOUT_S) as response:
+            response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.process.wait(2)  # a crashed server has exited by now: report how
+        raise ProviderUnavailableError(
+            f"the local model server failed its first request ({type(exc).__name__}: {exc}); "
+            f"{_exit_state(server)}; its log ends:\n{_log_tail(server)}",
+            model=PREFIX + server.name,
+        ) from None
+
+
+def _exit_state(server: LocalServer) -> str:
+    code = server.process.poll()
+    if code is None:
+        return "it is still running"
+    if code < 0:
+        return f"it was killed by signal {signal.Signals(-code).name}"
+    return f"it exited with code {code}"
+
+
+def _log_tail(server: LocalServer, chars: int = 800) -> str:
+    try:
+        return server.log_path.read_text(errors="replace")[-chars:]
+    except OSError as exc:
+        return f"(log {server.log_path} unreadable: {exc})"
