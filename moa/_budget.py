@@ -1,22 +1,34 @@
-"""Spending limits: a run (or a whole eval) never starts a call it might not be able to pay for.
+"""Spending limits: moa never starts work it might not be able to pay for.
 
-Before each attempt the engine reserves the call's worst-case cost (its prompt
-at ~3 characters a token, plus ``max_tokens`` of output, at litellm's prices);
-when the reservation would pass ``max_cost_usd`` the call is not started, the
-calls in flight finish, and the run ends with ``BudgetExceeded`` carrying the
-partial trace.  Once one call was refused the budget is exhausted: no later
-call starts either.  After a call the reservation is replaced by the real cost.
+Two levels, one rule (``moa._cost``):
+
+- **A run** (or an eval item) first reserves its whole worst case: every call
+  succeeding, every answer at its token limit.  When that does not fit what is
+  left, nothing starts (``BudgetExceeded`` before any call), instead of paying
+  for proposers whose aggregator can then not be afforded.  The reservation is
+  a *child* budget; its unused part returns to the parent when the run ends.
+- **A call** reserves its own worst case (its real prompt) from the run's
+  reservation before each attempt.  Should a real prompt outgrow the estimate,
+  the difference is drawn from the parent; when that does not fit either, the
+  call is not started, calls in flight finish, and the run ends with
+  ``BudgetExceeded`` carrying the partial trace.  Once one call was refused,
+  no later call of that budget starts.  After a call the reservation is
+  replaced by its real cost.
+
 A model without a known price is refused under a budget (before any call)
 unless ``allow_unpriced`` is set; its calls then count as free.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+
+from moa._errors import ConfigError
 
 
 class BudgetRefused(Exception):
-    """Internal: the budget would not cover this call's worst case, so it was not started."""
+    """Internal: the budget would not cover this worst case, so the work was not started."""
 
 
 @dataclass
@@ -28,16 +40,45 @@ class Budget:
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
     refused_calls: int = 0
+    parent: Budget | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_cost_usd, bool) or not isinstance(self.max_cost_usd, int | float):
+            raise ConfigError(f"max_cost_usd must be a number of dollars, got {type(self.max_cost_usd).__name__}")
+        if not math.isfinite(self.max_cost_usd) or self.max_cost_usd < 0:
+            raise ConfigError(f"max_cost_usd must be a finite amount of dollars >= 0, got {self.max_cost_usd!r}")
+
+    @property
+    def remaining_usd(self) -> float:
+        """What can still be reserved."""
+        return self.max_cost_usd - self.spent_usd - self.reserved_usd
+
+    @property
+    def exhausted(self) -> bool:
+        return self.refused_calls > 0 or self.spent_usd >= self.max_cost_usd
+
+    def fits(self, worst_case_usd: float | None) -> bool:
+        """Whether this worst case could be reserved now (without reserving it)."""
+        worst = worst_case_usd or 0.0
+        if self.refused_calls:
+            return False
+        if worst <= self.remaining_usd + 1e-12:
+            return True
+        return self.parent is not None and self.parent.fits(worst - max(0.0, self.remaining_usd))
 
     def reserve(self, worst_case_usd: float | None) -> float:
         """Hold the worst case of one call, or raise ``BudgetRefused``."""
         worst = worst_case_usd or 0.0
-        if self.refused_calls or self.spent_usd + self.reserved_usd + worst > self.max_cost_usd:
+        if not self.fits(worst):
             self.refused_calls += 1
             raise BudgetRefused(
-                f"not started: its worst case ${worst:.4f} would pass the budget of ${self.max_cost_usd:g} "
-                f"(spent ${self.spent_usd:.4f}, ${self.reserved_usd:.4f} held by calls in flight)"
+                f"not started: its worst case ${worst:.4f} would pass the budget of ${self._limit():g} "
+                f"(spent ${self._total_spent():.4f}, ${self._total_reserved():.4f} held by work in flight)"
             )
+        shortfall = worst - max(0.0, self.remaining_usd)
+        if shortfall > 1e-12 and self.parent is not None:  # a real prompt outgrew the run's estimate
+            self.parent.reserve(shortfall)
+            self.max_cost_usd += shortfall
         self.reserved_usd += worst
         return worst
 
@@ -46,6 +87,25 @@ class Budget:
         self.reserved_usd = max(0.0, self.reserved_usd - reserved_usd)
         self.spent_usd += actual_usd or 0.0
 
-    @property
-    def exhausted(self) -> bool:
-        return self.refused_calls > 0 or self.spent_usd >= self.max_cost_usd
+    def child(self, worst_case_usd: float | None) -> Budget:
+        """Reserve a whole run's (or item's) worst case as a child budget; ``close`` it when done.
+
+        Raises ``BudgetRefused`` when the worst case does not fit what is left.
+        """
+        worst = self.reserve(worst_case_usd)
+        return Budget(max_cost_usd=worst, allow_unpriced=self.allow_unpriced, parent=self)
+
+    def close(self) -> None:
+        """Return a child's unused reservation to its parent and pass on what it spent (idempotent)."""
+        if self.parent is not None:
+            self.parent.settle(self.max_cost_usd, self.spent_usd)
+            self.parent = None
+
+    def _limit(self) -> float:
+        return self.parent._limit() if self.parent is not None else self.max_cost_usd
+
+    def _total_spent(self) -> float:
+        return self.parent._total_spent() if self.parent is not None else self.spent_usd
+
+    def _total_reserved(self) -> float:
+        return self.parent._total_reserved() if self.parent is not None else self.reserved_usd

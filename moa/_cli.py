@@ -12,10 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from moa.recipe import Recipe
+from typing import Any
 
 DEFAULT_RECIPE = "local"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -156,7 +153,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from moa.result import AgentOutput
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    recipe, overrides = _recipe_with_sets(args.recipe, args.sets)
+    from moa._overrides import apply_sets
+
+    recipe, overrides = apply_sets(args.recipe, args.sets)
     conversation = normalize_prompt(prompt)
     interactive = sys.stdout.isatty() and not args.json and not args.quiet
     log = None if args.no_log else RunLog(args.log_db)
@@ -196,7 +195,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         limits["max_cost_usd"] = args.max_cost
 
     def go() -> Any:
-        return asyncio.run(moa.run(conversation, recipe, on_event=on_event, on_token=on_token, **limits, **overrides))
+        return asyncio.run(
+            moa.run(conversation, recipe, on_event=on_event, on_token=on_token, settings=overrides, **limits)
+        )
 
     try:
         if view is not None:
@@ -234,56 +235,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if interactive and run_id is not None:
         print(f"(run {run_id} logged: moa logs show {run_id})", file=sys.stderr)
     return EXIT_OK
-
-
-def _recipe_with_sets(source: str, sets: Sequence[str]) -> tuple[Recipe, dict[str, Any]]:
-    """Apply ``--set`` items: dotted/indexed keys edit the recipe, plain keys become call overrides."""
-    import yaml
-
-    from moa._errors import ConfigError
-    from moa._loader import load_recipe
-
-    recipe = load_recipe(source)
-    overrides: dict[str, Any] = {}
-    edits: list[tuple[str, Any]] = []
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
-        if key == "api_key":
-            raise ConfigError("--set api_key is refused (it would end up in shell history); use api_key_env=VAR")
-        if "." in key or "[" in key:
-            edits.append((key, value))
-        else:
-            overrides[key] = value
-    if edits:
-        data = recipe.model_dump(mode="json")
-        for key, value in edits:
-            _assign(data, key, value)
-        recipe = load_recipe(data)
-    return recipe, overrides
-
-
-def _assign(data: dict[str, Any], path: str, value: Any) -> None:
-    import re
-
-    from moa._errors import ConfigError
-
-    parts: list[str | int] = []
-    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
-        parts.append(int(index) if index else name)
-    target: Any = data
-    try:
-        for part in parts[:-1]:
-            target = target[part]
-        target[parts[-1]] = value
-    except (KeyError, IndexError, TypeError) as exc:
-        raise ConfigError(f"--set {path}: no such field in the recipe") from exc
 
 
 # --------------------------------------------------------------- moa recipes

@@ -17,12 +17,17 @@ MoAError
     │   └── RequestRejectedError  400/401/403/404/422: never retried
     ├── QuorumError        a layer had fewer successes than its ``min_success``
     ├── BudgetExceeded     the run's ``max_cost_usd`` would be passed (carries ``.partial``)
-    └── DeadlineExceeded   the run's ``deadline_s`` passed (carries ``.partial``)
+    ├── DeadlineExceeded   the run's ``deadline_s`` passed (carries ``.partial``)
+    └── CallbackError      the caller's ``on_event`` / ``on_token`` raised (carries ``.partial``)
 ```
 
 Foreign exceptions are translated in exactly one place each: litellm's in
 ``moa._litellm``, YAML's and pydantic's in ``moa._loader``, Jinja's in
-``moa._templates``.  The original is always chained (``raise ... from exc``).
+``moa._templates``.  The text of every moa error is scrubbed of secrets
+(``moa._secrets.redact``) when it is made.  A foreign exception whose text can
+echo a request (a provider's error body, a pydantic input value) is *not*
+chained, so that an uncaught error's traceback cannot print a key; its class
+name is kept on the error instead.
 """
 
 from __future__ import annotations
@@ -31,9 +36,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from moa._secrets import redact
+
 
 class MoAError(Exception):
-    """Base class of every error moa raises on purpose."""
+    """Base class of every error moa raises on purpose.  Its text never holds a secret."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 # --------------------------------------------------------------------- config
@@ -53,7 +63,7 @@ class RecipeError(ConfigError):
 
     def __init__(self, source: str, problems: Sequence[tuple[str, str]]) -> None:
         self.source = source
-        self.problems = list(problems)
+        self.problems = [(path, redact(message)) for path, message in problems]
         lines = [f"invalid recipe {source}:"]
         for path, message in self.problems:
             lines.append(f"  {path}: {message}" if path else f"  {message}")
@@ -130,7 +140,7 @@ class ProviderError(RunError):
         retry_after: float | None = None,
         site: CallSite | None = None,
     ) -> None:
-        self.reason = message
+        self.reason = redact(message)
         self.model = model
         self.status_code = status_code
         self.retry_after = retry_after
@@ -212,3 +222,17 @@ class BudgetExceeded(_Partial):
 
 class DeadlineExceeded(_Partial):
     """The run's deadline passed: every call in flight was cancelled."""
+
+
+class CallbackError(_Partial):
+    """The caller's ``on_event`` or ``on_token`` callback raised: the run was stopped.
+
+    Not a provider failure (nothing is retried or counted against a quorum):
+    every call in flight is cancelled, and the callback's exception is chained
+    (``__cause__``) and kept as ``.error``.
+    """
+
+    def __init__(self, callback: str, error: BaseException) -> None:
+        super().__init__(f"the {callback} callback raised {type(error).__name__}: {error}; the run was stopped")
+        self.callback = callback
+        self.error = error

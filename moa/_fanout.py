@@ -11,6 +11,8 @@ Semantics of ``settle(factories, min_success=k)``:
   Failures for which ``abandons(exc)`` is false (a call the budget refused to
   start) count against the quorum but cancel nothing: in-flight calls finish;
 - with ``k`` unset, all must succeed: the first failure abandons the rest;
+- a failure for which ``fatal(exc)`` is true (the caller's own callback raised)
+  cancels every other child at once, whatever the quorum;
 - with ``straggler_s`` set, once ``k`` children have succeeded the others get
   that many more seconds, then are cancelled (``Abandoned``, a straggler);
 - if the caller is cancelled, every child is cancelled and awaited before the
@@ -37,12 +39,17 @@ def _always(exc: Exception) -> bool:
     return True
 
 
+def _never(exc: Exception) -> bool:
+    return False
+
+
 async def settle(
     factories: Sequence[Callable[[], Awaitable[T]]],
     *,
     min_success: int | None = None,
     straggler_s: float | None = None,
     abandons: Callable[[Exception], bool] = _always,
+    fatal: Callable[[Exception], bool] = _never,
 ) -> list[T | Exception]:
     """Run all factories concurrently; return each one's result or exception, in order."""
     total = len(factories)
@@ -73,7 +80,9 @@ async def settle(
         except Exception as exc:
             outcomes[index] = exc
             failures += 1
-            if total - failures < need and abandons(exc):
+            if fatal(exc):
+                cancel_rest(f"{type(exc).__name__}: {exc}")
+            elif total - failures < need and abandons(exc):
                 cancel_rest("the layer could no longer reach its quorum")
             return
         successes += 1

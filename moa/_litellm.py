@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
@@ -31,11 +30,11 @@ from moa._errors import (
 from moa._local import PREFIX as LOCAL_PREFIX
 from moa._local import check_installed, ensure_server, is_local
 from moa._provider import Completion, Request, TokenCallback
+from moa._secrets import redact
 
 # Seconds allowed beyond a call's own timeout before we cancel it ourselves
 # (litellm's timeout bounds each socket read, not the whole call).
 _GRACE_S = 1.0
-_KEY_PATTERN = re.compile(r"\b(sk|pk|rk|tgp|gsk|xai|key)[-_][A-Za-z0-9_\-]{8,}")
 
 
 @cache
@@ -79,25 +78,36 @@ class LiteLLMProvider:
         for variable, models in missing.items():
             raise MissingAPIKeyError(variable, models)
 
-    def worst_case_cost(self, request: Request) -> float | None:
-        """The most this call can cost: its prompt at ~3 characters a token plus ``max_tokens`` of output.
+    def worst_case_cost(self, model: str, params: Mapping[str, Any], prompt_tokens: int) -> float | None:
+        """The most a call can cost: ``prompt_tokens`` in, ``max_tokens`` (or the model's limit) out.
 
         None when litellm has no price for the model; 0.0 for local models.
+        Together models litellm prices by size after a call are priced the same way here.
         """
-        if is_local(request.model):
+        if is_local(model):
             return 0.0
         litellm = litellm_module()
-        chars = sum(len(str(m.get("content", ""))) + 16 for m in request.messages)
-        prompt_tokens = chars // 3 + 1
-        max_tokens = request.params.get("max_tokens") or _max_output_tokens(litellm, request.model)
-        try:
-            prompt_cost, completion_cost = litellm.cost_per_token(
-                model=request.model, prompt_tokens=prompt_tokens, completion_tokens=int(max_tokens)
-            )
-        except Exception:  # unmapped model
-            return None
-        total = float(prompt_cost) + float(completion_cost)
-        return total if total > 0 or _is_free(litellm, request.model) else None
+        completion_tokens = int(params.get("max_tokens") or self.max_output_tokens(model))
+        for name, provider in _price_keys(model):
+            try:
+                prompt_cost, completion_cost = litellm.cost_per_token(
+                    model=name,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    custom_llm_provider=provider,
+                )
+            except Exception:  # litellm raises plain Exceptions for unmapped models
+                continue
+            total = float(prompt_cost) + float(completion_cost)
+            if total > 0 or _is_free(litellm, name):
+                return total
+        return None
+
+    def max_output_tokens(self, model: str) -> int:
+        """The model's own output limit from litellm's map (4096 when unknown)."""
+        if is_local(model):
+            return 4096
+        return _max_output_tokens(litellm_module(), model)
 
     async def complete(self, request: Request, on_token: TokenCallback | None = None) -> Completion:
         litellm = litellm_module()
@@ -126,7 +136,8 @@ class LiteLLMProvider:
         except ProviderError:
             raise
         except Exception as exc:
-            raise translate(exc, request) from exc
+            # Not chained: the provider's text can echo the request's key (see moa._errors).
+            raise translate(exc, request) from None
         return _completion(litellm, response, request)
 
     async def _stream(
@@ -167,6 +178,24 @@ def _max_output_tokens(litellm: ModuleType, model: str) -> int:
     except Exception:
         return 4096
     return int(info.get("max_output_tokens") or info.get("max_tokens") or 4096)
+
+
+def _price_keys(model: str) -> list[tuple[str, str | None]]:
+    """The names litellm prices a model under: the model string, then (Together) its size bucket.
+
+    litellm's own ``completion_cost`` prices an unlisted Together model by the
+    parameter count in its name (``...-72B-...`` -> ``together-ai-41.1b-80b``);
+    the worst case must use the same price the finished call will get.
+    """
+    keys: list[tuple[str, str | None]] = [(model, None)]
+    if model.startswith("together_ai/") or "togethercomputer" in model:
+        from litellm.llms.together_ai.cost_calculator import get_model_params_and_category
+        from litellm.types.utils import CallTypes
+
+        bucket = get_model_params_and_category(model, call_type=CallTypes.completion)
+        if bucket != model.lower():
+            keys.append((bucket, "together_ai"))
+    return keys
 
 
 def _is_free(litellm: ModuleType, model: str) -> bool:
@@ -216,7 +245,13 @@ def _completion(litellm: ModuleType, response: Any, request: Request) -> Complet
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         cost_usd=_cost(litellm, response, request.model),
+        finish_reason=_finish_reason(choices[0]),
     )
+
+
+def _finish_reason(choice: Any) -> str | None:
+    reason = getattr(choice, "finish_reason", None)
+    return reason if isinstance(reason, str) else None
 
 
 def _first_token_logprobs(choice: Any) -> dict[str, float] | None:
@@ -265,7 +300,7 @@ def translate(exc: Exception, request: Request) -> ProviderError:
     model = request.model
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
-    message = redact(_first_line(exc), request.api_key)
+    message = redact(_first_line(exc), [request.api_key])
     kind: type[ProviderError]
     if isinstance(exc, litellm.Timeout):
         timeout = float(request.params.get("timeout") or 120.0)
@@ -291,13 +326,6 @@ def _first_line(exc: Exception) -> str:
     for prefix in (f"litellm.{name}: ", f"{name}: "):
         line = line.removeprefix(prefix)
     return line if len(line) <= 500 else line[:497] + "..."
-
-
-def redact(text: str, secret: str | None = None) -> str:
-    """Remove an API key, and anything shaped like one, from a message."""
-    if secret and len(secret) >= 6:  # shorter "keys" are placeholders; replacing them mangles text
-        text = text.replace(secret, "***")
-    return _KEY_PATTERN.sub("***", text)
 
 
 def _retry_after(exc: Exception) -> float | None:

@@ -15,6 +15,7 @@ import yaml
 
 from moa._errors import RecipeError
 from moa._resources import builtin_names, data_dir
+from moa._secrets import is_secret_name
 from moa.recipe import Recipe
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
@@ -29,18 +30,19 @@ def builtin_recipes() -> list[str]:
     return builtin_names("recipes", ".yaml")
 
 
-def load_recipe(source: RecipeSource) -> Recipe:
+def load_recipe(source: RecipeSource, *, label: str | None = None) -> Recipe:
     """Load and validate a recipe.
 
     ``source`` is a ``Recipe`` (returned as is), a dict, a built-in name such
     as ``"moa-lite"``, a path to a YAML file, or YAML text.  Templates are
     compiled and checked here, so a recipe that loads will not fail mid-run on
-    its configuration.  Raises ``RecipeError`` naming the source and field.
+    its configuration.  Raises ``RecipeError`` naming the source (``label``
+    replaces ``<dict>`` or ``<yaml text>`` in messages) and field.
     """
     if isinstance(source, Recipe):
         return source
     if isinstance(source, Mapping):
-        return _validate(dict(source), "<dict>", base_dir=None)
+        return _validate(dict(source), label or "<dict>", base_dir=None)
     if isinstance(source, Path):
         return _load_file(source)
     if not isinstance(source, str):
@@ -58,7 +60,8 @@ def load_recipe(source: RecipeSource) -> Recipe:
             repr(source),
             [("", f"no built-in recipe or file named {source!r}; built-in: {', '.join(builtin_recipes())}")],
         )
-    return _validate(_parse_yaml(source, "<yaml text>"), "<yaml text>", base_dir=None)
+    label = label or "<yaml text>"
+    return _validate(_parse_yaml(source, label), label, base_dir=None)
 
 
 def _load_file(path: Path, label: str | None = None) -> Recipe:
@@ -83,7 +86,8 @@ def _parse_yaml(text: str, label: str) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(label, [("", f"malformed YAML: {where}{problem}")]) from exc
+        # Not chained: YAML's own message quotes the recipe text, which may hold a pasted key.
+        raise RecipeError(label, [("", f"malformed YAML: {where}{problem}")]) from None
     if not isinstance(data, dict):
         found = "nothing" if data is None else f"a {type(data).__name__}"
         raise RecipeError(label, [("", f"a recipe is a YAML mapping (name:, layers:, ...), found {found}")])
@@ -112,7 +116,13 @@ def _validate(data: dict[str, Any], label: str, base_dir: Path | None) -> Recipe
     try:
         return Recipe.model_validate(data, context={"base_dir": base_dir})
     except pydantic.ValidationError as exc:
-        raise RecipeError(label, [(_field_path(e["loc"]), _message(e)) for e in exc.errors()]) from exc
+        # Not chained: pydantic's message quotes every input value, secrets included.
+        raise RecipeError(label, error_lines(exc)) from None
+
+
+def error_lines(exc: pydantic.ValidationError) -> list[tuple[str, str]]:
+    """(field path, message) for each problem, values shown only where they cannot be secrets."""
+    return [(_field_path(e["loc"]), _message(e)) for e in exc.errors()]
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -134,7 +144,8 @@ def _message(error: Any) -> str:
     if error["type"] == "missing":
         return "required field is missing"
     value = error.get("input")
-    if error["type"] not in {"value_error", "assertion_error"} and isinstance(value, str | int | float):
+    private = any(isinstance(part, str) and (part == "extra" or is_secret_name(part)) for part in error["loc"])
+    if not private and error["type"] not in {"value_error", "assertion_error"} and isinstance(value, str | int | float):
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         return f"{message} (got {shown})"
     return message

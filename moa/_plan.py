@@ -92,29 +92,28 @@ def build_messages(
 
 
 def call_params(
-    defaults: CallParams, agent: Agent, overrides: Mapping[str, Any] | None = None
+    defaults: CallParams, agent: Agent, overrides: CallParams | None = None
 ) -> tuple[dict[str, Any], str | None]:
     """litellm keyword arguments for one agent, and its ``api_key_env``.
 
-    Precedence: recipe defaults < agent settings < run overrides.
+    Precedence: recipe defaults < agent settings < run overrides (a validated
+    ``CallParams``; see ``moa._overrides``).
     """
     params: dict[str, Any] = {"timeout": DEFAULT_TIMEOUT_S}
-    for source in (defaults, agent):
+    key_env = None
+    for source in (defaults, agent, overrides):
+        if source is None:
+            continue
         params.update(source.extra)
         for name in _PARAM_FIELDS:
             value = getattr(source, name)
             if value is not None:
                 params[name] = value
-    key_env = agent.api_key_env or defaults.api_key_env
-    for name, value in (overrides or {}).items():
-        if name == "api_key_env":
-            key_env = value
-        elif value is not None:
-            params[name] = value
+        key_env = source.api_key_env or key_env
     return params, key_env
 
 
-def plan_layer(recipe: Recipe, layer_index: int, overrides: Mapping[str, Any] | None = None) -> list[CallSpec]:
+def plan_layer(recipe: Recipe, layer_index: int, overrides: CallParams | None = None) -> list[CallSpec]:
     """The calls of one ``propose`` or ``aggregate`` layer (0-based index), in agent order.
 
     For ``aggregate_seq`` it plans the single agent's call once; the engine

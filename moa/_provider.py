@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 #: Called with each piece of text as a streamed answer arrives.
 TokenCallback = Callable[[str], None]
@@ -40,6 +40,8 @@ class Completion:
     #: Top alternatives of the first generated token, {token: logprob}, when requested
     #: with ``logprobs=True, top_logprobs=k`` (the AlpacaEval judge reads them).
     top_logprobs: dict[str, float] | None = None
+    #: Why the provider stopped (``stop``, ``length``...), when it said.
+    finish_reason: str | None = None
 
 
 class Provider(Protocol):
@@ -47,6 +49,15 @@ class Provider(Protocol):
 
     async def complete(self, request: Request, on_token: TokenCallback | None = None) -> Completion:
         """Answer one request; stream text to ``on_token`` when it is given."""
+        ...
+
+
+@runtime_checkable
+class Preflight(Protocol):
+    """A provider that can refuse unreachable models before any call (missing key or extra)."""
+
+    def preflight(self, calls: Sequence[tuple[str, Mapping[str, Any], bool]]) -> None:
+        """Raise a ``ConfigError`` if a planned (model, params, has_key) call cannot be made."""
         ...
 
 

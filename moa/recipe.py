@@ -6,6 +6,7 @@ the README are generated from the same text), so keep them exact.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -25,22 +26,64 @@ from pydantic import (
 
 from moa import _templates
 from moa._errors import TemplateError
+from moa._secrets import is_secret_name, looks_like_a_key, looks_like_a_key_not_a_name
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Keys a recipe may not pass through ``extra``: moa sets them itself, or they are secrets.
+# Keys a recipe may not pass through ``extra``: moa sets them itself, or a field of its own covers them.
 _RESERVED_EXTRA = {
     "model": "set `model` on the agent",
     "messages": "messages are built by the pipeline",
     "stream": "streaming is chosen by the caller, not the recipe",
+    "stream_options": "streaming is chosen by the caller, not the recipe",
     "n": "use the agent's `n` (moa makes one call per sample)",
     "api_key": "literal API keys are not allowed in recipes; name an env var with `api_key_env`",
     "num_retries": "retries are configured by the recipe's `retry` block",
     "max_retries": "retries are configured by the recipe's `retry` block",
+    "temperature": "use the `temperature` field (it is range-checked)",
+    "max_tokens": "use the `max_tokens` field (budgets read it)",
+    "top_p": "use the `top_p` field (it is range-checked)",
+    "timeout": "use the `timeout` field (it is range-checked)",
+    "api_base": "use the `api_base` field",
+    "base_url": "use the `api_base` field",
+    "mock_response": "a litellm testing switch: it would replace the provider's answers",
 }
+#: Longest timeout, backoff or wait a recipe may ask for (one day): beyond it a number is a mistake.
+MAX_SECONDS = 86_400.0
+
+
+def _check_extra(value: Any, path: str, names_checked: bool = True) -> None:
+    """Refuse secrets and non-finite numbers anywhere inside ``extra``.
+
+    A secret is refused by its name at the top level and in ``extra_headers``
+    (``aws_secret_access_key``, ``Authorization``, ``x-api-key``...), and by its
+    shape anywhere (``sk-...``, ``Bearer ...``, the value of a key variable).
+    Deeper names are not judged: a JSON schema may well have a property ``token``.
+    """
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}"
+            if names_checked and (is_secret_name(str(key)) or str(key).lower() in {"authorization", "auth"}):
+                raise ValueError(
+                    f"`{where}` would put a secret in the recipe (and in every log and trace); "
+                    "name an environment variable with `api_key_env` instead (the value is not shown)"
+                )
+            _check_extra(item, where, names_checked=str(key) in ("extra_headers", "headers"))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_extra(item, f"{path}[{index}]", names_checked=False)
+    elif isinstance(value, str):
+        if len(value) >= 16 and looks_like_a_key(value):
+            raise ValueError(
+                f"`{path}` looks like an API key; keys never go in recipes: name an environment variable "
+                "with `api_key_env` instead (the value is not shown)"
+            )
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"`{path}` is {value}: numbers must be finite")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # Infinity and NaN are refused everywhere: `timeout: .inf` would wait forever, a NaN bound checks nothing.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class CallParams(_Strict):
@@ -60,6 +103,7 @@ class CallParams(_Strict):
     timeout: float | None = Field(
         None,
         gt=0,
+        le=MAX_SECONDS,
         description="Seconds one attempt of one call may take before it counts as timed out "
         "(and is retried). Unset means 120.",
     )
@@ -82,6 +126,11 @@ class CallParams(_Strict):
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and looks_like_a_key_not_a_name(value):
+            raise ValueError(
+                "this looks like an API key itself, not the name of the environment variable that holds it "
+                "(the value is not shown): export the key and give the variable's name"
+            )
         if value is not None and not _ENV_NAME.match(value):
             raise ValueError(f"{value!r} is not an environment variable name")
         return value
@@ -92,6 +141,7 @@ class CallParams(_Strict):
         for key in value:
             if key in _RESERVED_EXTRA:
                 raise ValueError(f"key {key!r} is not allowed here: {_RESERVED_EXTRA[key]}")
+        _check_extra(value, "extra")
         return value
 
 
@@ -151,6 +201,7 @@ class Layer(_Strict):
     straggler_s: float | None = Field(
         None,
         gt=0,
+        le=MAX_SECONDS,
         description="Tail-latency cut-off: once `min_success` calls have succeeded, wait at most this many "
         "seconds for the others, then cancel them (recorded as abandoned). Needs `min_success` below the "
         "layer's call count.",
@@ -224,7 +275,9 @@ def _default_template(kind: str | None) -> str:
 class ProviderLimit(_Strict):
     """Limits for one provider, shared by every layer (and every concurrent run given the same limiter)."""
 
-    max_concurrency: int | None = Field(32, ge=1, description="Most calls in flight at once to this provider.")
+    max_concurrency: int | None = Field(
+        32, ge=1, le=100_000, description="Most calls in flight at once to this provider."
+    )
     rpm: float | None = Field(None, gt=0, description="Most requests started per minute; unset means no pacing.")
 
 
@@ -235,11 +288,14 @@ class RetryPolicy(_Strict):
     """
 
     max_attempts: int = Field(4, ge=1, le=20, description="Attempts per call, the first included.")
-    initial_backoff_s: float = Field(1.0, ge=0, description="Upper bound of the first jittered backoff, in seconds.")
-    max_backoff_s: float = Field(30.0, ge=0, description="Upper bound of any one backoff, in seconds.")
+    initial_backoff_s: float = Field(
+        1.0, ge=0, le=MAX_SECONDS, description="Upper bound of the first jittered backoff, in seconds."
+    )
+    max_backoff_s: float = Field(30.0, ge=0, le=MAX_SECONDS, description="Upper bound of any one backoff, in seconds.")
     max_retry_after_s: float = Field(
         120.0,
         ge=0,
+        le=MAX_SECONDS,
         description="Longest server-requested Retry-After that is honoured; a longer one fails the call.",
     )
 

@@ -42,7 +42,7 @@ def test_agent_system_prompt_comes_first() -> None:
 def test_parameter_precedence_defaults_agent_overrides() -> None:
     defaults = CallParams(temperature=0.7, max_tokens=100, api_base="http://d", extra={"seed": 1, "stop": ["x"]})
     agent = Agent(model="openai/a", temperature=0.2, extra={"seed": 2})
-    params, key_env = call_params(defaults, agent, {"max_tokens": 50, "top_p": 0.5})
+    params, key_env = call_params(defaults, agent, CallParams(max_tokens=50, top_p=0.5))
     assert params == {
         "timeout": 120.0,
         "temperature": 0.2,
@@ -53,7 +53,7 @@ def test_parameter_precedence_defaults_agent_overrides() -> None:
         "top_p": 0.5,
     }
     assert key_env is None
-    _, key_env = call_params(CallParams(api_key_env="A_KEY"), agent, {})
+    _, key_env = call_params(CallParams(api_key_env="A_KEY"), agent, None)
     assert key_env == "A_KEY"
 
 

@@ -10,6 +10,7 @@ from conftest import agents, loopback_recipe
 
 import moa
 from moa import Completion
+from moa._cost import run_worst_case
 from moa.testing import FakeProvider, LoopbackServer
 
 THREE = {
@@ -25,27 +26,55 @@ def priced(cost: float) -> FakeProvider:
     return FakeProvider(lambda r, i: Completion(f"answer {i}", 10, 5, cost_usd=cost), price_usd=0.01, delay_s=0.02)
 
 
-async def test_budget_stops_new_calls_and_keeps_the_partial_trace() -> None:
+async def test_a_run_that_might_not_be_paid_for_does_not_start() -> None:
     fake = priced(0.009)
     with pytest.raises(moa.BudgetExceeded) as info:
-        # Worst cases of 0.01 each: three proposers fit in 0.03; after them 0.027 is spent, so the
-        # aggregator's worst case does not fit.
+        # Worst cases of 0.01 each: the run's 0.04 does not fit 0.03, so not even the proposers start
+        # (they would be paid for, and then their aggregator could not be).
         await moa.run("Q", THREE, provider=fake, max_cost_usd=0.03)
-    assert len(fake.requests) == 3  # no new call started once the budget could not cover it
+    assert fake.requests == []
+    assert "worst case ($0.0400" in str(info.value) and "$0.0300 left of $0.03" in str(info.value)
+    assert info.value.partial.layers == [] and info.value.partial.cost_usd == 0
+
+
+class _PricedByPrompt(FakeProvider):
+    """Worst case grows with the prompt; answers report more tokens than max_tokens allows."""
+
+    def worst_case_cost(self, model: str, params: object, prompt_tokens: int) -> float:
+        return prompt_tokens * 0.001
+
+
+async def test_a_prompt_longer_than_the_estimate_draws_on_the_budget_or_stops_the_run() -> None:
+    recipe = {**THREE, "defaults": {"max_tokens": 10}}
+    long_answers = FakeProvider(lambda r, i: Completion("x", 1, 50, cost_usd=0.0))  # 50 tokens > max_tokens 10
+    fake = _PricedByPrompt(long_answers.responder)
+    budget = moa.Budget(max_cost_usd=1.0)
+    await moa.run("Q", recipe, provider=fake, budget=budget)  # the aggregator's prompt outgrew its share: drawn
+    assert len(fake.requests) == 4 and budget.reserved_usd == pytest.approx(0) and budget.refused_calls == 0
+    fake = _PricedByPrompt(long_answers.responder)
+    worst, _ = run_worst_case(fake, moa.load_recipe(recipe), [{"role": "user", "content": "Q"}])
+    assert worst is not None
+    with pytest.raises(moa.BudgetExceeded) as info:
+        # The estimate (proposer answers of at most 10 tokens each) fits; the real 3 x 50 tokens
+        # (0.12 more in the aggregator's prompt) do not.
+        await moa.run("Q", recipe, provider=fake, max_cost_usd=worst + 0.05)
+    assert len(fake.requests) == 3
     partial = info.value.partial
     assert [len(layer.outputs) for layer in partial.layers] == [3, 1]
     assert partial.layers[1].outputs[0].error.type == "BudgetExceeded"
-    assert partial.cost_usd == pytest.approx(0.027)
 
 
-async def test_calls_in_flight_finish_when_the_budget_runs_out() -> None:
+async def test_concurrent_runs_share_a_budget_without_starving_each_other() -> None:
     fake = priced(0.001)
-    recipe = {**THREE, "layers": [{**THREE["layers"][0], "min_success": 1}, THREE["layers"][1]]}
-    with pytest.raises(moa.BudgetExceeded) as info:
-        await moa.run("Q", recipe, provider=fake, max_cost_usd=0.025)  # 2 of 3 proposers may start
-    first = info.value.partial.layers[0].outputs
-    assert [o.ok for o in first] == [True, True, False] and first[2].error.type == "BudgetExceeded"
-    assert len(fake.requests) == 2
+    budget = moa.Budget(max_cost_usd=0.05)  # one run's worst case (0.04) fits, two do not
+    outcomes = await asyncio.gather(*(moa.run("Q", THREE, provider=fake, budget=budget) for _ in range(3)),
+                                    return_exceptions=True)  # fmt: skip
+    finished = [o for o in outcomes if isinstance(o, moa.MoAResult)]
+    refused = [o for o in outcomes if isinstance(o, moa.BudgetExceeded)]
+    # The first run holds its worst case; the others are refused before any call: no half-paid run.
+    assert len(finished) == 1 and len(refused) == 2 and len(fake.requests) == 4
+    assert all(r.partial.layers == [] for r in refused)
+    assert budget.spent_usd == pytest.approx(0.004) and budget.reserved_usd == pytest.approx(0)
 
 
 async def test_a_budget_shared_by_several_runs() -> None:

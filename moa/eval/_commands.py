@@ -126,19 +126,19 @@ def _budget(args: argparse.Namespace) -> Budget | None:
 
 
 def _context(args: argparse.Namespace, recipe_source: str | None = None, budget: Budget | None = None) -> EvalContext:
-    from moa._cli import _recipe_with_sets
+    from moa._overrides import apply_sets
     from moa.eval._common import EvalContext, load_reuse
 
-    recipe, overrides = _recipe_with_sets(recipe_source or args.recipe, args.sets)
+    recipe, overrides = apply_sets(recipe_source or args.recipe, args.sets)
     reuse = load_reuse(args.reaggregate_from) if getattr(args, "reaggregate_from", None) else {}
     return EvalContext(recipe=recipe, overrides=overrides, reuse=reuse, budget=budget)
 
 
 def _judge_context(args: argparse.Namespace, recipe: Any, budget: Budget | None) -> EvalContext:
-    from moa._cli import _recipe_with_sets
+    from moa._overrides import apply_sets
     from moa.eval._common import EvalContext
 
-    judge_recipe, overrides = _recipe_with_sets(recipe, args.judge_sets)
+    judge_recipe, overrides = apply_sets(recipe, args.judge_sets, "--judge-set")
     return EvalContext(recipe=judge_recipe, overrides=overrides, budget=budget)
 
 

@@ -15,10 +15,11 @@ from moa._budget import Budget
 from moa._engine import run
 from moa._errors import ConfigError
 from moa._limits import Limiter
+from moa._overrides import merge
 from moa._provider import Provider
 from moa.eval._runner import Record, RunStats, run_items
 from moa.eval._store import Checkpoint, write_json
-from moa.recipe import Recipe
+from moa.recipe import CallParams, Recipe
 from moa.result import LayerResult, MoAResult
 
 ITEMS_FILE = "items.jsonl"  # generation checkpoint: one record with the full MoA trace per item
@@ -35,7 +36,7 @@ class EvalContext:
     """How items are answered: one recipe, shared limits, call overrides, optional cached traces."""
 
     recipe: Recipe
-    overrides: Mapping[str, Any] = field(default_factory=dict)
+    overrides: CallParams | None = None
     provider: Provider | None = None
     limiter: Limiter | None = None
     reuse: Mapping[str, list[LayerResult]] = field(default_factory=dict)
@@ -44,7 +45,8 @@ class EvalContext:
     def __post_init__(self) -> None:
         self.limiter = self.limiter or Limiter(self.recipe.limits)
 
-    async def answer(self, prompt: Any, key: str = "", **overrides: Any) -> MoAResult:
+    async def answer(self, prompt: Any, key: str = "", settings: CallParams | None = None) -> MoAResult:
+        """One run of the recipe; ``settings`` (e.g. MT-Bench's temperature) beat the context's overrides."""
         return await run(
             prompt,
             self.recipe,
@@ -52,7 +54,7 @@ class EvalContext:
             limiter=self.limiter,
             reuse=self.reuse.get(key, ()),
             budget=self.budget,
-            **{**self.overrides, **overrides},
+            settings=merge(self.overrides, settings),
         )
 
 

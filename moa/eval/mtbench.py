@@ -32,7 +32,7 @@ from moa.eval._common import (
 )
 from moa.eval._runner import RunStats
 from moa.eval._store import Checkpoint, write_jsonl
-from moa.recipe import Recipe
+from moa.recipe import CallParams, Recipe
 
 #: FastChat's sampling temperature per category (llm_judge/common.py).
 CATEGORY_TEMPERATURE = {
@@ -87,7 +87,9 @@ async def generate(
         for turn, question in enumerate(row["turns"]):
             conversation.append({"role": "user", "content": question})
             result = await ctx.answer(
-                list(conversation), key if turn == 0 else f"{key}#turn{turn + 1}", temperature=temperature
+                list(conversation),
+                key if turn == 0 else f"{key}#turn{turn + 1}",
+                settings=CallParams(temperature=temperature),
             )
             conversation.append({"role": "assistant", "content": result.output})
             results.append(result)

@@ -93,9 +93,12 @@ class FakeProvider:
                 on_token(piece)
         return reply
 
-    def worst_case_cost(self, request: Request) -> float | None:
+    def worst_case_cost(self, model: str, params: Mapping[str, Any], prompt_tokens: int) -> float | None:
         """``price_usd`` (the budget's view of every call); None (unpriced) when it is not set."""
         return self.price_usd
+
+    def max_output_tokens(self, model: str) -> int:
+        return 4096
 
     def _reply(self, request: Request, index: int) -> Reply:
         queue = self.replies.get(request.model)
