@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from moa._errors import (
         BadResponseError,
         BudgetExceeded,
+        CallbackError,
         CallSite,
         CallTimeoutError,
         ConfigError,
@@ -54,6 +55,7 @@ _EXPORTS = {
     "BudgetExceeded": "moa._errors",
     "CallError": "moa.result",
     "CallParams": "moa.recipe",
+    "CallbackError": "moa._errors",
     "CallSite": "moa._errors",
     "CallTimeoutError": "moa._errors",
     "Completion": "moa._provider",
@@ -113,6 +115,7 @@ __all__ = [
     "BudgetExceeded",
     "CallError",
     "CallParams",
+    "CallbackError",
     "CallSite",
     "CallTimeoutError",
     "Completion",

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from moa._argtypes import non_negative_float, positive_float, positive_int
+
 DEFAULT_RECIPE = "local"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -53,11 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the whole result as JSON (no live view)")
     run.add_argument("--quiet", "-q", action="store_true", help="print only the answer")
     run.add_argument("--no-stream", action="store_true", help="do not stream the answer token by token")
-    run.add_argument("--max-cost", type=float, metavar="USD",
+    run.add_argument("--max-cost", type=non_negative_float, metavar="USD",
                      help="budget: a call whose worst case does not fit is not started (exit 1)")  # fmt: skip
     run.add_argument("--allow-unpriced", action="store_true",
                      help="under --max-cost, count models with no known price as free, not refuse them")  # fmt: skip
-    run.add_argument("--deadline", type=float, metavar="SECONDS", help="stop the whole run after this long")
+    run.add_argument("--deadline", type=positive_float, metavar="SECONDS", help="stop the whole run after this long")
     _log_arguments(run)
     run.add_argument("--no-log", action="store_true", help="do not record this run in the run log")
     run.set_defaults(handler=_cmd_run)
@@ -78,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     logs = commands.add_parser("logs", help="list recent runs, or show one: moa logs show ID")
     logs.add_argument("action", nargs="?", choices=["show"], help="show one run")
-    logs.add_argument("run_id", nargs="?", type=int, metavar="ID")
-    logs.add_argument("--limit", type=int, default=20, help="how many recent runs to list (default 20)")
+    logs.add_argument("run_id", nargs="?", type=positive_int, metavar="ID")
+    logs.add_argument("--limit", type=positive_int, default=20, help="how many recent runs to list (default 20)")
     logs.add_argument("--json", action="store_true", help="print JSON")
     _log_arguments(logs)
     logs.set_defaults(handler=_cmd_logs)

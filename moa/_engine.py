@@ -190,8 +190,8 @@ class Engine:
             late.partial = self._result(conversation, self._layers, started, output="")
             raise late from exc
         except CallbackError as exc:
-            current = [*self._layers, self._layer(len(self._layers), None, self._current, started)]
-            exc.partial = self._result(conversation, current if self._current else self._layers, started, output="")
+            if exc.partial is None:  # raised outside a layer (its start or end event)
+                exc.partial = self._result(conversation, self._layers, started, output="")
             raise
         finally:
             if outer is not None and self.budget is not outer and self.budget is not None:
@@ -200,6 +200,7 @@ class Engine:
 
     async def _run(self, conversation: list[Message], reuse: Sequence[LayerResult], started: float) -> MoAResult:
         layers: list[LayerResult] = []
+        self._layers = layers  # finished layers, kept current for partial traces
         references: list[AgentOutput] = []
         last = len(self.recipe.layers) - 1
         if len(reuse) > last:
@@ -219,7 +220,7 @@ class Engine:
                     outputs = await self._sequential(index, layer, conversation, references, on_token)
                 else:
                     outputs = await self._parallel(index, layer, conversation, references, on_token)
-            except (QuorumError, BudgetExceeded) as exc:
+            except (QuorumError, BudgetExceeded, CallbackError) as exc:
                 recorded = exc.outputs if isinstance(exc, QuorumError) else self._current
                 layers.append(self._layer(index, layer, recorded, layer_started))
                 exc.partial = self._result(conversation, layers, started, output="")
@@ -227,8 +228,6 @@ class Engine:
             except asyncio.CancelledError:  # the run's deadline, or the caller cancelled
                 layers.append(self._layer(index, layer, self._current, layer_started))
                 raise
-            finally:
-                self._layers = layers
             layers.append(self._layer(index, layer, outputs, layer_started))
             self._current = []
             self._emit(Event("layer_finished", layer=index + 1))

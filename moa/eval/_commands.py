@@ -12,6 +12,8 @@ if TYPE_CHECKING:  # imported lazily: `moa --help` must not load pydantic or lit
     from moa.eval._common import EvalContext
     from moa.eval._runner import RunStats
 
+from moa._argtypes import non_negative_float, positive_int
+
 EXIT_OK = 0
 ITEMS_FILE = "items.jsonl"
 
@@ -87,9 +89,9 @@ def add_parser(commands: Any) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", "-r", required=True, help="built-in name or YAML path")
     parser.add_argument("--out", type=Path, required=True, help="folder for outputs, traces and checkpoints")
-    parser.add_argument("--limit", type=int, help="only the first N items")
-    parser.add_argument("--concurrency", type=int, default=8, help="items in flight at once (default 8)")
-    parser.add_argument("--max-cost", type=float, metavar="USD",
+    parser.add_argument("--limit", type=positive_int, help="only the first N items")
+    parser.add_argument("--concurrency", type=positive_int, default=8, help="items in flight at once (default 8)")
+    parser.add_argument("--max-cost", type=non_negative_float, metavar="USD",
                         help="budget for every call of the run, judge included: a call whose worst case does not "
                         "fit is not started, items in flight finish, and the run can be resumed later")  # fmt: skip
     parser.add_argument("--allow-unpriced", action="store_true",

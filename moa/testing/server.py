@@ -6,7 +6,8 @@ and ``GET /v1/models``, records every request, and can inject faults:
 
 =============== ===========================================================
 ``429``         rate limited, with ``Retry-After: <retry_after>``
-``500``/``503`` server errors; ``400``/``401``/``404`` client errors
+``500``/``503`` server errors; ``400``/``401``/``404`` client errors (their bodies
+                echo the request's Authorization header, as careless providers do)
 ``hang``        accepts the request and never answers
 ``malformed``   200 with a body that is not JSON
 ``empty``       200 with ``"choices": []``
@@ -253,7 +254,7 @@ class LoopbackServer:
             self.requests.append(RecordedHTTP(method, path, headers, body, fault.kind if fault else None))
         await asyncio.sleep(self.latency_by_model.get(model, self.latency_s))
         if fault is not None and fault.kind != "stream_cut":
-            return await self._fault(fault, writer)
+            return await self._fault(fault, writer, headers)
         text = self.responder(body, index)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         usage = {
@@ -286,7 +287,7 @@ class LoopbackServer:
         await self._send(writer, 200, json.dumps(payload).encode())
         return True
 
-    async def _fault(self, fault: Fault, writer: asyncio.StreamWriter) -> bool:
+    async def _fault(self, fault: Fault, writer: asyncio.StreamWriter, headers: dict[str, str]) -> bool:
         kind = fault.kind
         if kind == "hang":
             await asyncio.sleep(3600)
@@ -313,7 +314,10 @@ class LoopbackServer:
             return False
         status = int(kind)
         extra = {"Retry-After": f"{fault.retry_after:g}"} if status == 429 else {}
-        message = {"error": {"message": f"injected {status}", "type": "loopback_fault", "code": status}}
+        text = f"injected {status}"
+        if 400 <= status < 500 and status != 429:
+            text += f" (received Authorization: {headers.get('authorization', '-')})"
+        message = {"error": {"message": text, "type": "loopback_fault", "code": status}}
         await self._send(writer, status, json.dumps(message).encode(), extra)
         return True
 
