@@ -5,7 +5,8 @@ def test_public_names_are_pinned() -> None:
     assert sorted(moa.__all__) == sorted(
         [
             "Agent", "AgentOutput", "BadResponseError", "Budget", "BudgetExceeded", "CallError", "CallParams",
-            "CallbackError", "CallSite", "CallTimeoutError", "Completion", "ConfigError", "DeadlineExceeded", "Event", "Layer",
+            "CallbackError", "CallSite", "CallTimeoutError", "Completion", "ConfigError", "DeadlineExceeded", "Event",
+            "Layer",
             "LayerPlan", "LayerResult", "Limiter", "MissingAPIKeyError", "MoAError", "MoAResult", "PromptError",
             "Provider", "ProviderError", "ProviderLimit", "ProviderUnavailableError", "QuorumError",
             "RateLimitedError", "Recipe", "RecipeError", "Request", "RequestRejectedError", "RetryPolicy",
