@@ -145,35 +145,29 @@ def _error(message: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import asyncio
-
     import moa
-    from moa._errors import BudgetExceeded, DeadlineExceeded, MoAError, QuorumError
+    from moa import _signals
+    from moa._errors import CallbackError, MoAError
+    from moa._overrides import apply_sets
     from moa._plan import normalize_prompt
-    from moa._runlog import RunLog
     from moa.events import Event
     from moa.result import AgentOutput
 
+    # Everything the user gave is checked before anything is logged or called.
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    from moa._overrides import apply_sets
-
     recipe, overrides = apply_sets(args.recipe, args.sets)
     conversation = normalize_prompt(prompt)
     interactive = sys.stdout.isatty() and not args.json and not args.quiet
-    log = None if args.no_log else RunLog(args.log_db)
-    run_id = log.start(recipe.name, recipe.model_dump_json(), conversation) if log else None
+    out = _Stdout()
+    log = _SafeLog(args.log_db, enabled=not args.no_log)
+    log.start(recipe.name, recipe.model_dump_json(), conversation)
     seen: list[AgentOutput] = []
-
-    def record(event: Event) -> None:
-        if event.output is not None and event.kind in ("call_finished", "call_failed"):
-            seen.append(event.output)
-
-    def finish(status: str, calls: list[AgentOutput], **kwargs: Any) -> None:
-        if log is not None and run_id is not None:
-            log.finish(run_id, status, calls, **kwargs)
 
     view = None
     on_token = None
+    # --quiet streams only to a terminal: piped, a stream cut and retried would leave both copies in the file.
+    quiet_stream = args.quiet and not args.json and not args.no_stream and sys.stdout.isatty()
+    streamed = False
     if interactive:
         from rich.console import Console
 
@@ -181,24 +175,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         view = LiveView(recipe, Console(), stream=not args.no_stream)
         on_token = view.on_token if not args.no_stream else None
-    elif args.quiet and not args.no_stream:
+    elif quiet_stream:
 
         def on_token(text: str) -> None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            nonlocal streamed
+            streamed = True
+            out.write(text)
 
     def on_event(event: Event) -> None:
-        record(event)
+        if event.output is not None and event.kind in ("call_finished", "call_failed"):
+            seen.append(event.output)
+            log.record_call(len(seen) - 1, event.output)
         if view is not None:
             view.on_event(event)
+        elif quiet_stream and streamed and event.kind == "call_retried":
+            out.write("\n")
+            print("moa: the answer's stream broke off; retrying it from the start", file=sys.stderr)
 
     limits: dict[str, Any] = {"deadline_s": args.deadline, "allow_unpriced": args.allow_unpriced}
     if args.max_cost is not None:
         limits["max_cost_usd"] = args.max_cost
 
     def go() -> Any:
-        return asyncio.run(
-            moa.run(conversation, recipe, on_event=on_event, on_token=on_token, settings=overrides, **limits)
+        return _signals.run(
+            lambda: moa.run(conversation, recipe, on_event=on_event, on_token=on_token, settings=overrides, **limits)
         )
 
     try:
@@ -208,42 +208,131 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else:
             result = go()
     except KeyboardInterrupt:
-        finish("interrupted", seen, error="interrupted by the user")
+        log.finish("interrupted", seen, error="interrupted by the user")
         raise
-    except (QuorumError, BudgetExceeded, DeadlineExceeded) as exc:
-        partial = exc.partial.calls if exc.partial is not None else seen
-        finish("failed", partial, error=str(exc))
-        raise
+    except _signals.Terminated:
+        log.finish("interrupted", seen, error="terminated (SIGTERM)")
+        _error(f"terminated (SIGTERM); {len(seen)} finished calls are in the run log" + log.hint())
+        return _signals.EXIT_TERMINATED
     except MoAError as exc:
-        finish("failed", seen, error=str(exc))
+        partial = getattr(exc, "partial", None)
+        log.finish("failed", partial.calls if partial is not None else seen, error=str(exc))
+        if args.json:  # the partial trace and the error, as one JSON document
+            data = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+            if partial is not None:
+                data["partial"] = partial.model_dump(mode="json")
+            out.print_json(log.run_id, data)
+        if isinstance(exc, CallbackError) and out.error is not None:
+            _error(f"could not write the answer to stdout ({out.error}); {log.where()}")
+            return EXIT_FAILED
         raise
-    finish("done", result.calls, result=result)
 
+    # The answer is printed before the log is touched: a broken log must never cost it.
     if args.json or not (interactive or args.quiet):
-        data = result.model_dump(mode="json")
-        if run_id is not None:
-            data = {"run_id": run_id, **data}
-        import json
-
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        out.print_json(log.run_id, result.model_dump(mode="json"))
     elif args.quiet:
-        print("" if on_token is not None else result.output)
+        out.write("\n" if quiet_stream else result.output + "\n")
     elif view is not None and not view.streaming:
         from rich.console import Console
+        from rich.text import Text
 
-        console = Console()
-        console.print("[bold]Answer[/bold]")
-        console.print(result.output, markup=False, highlight=False)
-    if interactive and run_id is not None:
-        print(f"(run {run_id} logged: moa logs show {run_id})", file=sys.stderr)
+        try:
+            console = Console()
+            console.print(Text("Answer", style="bold"))
+            console.print(Text(result.output))
+        except OSError as exc:
+            out.error = exc
+    log.finish("done", result.calls, result=result)
+    if out.error is not None:
+        _error(f"could not write the answer to stdout ({out.error}); {log.where()}")
+        return EXIT_FAILED
+    if interactive and log.run_id is not None:
+        print(f"(run {log.run_id} logged: moa logs show {log.run_id})", file=sys.stderr)
     return EXIT_OK
+
+
+class _Stdout:
+    """Writes to stdout that never raise: the first failure (full disk, closed pipe) is kept, later writes skipped."""
+
+    def __init__(self) -> None:
+        self.error: OSError | None = None
+
+    def write(self, text: str) -> None:
+        if self.error is not None:
+            return
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except OSError as exc:
+            self.error = exc
+
+    def print_json(self, run_id: int | None, data: dict[str, Any]) -> None:
+        import json
+
+        if run_id is not None:
+            data = {"run_id": run_id, **data}
+        self.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+class _SafeLog:
+    """The run log as the CLI uses it: any failure is one warning on stderr, never a lost answer."""
+
+    def __init__(self, path: Path | None, *, enabled: bool = True) -> None:
+        from moa._runlog import RunLog
+
+        self.log = RunLog(path) if enabled else None
+        self.run_id: int | None = None
+        self.failure: str | None = None
+
+    def start(self, recipe: str, recipe_json: str, prompt: Any) -> None:
+        from moa._runlog import RunLogError
+
+        if self.log is None:
+            return
+        try:
+            self.run_id = self.log.start(recipe, recipe_json, prompt)
+        except RunLogError as exc:
+            self._warn(exc)
+
+    def record_call(self, position: int, call: Any) -> None:
+        from moa._runlog import RunLogError
+
+        if self.log is None or self.run_id is None or self.failure is not None:
+            return
+        try:
+            self.log.record_call(self.run_id, position, call)
+        except RunLogError as exc:
+            self._warn(exc)
+
+    def finish(self, status: str, calls: Any, **kwargs: Any) -> None:
+        from moa._runlog import RunLogError
+
+        if self.log is None or self.run_id is None:
+            return
+        try:
+            self.log.finish(self.run_id, status, calls, **kwargs)
+        except RunLogError as exc:
+            self._warn(exc)
+
+    def where(self) -> str:
+        if self.run_id is not None and self.failure is None:
+            return f"it is in the run log: moa logs show {self.run_id}"
+        return "it was not logged either"
+
+    def hint(self) -> str:
+        return f" (moa logs show {self.run_id})" if self.run_id is not None and self.failure is None else ""
+
+    def _warn(self, exc: Exception) -> None:
+        if self.failure is None:
+            _error(f"warning: {exc}; this run is not logged")
+        self.failure = str(exc)
 
 
 # --------------------------------------------------------------- moa recipes
 
 
 def _cmd_recipes_list(args: argparse.Namespace) -> int:
-    from moa._errors import RecipeError
+    from moa._errors import ConfigError, RecipeError
     from moa._loader import builtin_recipes, load_recipe
 
     sources: list[tuple[str, str]] = [(name, "built-in") for name in builtin_recipes()]
@@ -254,8 +343,9 @@ def _cmd_recipes_list(args: argparse.Namespace) -> int:
     for source, origin in sources:
         try:
             recipe = load_recipe(source)
-        except RecipeError as exc:
-            rows.append((Path(source).stem, "-", "-", f"invalid: {exc.problems[0][1]}", origin))
+        except ConfigError as exc:  # one bad file (recipe or template) is listed as such, not fatal
+            reason = exc.problems[0][1] if isinstance(exc, RecipeError) else str(exc)
+            rows.append((Path(source).stem, "-", "-", f"invalid: {reason.splitlines()[0]}", origin))
             continue
         models = _short_models(recipe.models)
         rows.append((recipe.name, str(len(recipe.layers)), str(recipe.calls_per_query), models, origin))
@@ -283,13 +373,15 @@ def _short_models(models: Sequence[str], limit: int = 2) -> str:
 
 def _cmd_recipes_show(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from moa._loader import load_recipe
     from moa._plan import plan
 
     recipe = load_recipe(args.name)
     console = Console(highlight=False)
-    console.print(f"[bold]{recipe.name}[/bold]: {recipe.description}")
+    # Names, descriptions, models and prompts are the user's text: escaped, never read as markup.
+    console.print(f"[bold]{escape(recipe.name)}[/bold]: {escape(recipe.description)}")
     console.print(f"{len(recipe.layers)} layers, {recipe.calls_per_query} calls per query\n")
     previous = 0
     for layer_plan, layer in zip(plan(recipe), recipe.layers, strict=True):
@@ -305,9 +397,9 @@ def _cmd_recipes_show(args: argparse.Namespace) -> int:
             shown = " ".join(f"{k}={v}" for k, v in settings.items() if k != "api_key_env")
             times = f" x {agent.n}" if agent.n > 1 else ""
             model = f"{agent.model}  " if agent.label != agent.model else ""
-            console.print(f"  - {agent.label}{times}  [dim]{model}{shown}[/dim]", soft_wrap=True)
+            console.print(f"  - {escape(agent.label)}{times}  [dim]{escape(model + shown)}[/dim]", soft_wrap=True)
             if agent.system:
-                console.print(f"    system prompt: {agent.system!r}")
+                console.print(f"    system prompt: {escape(repr(agent.system))}")
         if layer_plan.index == 1:
             console.print("  each gets: the conversation unchanged (after its own system prompt, if any)")
         elif layer.kind == "aggregate_seq":
@@ -318,7 +410,7 @@ def _cmd_recipes_show(args: argparse.Namespace) -> int:
         else:
             console.print(
                 f"  each gets: the conversation, with the previous layer's {previous} outputs rendered "
-                f"by {layer_plan.template} appended to the system message; user turns unchanged"
+                f"by {escape(str(layer_plan.template))} appended to the system message; user turns unchanged"
             )
         previous = 1 if layer.kind == "aggregate_seq" else layer_plan.calls
         console.print()
@@ -356,6 +448,8 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     import time
 
     from rich.console import Console
+    from rich.markup import escape
+    from rich.text import Text
 
     from moa._errors import ConfigError
     from moa._runlog import RunLog
@@ -372,34 +466,36 @@ def _cmd_logs(args: argparse.Namespace) -> int:
             print(json.dumps(run, indent=2, ensure_ascii=False))
             return EXIT_OK
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started_at"]))
-        console.print(f"[bold]run {run['id']}[/bold] · {when} · recipe {run['recipe']} · {run['status']}")
-        console.print(f"prompt: {run['prompt'][-1]['content']}")
+        # Everything from the log is the user's or a model's text: escaped, never read as markup.
+        console.print(f"[bold]run {run['id']}[/bold] · {when} · recipe {escape(run['recipe'])} · {run['status']}")
+        console.print(Text(f"prompt: {run['prompt'][-1]['content']}"))
         cost = "unknown" if run["cost_usd"] is None else f"${run['cost_usd']:.4f}"
         console.print(
-            f"{run['calls']} calls ({run['failed_calls']} failed) · "
+            f"{len(run['calls'])} calls ({run['failed_calls']} failed) · "
             f"{run['prompt_tokens'] + run['completion_tokens']} tokens · {cost}"
             + (f" · {run['latency_s']:.1f} s" if run["latency_s"] else "")
         )
         if run["error"]:
-            console.print(f"[red]error:[/red] {run['error']}")
+            console.print(f"[red]error:[/red] {escape(run['error'])}")
         for call in run["calls"]:
             state = "ok" if call["error"] is None else f"failed: {call['error']['message']}"
             console.print(
-                f"\n[cyan]layer {call['layer']} · {call['name']} ({call['model']})[/cyan] · {state} · "
-                f"{call['prompt_tokens'] + call['completion_tokens']} tok · {call['latency_s']:.1f} s"
+                f"\n[cyan]layer {call['layer']} · {escape(call['name'])} ({escape(call['model'])})[/cyan] · "
+                f"{escape(state)} · {call['prompt_tokens'] + call['completion_tokens']} tok · "
+                f"{call['latency_s']:.1f} s"
             )
             if call["text"]:
-                console.print(call["text"], markup=False)
+                console.print(Text(call["text"]))
         if run["output"]:
             console.print("\n[bold]Answer[/bold]")
-            console.print(run["output"], markup=False)
+            console.print(Text(run["output"]))
         return EXIT_OK
     runs = log.recent(args.limit)
     if args.json:
         print(json.dumps(runs, indent=2, ensure_ascii=False))
         return EXIT_OK
     if not runs:
-        console.print(f"no runs logged yet in {log.path}")
+        console.print(Text(f"no runs logged yet in {log.path}"))
         return EXIT_OK
     rows = [("id", "started", "status", "recipe", "calls", "tokens", "cost", "seconds", "prompt")]
     for run in runs:

@@ -18,6 +18,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+from moa._errors import MoAError
 from moa.result import AgentOutput, MoAResult
 
 _SCHEMA = """
@@ -69,20 +70,41 @@ def default_path() -> Path:
     return Path(base) / "moa" / "runs.sqlite"
 
 
-class RunLog:
-    """A run-log database (created on first use)."""
+def default_timeout() -> float:
+    """Seconds to wait for a locked run log: ``$MOA_LOG_TIMEOUT``, else 10."""
+    try:
+        value = float(os.environ.get("MOA_LOG_TIMEOUT", "10"))
+    except ValueError:
+        return 10.0
+    return value if 0 <= value < 3600 else 10.0
 
-    def __init__(self, path: Path | None = None) -> None:
+
+class RunLogError(MoAError):
+    """The run log cannot be opened, read or written (locked, corrupt, read-only, no such folder)."""
+
+
+class RunLog:
+    """A run-log database (created on first use).
+
+    Every failure of the database (or its folder) is a ``RunLogError`` naming
+    the file; the CLI treats it as a warning, so a broken log never costs an answer.
+    """
+
+    def __init__(self, path: Path | None = None, *, timeout_s: float | None = None) -> None:
         self.path = path or default_path()
+        self.timeout_s = default_timeout() if timeout_s is None else timeout_s
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=30)) as db:
-            db.row_factory = sqlite3.Row
-            db.executescript(_SCHEMA)
-            with db:  # one transaction
-                yield db
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(sqlite3.connect(self.path, timeout=self.timeout_s)) as db:
+                db.row_factory = sqlite3.Row
+                db.executescript(_SCHEMA)
+                with db:  # one transaction
+                    yield db
+        except (sqlite3.Error, OSError) as exc:
+            raise RunLogError(f"the run log {self.path} cannot be used: {exc}") from None
 
     def start(self, recipe: str, recipe_json: str, prompt: Sequence[dict[str, Any]]) -> int:
         with self._db() as db:
@@ -124,30 +146,13 @@ class RunLog:
                 ),
             )
             db.execute("DELETE FROM calls WHERE run_id=?", (run_id,))
-            db.executemany(
-                "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run_id,
-                        position,
-                        c.layer,
-                        c.agent,
-                        c.sample,
-                        c.step,
-                        c.name,
-                        c.model,
-                        json.dumps(c.messages),
-                        c.text,
-                        c.error.model_dump_json() if c.error else None,
-                        c.usage.prompt_tokens,
-                        c.usage.completion_tokens,
-                        c.cost_usd,
-                        c.latency_s,
-                        c.attempts,
-                    )
-                    for position, c in enumerate(calls)
-                ],
-            )
+            db.executemany(_INSERT_CALL, [_call_row(run_id, position, c) for position, c in enumerate(calls)])
+
+    def record_call(self, run_id: int, position: int, call: AgentOutput) -> None:
+        """Record one finished call while the run goes on, so that not even ``kill -9`` loses it."""
+        with self._db() as db:
+            db.execute(_INSERT_CALL.replace("INSERT", "INSERT OR REPLACE", 1), _call_row(run_id, position, call))
+            db.execute("UPDATE runs SET calls=(SELECT COUNT(*) FROM calls WHERE run_id=?) WHERE id=?", (run_id, run_id))
 
     def recent(self, limit: int = 20) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -180,6 +185,30 @@ class RunLog:
             del entry["run_id"]
             run["calls"].append(entry)
         return run
+
+
+_INSERT_CALL = "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _call_row(run_id: int, position: int, c: AgentOutput) -> tuple[Any, ...]:
+    return (
+        run_id,
+        position,
+        c.layer,
+        c.agent,
+        c.sample,
+        c.step,
+        c.name,
+        c.model,
+        json.dumps(c.messages),
+        c.text,
+        c.error.model_dump_json() if c.error else None,
+        c.usage.prompt_tokens,
+        c.usage.completion_tokens,
+        c.cost_usd,
+        c.latency_s,
+        c.attempts,
+    )
 
 
 def _sum_cost(calls: Sequence[AgentOutput]) -> float | None:

@@ -111,7 +111,9 @@ class _Progress:
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
             )
-            self._task = self._progress.add_task(label, total=total, extra="")
+            from rich.markup import escape
+
+            self._task = self._progress.add_task(escape(label), total=total, extra="")  # a recipe name: not markup
 
     def advance(self, n: int) -> None:
         if self._progress is None:

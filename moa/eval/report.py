@@ -61,12 +61,13 @@ HEADERS = ["recipe", "benchmark", "items", "score", "cost/item", "latency/item",
 def print_table(runs: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="moa eval report")
     for header in HEADERS:
         table.add_column(header)
     for row in table_rows(runs):
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # recipe names are the user's text, not markup
     Console().print(table)
 
 
