@@ -42,6 +42,11 @@ class Pricing(Protocol):
         ...
 
 
+def pricing_of(provider: object) -> Pricing | None:
+    """The provider's pricing, when it can price calls."""
+    return provider if isinstance(provider, Pricing) else None
+
+
 def prompt_tokens(messages: Sequence[Mapping[str, Any]], embedded: Sequence[tuple[int, int]] = ()) -> int:
     """Estimated prompt tokens of ``messages``; ``embedded`` holds (characters, tokens) of outputs quoted in them."""
     chars = sum(len(str(m.get("content", ""))) + MESSAGE_OVERHEAD_CHARS for m in messages)

@@ -18,7 +18,7 @@ from typing import Any
 
 from moa import _secrets
 from moa._budget import Budget, BudgetRefused
-from moa._cost import CHARS_PER_TOKEN, Pricing, prompt_tokens, run_worst_case
+from moa._cost import CHARS_PER_TOKEN, pricing_of, prompt_tokens, run_worst_case
 from moa._errors import (
     BadResponseError,
     BudgetExceeded,
@@ -103,7 +103,7 @@ class Engine:
 
     def __post_init__(self) -> None:
         _secrets.register(self.api_key)
-        self._pricing = self.provider if isinstance(self.provider, Pricing) else None
+        self._pricing = pricing_of(self.provider)
         # Planned once: key checks, preflight and the layers all read the same specs.
         self._specs = [plan_layer(self.recipe, i, self.overrides) for i in range(len(self.recipe.layers))]
         self._keys = self._resolve_keys()

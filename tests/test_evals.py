@@ -242,7 +242,7 @@ def test_resume_never_repeats_a_finished_item(server: LoopbackServer, tmp_path: 
     server.add_fault("401", times=1, model="p1")  # one item's proposer fails: that item fails
     args = ["eval", "alpacaeval", "--recipe", str(recipe), "--data", str(FIXTURES / "alpaca_eval_set.json"),
             "--out", str(out), "--concurrency", "1"]  # fmt: skip
-    assert main(args) == 0
+    assert main(args) == 1  # incomplete: one item failed
     assert len(json.loads((out / "model_outputs.json").read_text())) == 3
     assert not json.loads((out / "summary.json").read_text())["complete"]
     # A crash mid-write leaves a torn last line: it is cut off, not lost or duplicated.
@@ -288,11 +288,12 @@ def test_max_cost_and_dry_run(server: LoopbackServer, tmp_path: Path, capsys: py
     assert "4 items x 1 turn(s) x 3 calls = 12 calls" in printed and "$" in printed
     assert not server.completions()
     assert main(["eval", "alpacaeval", "--recipe", str(path), "--data", data, "--out", str(tmp_path / "c"),
-                 "--max-cost", "0.0000001", "--concurrency", "1"]) == 0  # fmt: skip
+                 "--max-cost", "0.0000001", "--concurrency", "1"]) == 1  # fmt: skip
     err = capsys.readouterr().err
-    assert "stopped: --max-cost" in err and "3 items not started" in err and "BudgetExceeded" in err
+    assert "stopped starting items: --max-cost $1e-07 reached: an item's worst case" in err
+    assert "4 items not started" in err and "failed" not in err.split("stopped")[1]
     assert json.loads((tmp_path / "c" / "model_outputs.json").read_text()) == []
-    assert not server.completions()  # the first call's worst case did not fit: nothing was sent
+    assert not server.completions()  # the first item's worst case did not fit: nothing was sent
     assert main(["eval", "alpacaeval", "--recipe", str(path), "--data", data, "--out", str(tmp_path / "c"),
                  "--max-cost", "1.0"]) == 0  # fmt: skip
     assert len(json.loads((tmp_path / "c" / "model_outputs.json").read_text())) == 4

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from moa._budget import Budget
-from moa._engine import run
+from moa._cost import CHARS_PER_TOKEN, output_tokens, pricing_of, run_worst_case
+from moa._engine import Engine, run
 from moa._errors import ConfigError
 from moa._limits import Limiter
 from moa._overrides import merge
+from moa._plan import normalize_prompt, plan_layer
 from moa._provider import Provider
-from moa.eval._runner import Record, RunStats, run_items
+from moa.eval._runner import ITEM_BUDGET, Record, RunStats, run_items
 from moa.eval._store import Checkpoint, write_json
 from moa.recipe import CallParams, Recipe
 from moa.result import LayerResult, MoAResult
@@ -33,7 +35,11 @@ class DataError(ConfigError):
 
 @dataclass
 class EvalContext:
-    """How items are answered: one recipe, shared limits, call overrides, optional cached traces."""
+    """How items are answered: one recipe, shared limits, call overrides, optional cached traces.
+
+    Public for library users: ``await ctx.answer(prompt)`` is one run of the
+    recipe under the eval's limits and budget.
+    """
 
     recipe: Recipe
     overrides: CallParams | None = None
@@ -44,6 +50,44 @@ class EvalContext:
 
     def __post_init__(self) -> None:
         self.limiter = self.limiter or Limiter(self.recipe.limits)
+        if self.provider is None:
+            from moa._litellm import LiteLLMProvider
+
+            self.provider = LiteLLMProvider()
+
+    def _engine(self, settings: CallParams | None = None) -> Engine:
+        assert self.provider is not None and self.limiter is not None
+        return Engine(
+            recipe=self.recipe,
+            provider=self.provider,
+            limiter=self.limiter,
+            overrides=merge(self.overrides, settings),
+            budget=self.budget,
+        )
+
+    def preflight(self) -> None:
+        """Raise the ``ConfigError`` every item would hit (missing key or extra, unpriced model) before any call."""
+        self._engine().preflight(start=1 if self.reuse else 0)
+
+    def worst_case(self, conversation: Any, key: str = "", settings: CallParams | None = None) -> float | None:
+        """The most one run for this prompt can cost (the rule of ``moa._cost``); None when unpriced."""
+        return self._engine(settings).worst_case(normalize_prompt(conversation), self.reuse.get(key, ()))
+
+    def unpriced_models(self) -> list[str]:
+        """The recipe's models without a known price."""
+        pricing = pricing_of(self.provider)
+        if pricing is None:
+            return self.recipe.models
+        _, unpriced = run_worst_case(pricing, self.recipe, [{"role": "user", "content": "?"}], self.overrides)
+        return unpriced
+
+    def answer_chars_max(self) -> int:
+        """The longest final answer, in characters as ``moa._cost`` counts them (MT-Bench's later turns quote it)."""
+        pricing = pricing_of(self.provider)
+        if pricing is None:
+            return 0
+        spec = plan_layer(self.recipe, len(self.recipe.layers) - 1, self.overrides)[0]
+        return output_tokens(pricing, spec.model, spec.params) * CHARS_PER_TOKEN
 
     async def answer(self, prompt: Any, key: str = "", settings: CallParams | None = None) -> MoAResult:
         """One run of the recipe; ``settings`` (e.g. MT-Bench's temperature) beat the context's overrides."""
@@ -53,7 +97,7 @@ class EvalContext:
             provider=self.provider,
             limiter=self.limiter,
             reuse=self.reuse.get(key, ()),
-            budget=self.budget,
+            budget=ITEM_BUDGET.get() or self.budget,
             settings=merge(self.overrides, settings),
         )
 
@@ -65,13 +109,18 @@ async def run_in_order(
     work: Callable[[Any], Awaitable[Record]],
     checkpoint: Path,
     *,
+    run: str | None = None,
+    worst_case: Callable[[Any], float | None] | None = None,
     concurrency: int = 8,
     show_progress: bool | None = None,
 ) -> tuple[list[Record], RunStats]:
-    """``run_items`` under the context's budget; the finished records come back in input order."""
+    """``run_items`` under the context's budget; the finished records come back in input order.
+
+    ``run`` is the run identity's digest, stamped on every record (``moa.eval._identity``).
+    """
     records, stats = await run_items(
-        label, items, work, Checkpoint(checkpoint), concurrency=concurrency, budget=ctx.budget,
-        show_progress=show_progress,
+        label, items, work, Checkpoint(checkpoint, run=run), concurrency=concurrency, budget=ctx.budget,
+        worst_case=worst_case, show_progress=show_progress,
     )  # fmt: skip
     return [records[key] for key, _ in items if key in records], stats
 
@@ -89,17 +138,35 @@ def trace_record(results: Sequence[MoAResult]) -> dict[str, Any]:
     }
 
 
-def load_reuse(directory: Path, layers: int = 1) -> dict[str, list[LayerResult]]:
-    """The first ``layers`` layers of every finished item of an earlier run (for re-aggregation)."""
+def load_reuse(directory: Path, layers: int = 1) -> tuple[dict[str, list[LayerResult]], str]:
+    """The first ``layers`` layers of an earlier run's finished items (for re-aggregation), and that run's identity.
+
+    Only layers whose calls all succeeded are kept: a failed proposer would be
+    called again by the new run.
+    """
     path = directory / ITEMS_FILE
     if not path.exists():
-        raise DataError(f"{path} does not exist: nothing to re-aggregate from")
+        raise DataError(f"--reaggregate-from {directory}: {path} does not exist: nothing to re-aggregate from")
     reuse: dict[str, list[LayerResult]] = {}
     for key, record in Checkpoint(path).load().items():
         for turn, trace in enumerate(record.get("traces", [])):
             cached = [LayerResult.model_validate(layer) for layer in trace["layers"][:layers]]
-            reuse[key if turn == 0 else f"{key}#turn{turn + 1}"] = cached
-    return reuse
+            if len(cached) == layers and all(layer.succeeded for layer in cached):
+                reuse[key if turn == 0 else f"{key}#turn{turn + 1}"] = cached
+    digest = ((_read_summary(directory).get("identity") or {}).get("generation") or {}).get("digest", "unknown")
+    return reuse, f"{directory.name} #{digest}"
+
+
+def check_reuse(reuse: Mapping[str, list[LayerResult]], directory: Path, keys: Sequence[str]) -> None:
+    """Every run still to make (``keys``) must find its reused layers: else its proposers would be called again."""
+    missing = [key for key in keys if key not in reuse]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DataError(
+            f"--reaggregate-from {directory}: {len(missing)} of the {len(keys)} runs still to make have no "
+            f"finished trace there ({shown}), so their proposers would be called again; finish that run first, "
+            "or pass a --limit it covers"
+        )
 
 
 def read_json(path: Path) -> Any:
@@ -152,10 +219,15 @@ def write_summary(
     records: Sequence[Mapping[str, Any]],
     extra: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """``summary.json``: what the report reads (score, cost, latency and calls per item)."""
+    """``summary.json``: what the report reads (score, cost, latency and calls per item), and what went wrong.
+
+    Costs are totals only when every item's cost is known; otherwise they are
+    None and ``cost_priced_usd`` holds the part that is known.
+    """
     n = len(records)
     costs = [r.get("cost_usd") for r in records]
     known = [c for c in costs if c is not None]
+    every_cost_known = len(known) == n
     previous = _read_summary(out)
     summary = {
         **previous,
@@ -165,10 +237,15 @@ def write_summary(
         "items": stats.total,
         "finished": n,
         "failed": stats.failed,
+        "not_started": stats.not_started,
+        "unsaved": stats.unsaved,
         "complete": n == stats.total,
-        "cost_usd": sum(known) if known else (0.0 if not n else None),
-        "cost_unpriced_items": len(costs) - len(known),
-        "cost_per_item_usd": (sum(known) / len(known)) if known else None,
+        "stopped": stats.stopped,
+        "failures": [{"key": key, "error": error} for key, error in stats.errors[:100]],
+        "cost_usd": sum(known) if every_cost_known else None,
+        "cost_priced_usd": sum(known),
+        "cost_unpriced_items": n - len(known),
+        "cost_per_item_usd": (sum(known) / n) if n and every_cost_known else None,
         "latency_per_item_s": (sum(r.get("latency_s", 0.0) for r in records) / n) if n else None,
         "calls_per_item": (sum(r.get("calls", 0) for r in records) / n) if n else None,
         "tokens": sum(int(r.get("tokens", 0)) for r in records),

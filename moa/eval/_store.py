@@ -2,22 +2,37 @@
 
 A ``kill -9`` can at worst leave a torn last line; it is cut off when the file
 is opened again, so finished items are never lost or counted twice and a
-re-run skips exactly what is on disk.
+re-run skips exactly what is on disk.  Any other line moa cannot read (edited
+by hand, another tool's file, a line without its key) is an error naming the
+file and line, raised before any call: it is never skipped silently or
+overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from moa._errors import ConfigError
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint line that moa did not write (or that was changed since)."""
+
 
 class Checkpoint:
-    """An append-only JSONL file of finished records, keyed by their ``key`` field."""
+    """An append-only JSONL file of finished records, keyed by their ``key`` field.
 
-    def __init__(self, path: Path) -> None:
+    ``run`` is the digest of the run identity (``moa.eval._identity``) stamped
+    on every record appended.
+    """
+
+    def __init__(self, path: Path, run: str | None = None) -> None:
         self.path = path
+        self.run = run
         path.parent.mkdir(parents=True, exist_ok=True)
         self._repair()
 
@@ -32,35 +47,69 @@ class Checkpoint:
                 handle.flush()
                 os.fsync(handle.fileno())
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        """Finished records by key (the last one wins if a key was ever written twice)."""
-        records: dict[str, dict[str, Any]] = {}
+    def records(self) -> list[dict[str, Any]]:
+        """Every record, in file order; a line moa did not write raises ``CheckpointError``."""
         if not self.path.exists():
-            return records
-        with self.path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
+            return []
+        records = []
+        with self.path.open(encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
                     record = json.loads(line)
-                    records[str(record["key"])] = record
+                except json.JSONDecodeError as exc:
+                    raise self._bad(number, f"not JSON ({exc.msg})") from None
+                if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+                    raise self._bad(number, "not a moa record (a JSON object with a string `key`)")
+                records.append(record)
         return records
 
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Finished records by key (the last one wins if a key was ever written twice)."""
+        return {record["key"]: record for record in self.records()}
+
+    def run_digests(self) -> set[str | None]:
+        """The run identities found on the records (None for records without one)."""
+        return {record.get("run") for record in self.records()}
+
     def append(self, record: dict[str, Any]) -> None:
+        """Append one record durably; raises ``OSError`` (disk full...) with the file left as it was."""
+        if self.run is not None:
+            record = {**record, "run": self.run}
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+            start = handle.tell()
+            try:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):  # never leave half a record behind
+                    handle.truncate(start)
+                raise
+
+    def _bad(self, number: int, why: str) -> CheckpointError:
+        return CheckpointError(
+            f"{self.path}, line {number}: {why}. moa did not write this line; remove it, or re-run with "
+            "--force-new to start a clean run (old files are kept in a superseded-* folder)"
+        )
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file so that readers see the old or the new version, never half."""
+    """Write a whole file so that readers see the old or the new version, never half (no temporary left behind)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with temporary.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def write_json(path: Path, data: Any) -> None:

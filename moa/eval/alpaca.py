@@ -36,6 +36,14 @@ from moa.recipe import Recipe
 
 OUTPUTS_FILE = "model_outputs.json"
 ANNOTATIONS_FILE = "annotations.json"
+#: What judging adds to the folder and to ``summary.json`` (moved aside or dropped when the judge changes).
+JUDGE_FILES = ("judgments.jsonl", ANNOTATIONS_FILE)
+JUDGE_SUMMARY_KEYS = (
+    "win_rate", "standard_error", "discrete_win_rate", "n_wins", "n_wins_base", "n_draws", "n_total",
+    "unparsable_judgments", "judge_method", "length_controlled_win_rate", "lc_method", "lc_exact", "lc_C",
+    "lc_weights", "lc_warning", "score", "score_name", "judge", "judged", "judge_complete", "judge_failures",
+    "judge_cost_usd",
+)  # fmt: skip
 _CHATML = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)\n?<\|im_end\|>", re.DOTALL)
 
 
@@ -54,6 +62,17 @@ def _key(index: int, instruction: str) -> str:
     return f"{index}:{hashlib.sha1(instruction.encode()).hexdigest()[:10]}"
 
 
+def worst_case(ctx: EvalContext, item: tuple[int, dict[str, Any]]) -> float | None:
+    """The most answering one instruction can cost (what its budget reservation holds)."""
+    index, row = item
+    return ctx.worst_case(row["instruction"], _key(index, row["instruction"]))
+
+
+def items(rows: list[dict[str, Any]]) -> list[tuple[str, tuple[int, dict[str, Any]]]]:
+    """(checkpoint key, (index, row)) per instruction."""
+    return [(_key(i, row["instruction"]), (i, row)) for i, row in enumerate(rows)]
+
+
 async def generate(
     ctx: EvalContext,
     data: Path,
@@ -62,12 +81,12 @@ async def generate(
     limit: int | None = None,
     generator: str | None = None,
     concurrency: int = 8,
+    run: str | None = None,
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """Answer every instruction (resumably) and write ``model_outputs.json`` and ``summary.json``."""
     rows = read_eval_set(data)[:limit]
     name = generator or ctx.recipe.name
-    items = [(_key(i, row["instruction"]), (i, row)) for i, row in enumerate(rows)]
 
     async def work(item: tuple[int, dict[str, Any]]) -> dict[str, Any]:
         index, row = item
@@ -83,9 +102,11 @@ async def generate(
     finished, stats = await run_in_order(
         ctx,
         "alpacaeval",
-        items,
+        items(rows),
         work,
         out / ITEMS_FILE,
+        run=run,
+        worst_case=lambda item: worst_case(ctx, item),
         concurrency=concurrency,
         show_progress=show_progress,
     )
@@ -126,6 +147,7 @@ async def judge(
     *,
     lc_data: _lc.LCData | None = None,
     concurrency: int = 8,
+    run: str | None = None,
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """Judge ``model_outputs.json`` against the reference outputs; write annotations and metrics."""
@@ -144,11 +166,10 @@ async def judge(
         text = "\x00".join((row["instruction"], row["output"], reference["output"]))
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
-    async def work(pair: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
-        row, reference = pair
+    def judge_messages(row: dict[str, Any], reference: dict[str, Any]) -> list[dict[str, str]]:
         switched = _stats.is_switched(row["instruction"])
         first, second = (row["output"], reference["output"]) if switched else (reference["output"], row["output"])
-        messages = [
+        return [
             {
                 "role": m["role"],
                 "content": m["content"]
@@ -158,7 +179,11 @@ async def judge(
             }
             for m in template
         ]
-        result = await judge_ctx.answer(messages)
+
+    async def work(pair: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+        row, reference = pair
+        switched = _stats.is_switched(row["instruction"])
+        result = await judge_ctx.answer(judge_messages(row, reference))
         call = result.layers[0].outputs[0]
         preference, method = None, "unparsable"
         if call.top_logprobs:
@@ -184,17 +209,21 @@ async def judge(
             **trace_record([result]),
         }
 
-    items = [(key(row, ref), (row, ref)) for row, ref in pairs]
+    judged = [(key(row, ref), (row, ref)) for row, ref in pairs]
     annotations, stats = await run_in_order(
         judge_ctx,
         "judge alpacaeval",
-        items,
+        judged,
         work,
         out / JUDGMENTS_FILE,
+        run=run,
+        worst_case=lambda pair: judge_ctx.worst_case(judge_messages(*pair)),
         concurrency=concurrency,
         show_progress=show_progress,
     )
-    write_json(out / ANNOTATIONS_FILE, [{k: v for k, v in a.items() if k != "traces"} for a in annotations])
+    write_json(
+        out / ANNOTATIONS_FILE, [{k: v for k, v in a.items() if k not in ("traces", "run")} for a in annotations]
+    )
     metrics = alpaca_metrics(annotations, lc_data)
     judge_cost = [a.get("cost_usd") for a in annotations]
     summary = update_summary(
@@ -202,6 +231,8 @@ async def judge(
         **metrics,
         judge=judge_ctx.recipe.layers[0].agents[0].model,
         judged=len(annotations),
+        judge_complete=stats.complete,
+        judge_failures=[{"key": key, "error": error} for key, error in stats.errors[:100]],
         judge_cost_usd=None if any(c is None for c in judge_cost) else sum(c or 0.0 for c in judge_cost),
     )
     return summary, stats

@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from moa._errors import ConfigError
 from moa.eval._common import (
     ITEMS_FILE,
     JUDGMENTS_FILE,
@@ -48,20 +49,81 @@ CATEGORY_TEMPERATURE = {
 }
 NEED_REFERENCE = {"math", "reasoning", "coding", "arena-hard-200"}
 JUDGMENT_FILE = "model_judgment.jsonl"
+#: What grading adds to the folder and to ``summary.json`` (moved aside or dropped when the judge changes).
+JUDGE_FILES = ("judgments.jsonl", JUDGMENT_FILE)
+JUDGE_SUMMARY_KEYS = (
+    "score", "score_name", "score_turn_1", "score_turn_2", "score_by_category", "unparsable_judgments", "judge",
+    "judged", "judge_complete", "judge_failures", "judge_cost_usd",
+)  # fmt: skip
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _RATING_LOOSE = re.compile(r"\[(\d+\.?\d*)\]")
 
 
 def read_questions(path: Path) -> list[dict[str, Any]]:
     rows = read_jsonl(path)
+    seen: dict[int, int] = {}
     for number, row in enumerate(rows, start=1):
         where = f"{path}, line {number}"
         require(row, "question_id", int, where)
+        if row["question_id"] in seen:
+            raise DataError(
+                f"{where}: duplicate question_id {row['question_id']} (first on line {seen[row['question_id']]}): "
+                "answers are stored by question_id, so one of the two would be lost"
+            )
+        seen[row["question_id"]] = number
         require(row, "category", str, where)
         turns = require(row, "turns", list, where)
         if not turns or not all(isinstance(t, str) for t in turns):
             raise DataError(f"{where}: `turns` must be a non-empty list of strings")
     return rows
+
+
+def worst_case(ctx: EvalContext, row: dict[str, Any]) -> float | None:
+    """The most answering one question can cost: each turn is a run that sees every earlier answer at its longest."""
+    key, total = str(row["question_id"]), 0.0
+    longest = "x" * ctx.answer_chars_max()
+    temperature = CallParams(temperature=CATEGORY_TEMPERATURE.get(row["category"], 0.7))
+    conversation: list[dict[str, str]] = []
+    for turn, question in enumerate(row["turns"]):
+        conversation.append({"role": "user", "content": question})
+        worst = ctx.worst_case(conversation, key if turn == 0 else f"{key}#turn{turn + 1}", temperature)
+        if worst is None:
+            return None
+        total += worst
+        conversation.append({"role": "assistant", "content": longest})
+    return total
+
+
+def items(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(checkpoint key, row) per question."""
+    return [(str(row["question_id"]), row) for row in rows]
+
+
+def reuse_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The keys of every turn's run (for ``--reaggregate-from``)."""
+    keys = []
+    for key, row in items(rows):
+        keys += [key if turn == 0 else f"{key}#turn{turn + 1}" for turn in range(len(row["turns"]))]
+    return keys
+
+
+def answer_file(model_id: str) -> str:
+    """FastChat's answer file name, ``<model_id>.jsonl``: refused when it would not be a plain file in ``--out``."""
+    name = f"{model_id}.jsonl"
+    unsafe = (
+        not model_id.strip()
+        or model_id != model_id.strip()
+        or any(c in model_id for c in '/\\:*?"<>|\0')
+        or model_id.startswith(".")
+        or any(ord(c) < 32 for c in model_id)
+        or len(name.encode()) > 255
+    )
+    if unsafe:
+        raise ConfigError(
+            f"model id {model_id!r} cannot name the answer file {name!r} inside --out (no path separators, "
+            "control characters or leading dot); pass --model-id NAME"
+        )
+    return name
 
 
 async def generate(
@@ -72,12 +134,13 @@ async def generate(
     limit: int | None = None,
     model_id: str | None = None,
     concurrency: int = 8,
+    run: str | None = None,
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """Answer every question's turns (resumably); write ``<model_id>.jsonl`` and ``summary.json``."""
     rows = read_questions(questions)[:limit]
     name = model_id or ctx.recipe.name
-    items = [(str(row["question_id"]), row) for row in rows]
+    answers_path = out / answer_file(name)
 
     async def work(row: dict[str, Any]) -> dict[str, Any]:
         key = str(row["question_id"])
@@ -107,9 +170,11 @@ async def generate(
     finished, stats = await run_in_order(
         ctx,
         "mt-bench",
-        items,
+        items(rows),
         work,
         out / ITEMS_FILE,
+        run=run,
+        worst_case=lambda row: worst_case(ctx, row),
         concurrency=concurrency,
         show_progress=show_progress,
     )
@@ -123,7 +188,7 @@ async def generate(
         }
         for r in finished
     ]
-    write_jsonl(out / f"{name}.jsonl", answers)
+    write_jsonl(answers_path, answers)
     summary = write_summary(out, "mt-bench", ctx.recipe, stats, finished, {"model_id": name})
     return summary, stats
 
@@ -193,6 +258,7 @@ async def judge(
     *,
     reference_file: Path | None = None,
     concurrency: int = 8,
+    run: str | None = None,
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """Grade every answered turn; write FastChat's judgment JSONL and the scores."""
@@ -202,20 +268,25 @@ async def judge(
     answered = Checkpoint(out / ITEMS_FILE).load()
     judge_model = judge_ctx.recipe.layers[0].agents[0].model
     model_name = _model_id(out) or judge_ctx.recipe.name
-    items = []
+    graded = []
     for record in sorted(answered.values(), key=lambda r: r["question_id"]):
         question = questions.get(record["question_id"])
         if question is None:
             raise DataError(f"{questions_file}: no question {record['question_id']} (answered in {out})")
         for turn in range(1, min(2, len(record["answers"])) + 1):
-            items.append((f"{record['question_id']}:t{turn}", (question, record, turn)))
+            graded.append((f"{record['question_id']}:t{turn}", (question, record, turn)))
 
-    async def work(item: tuple[dict[str, Any], dict[str, Any], int]) -> dict[str, Any]:
+    def judge_messages(item: tuple[dict[str, Any], dict[str, Any], int]) -> tuple[str, str, list[dict[str, str]]]:
         question, record, turn = item
         name, system, user = build_judge_prompt(
             prompts, question, record["answers"], turn, references.get(question["question_id"])
         )
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return name, user, messages
+
+    async def work(item: tuple[dict[str, Any], dict[str, Any], int]) -> dict[str, Any]:
+        question, _, turn = item
+        name, user, messages = judge_messages(item)
         result = await judge_ctx.answer(messages)
         return {
             "question_id": question["question_id"],
@@ -233,9 +304,11 @@ async def judge(
     judged, stats = await run_in_order(
         judge_ctx,
         "judge mt-bench",
-        items,
+        graded,
         work,
         out / JUDGMENTS_FILE,
+        run=run,
+        worst_case=lambda item: judge_ctx.worst_case(judge_messages(item)[2]),
         concurrency=concurrency,
         show_progress=show_progress,
     )
@@ -259,6 +332,8 @@ async def judge(
         **mtbench_scores(judged),
         judge=judge_model,
         judged=len(judged),
+        judge_complete=stats.complete,
+        judge_failures=[{"key": key, "error": error} for key, error in stats.errors[:100]],
         judge_cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
     )
     return summary, stats

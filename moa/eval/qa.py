@@ -86,6 +86,16 @@ def _key(row: dict[str, Any]) -> str:
     return f"{row['id']}:{hashlib.sha1(row['prompt'].encode()).hexdigest()[:10]}"
 
 
+def worst_case(ctx: EvalContext, row: dict[str, Any]) -> float | None:
+    """The most answering one question can cost (what its budget reservation holds)."""
+    return ctx.worst_case(row["prompt"], _key(row))
+
+
+def items(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(checkpoint key, row) per question."""
+    return [(_key(row), row) for row in rows]
+
+
 async def generate(
     ctx: EvalContext,
     data: Path,
@@ -93,11 +103,18 @@ async def generate(
     *,
     limit: int | None = None,
     concurrency: int = 8,
+    run: str | None = None,
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
-    """Answer and score every question (resumably); write ``qa_results.jsonl`` and ``summary.json``."""
+    """Answer and score every question (resumably); write ``qa_results.jsonl`` and ``summary.json``.
+
+    Accuracy counts every question that was tried: a question whose run failed
+    counts as wrong (it is in the denominator); questions not started (budget,
+    full disk) are left out and the summary says the run is incomplete.  Each
+    answer is scored against the data file as it is now, so a corrected answer
+    key re-scores finished items without a new call.
+    """
     rows = read_questions(data)[:limit]
-    items = [(_key(row), row) for row in rows]
 
     async def work(row: dict[str, Any]) -> dict[str, Any]:
         result = await ctx.answer(row["prompt"], _key(row))
@@ -112,14 +129,20 @@ async def generate(
     finished, stats = await run_in_order(
         ctx,
         f"qa {ctx.recipe.name}",
-        items,
+        items(rows),
         work,
         out / ITEMS_FILE,
+        run=run,
+        worst_case=lambda row: worst_case(ctx, row),
         concurrency=concurrency,
         show_progress=show_progress,
     )
-    write_jsonl(out / RESULTS_FILE, [{k: v for k, v in r.items() if k != "traces"} for r in finished])
+    by_key = {_key(row): row for row in rows}
+    for record in finished:
+        record["correct"] = is_correct(record["output"], by_key[record["key"]])
+    write_jsonl(out / RESULTS_FILE, [{k: v for k, v in r.items() if k not in ("traces", "run")} for r in finished])
     correct = sum(r["correct"] for r in finished)
+    attempted = len(finished) + stats.failed
     summary = write_summary(
         out,
         "qa",
@@ -128,8 +151,10 @@ async def generate(
         finished,
         {
             "score_name": "accuracy",
-            "score": correct / len(finished) * 100 if finished else None,
+            "score": correct / attempted * 100 if attempted else None,
             "correct": correct,
+            "attempted": attempted,
+            "score_note": "correct / questions tried; a question whose run failed counts as wrong",
         },
     )
     return summary, stats
@@ -142,11 +167,12 @@ def compare(out: Path, baseline_out: Path) -> dict[str, Any]:
     shared = [qid for qid in mine if qid in base]
     right_to_wrong = [qid for qid in shared if base[qid] and not mine[qid]]
     wrong_to_right = [qid for qid in shared if not base[qid] and mine[qid]]
-    baseline_summary = read_jsonl_summary(baseline_out)
     comparison = {
-        "baseline": baseline_summary.get("recipe"),
+        "baseline": read_summary(baseline_out).get("recipe"),
+        "accuracy": sum(mine[q] for q in shared) / len(shared) * 100 if shared else None,
         "baseline_accuracy": sum(base[q] for q in shared) / len(shared) * 100 if shared else None,
         "compared": len(shared),
+        "only_one_answered": len(set(mine) ^ set(base)),
         "right_to_wrong": right_to_wrong,
         "wrong_to_right": wrong_to_right,
         "mcnemar_p": _stats.mcnemar_exact(len(right_to_wrong), len(wrong_to_right)),
@@ -155,8 +181,12 @@ def compare(out: Path, baseline_out: Path) -> dict[str, Any]:
     return comparison
 
 
-def read_jsonl_summary(out: Path) -> dict[str, Any]:
+def read_summary(out: Path) -> dict[str, Any]:
     import json
 
     path = out / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
