@@ -77,17 +77,22 @@ class Checkpoint:
         """Append one record durably; raises ``OSError`` (disk full...) with the file left as it was."""
         if self.run is not None:
             record = {**record, "run": self.run}
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        with self.path.open("a", encoding="utf-8") as handle:
-            start = handle.tell()
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        # Unbuffered, so that a failed write can be undone exactly: no half record, nothing left in a buffer.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size
             try:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
             except OSError:
-                with contextlib.suppress(OSError):  # never leave half a record behind
-                    handle.truncate(start)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
                 raise
+        finally:
+            os.close(fd)
 
     def _bad(self, number: int, why: str) -> CheckpointError:
         return CheckpointError(
