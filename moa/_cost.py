@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from moa._plan import CallSpec, Message, build_messages, plan_layer, seq_windows
-from moa.recipe import CallParams, Recipe
+from moa._plan import CallSpec, Message, build_messages, plan_layer
+from moa.recipe import CallParams, Recipe, seq_windows
 
 CHARS_PER_TOKEN = 3
 MESSAGE_OVERHEAD_CHARS = 16

@@ -35,11 +35,11 @@ from moa._fanout import Abandoned, settle
 from moa._limits import Limiter
 from moa._loader import RecipeSource, load_recipe
 from moa._overrides import CALL_SETTINGS, call_overrides, merge
-from moa._plan import CallSpec, Message, build_messages, normalize_prompt, plan_layer, seq_windows
+from moa._plan import CallSpec, Message, build_messages, normalize_prompt, plan_layer
 from moa._provider import Completion, Preflight, Provider, Request, TokenCallback
 from moa._retry import Sleep, with_retries
 from moa.events import Event, EventCallback
-from moa.recipe import CallParams, Layer, Recipe
+from moa.recipe import CallParams, Layer, Recipe, seq_windows
 from moa.result import AgentOutput, CallError, LayerResult, MoAResult, Usage
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from moa._errors import CallSite, PromptError
 from moa._loader import RecipeSource, load_recipe
-from moa.recipe import Agent, CallParams, Layer, Recipe
+from moa.recipe import Agent, CallParams, Layer, Recipe, seq_windows
 
 Message = dict[str, Any]
 DEFAULT_TIMEOUT_S = 120.0
@@ -133,23 +133,6 @@ def plan_layer(recipe: Recipe, layer_index: int, overrides: CallParams | None = 
             )
             specs.append(CallSpec(site=site, params=params, api_key_env=key_env))
     return specs
-
-
-def seq_windows(inputs: int, window: int) -> list[tuple[int, int]]:
-    """Slices of the inputs each ``aggregate_seq`` step takes as new material.
-
-    Step 1 takes the first ``window`` inputs; each later step takes the next
-    ``window - 1`` inputs beside the synthesis so far.
-    """
-    if inputs <= 0:
-        return []
-    steps = [(0, min(window, inputs))]
-    start = steps[0][1]
-    while start < inputs:
-        end = min(start + window - 1, inputs)
-        steps.append((start, end))
-        start = end
-    return steps
 
 
 def layer_calls(layer: Layer, inputs: int) -> int:

@@ -268,6 +268,23 @@ class Layer(_Strict):
         return self._compiled
 
 
+def seq_windows(inputs: int, window: int) -> list[tuple[int, int]]:
+    """Slices of the inputs each ``aggregate_seq`` step takes as new material.
+
+    Step 1 takes the first ``window`` inputs; each later step takes the next
+    ``window - 1`` inputs beside the synthesis so far.
+    """
+    if inputs <= 0:
+        return []
+    steps = [(0, min(window, inputs))]
+    start = steps[0][1]
+    while start < inputs:
+        end = min(start + window - 1, inputs)
+        steps.append((start, end))
+        start = end
+    return steps
+
+
 def _default_template(kind: str | None) -> str:
     return "aggregate_seq" if kind == "aggregate_seq" else "aggregate"
 
@@ -402,7 +419,37 @@ class Recipe(_Strict):
                 f"the last layer makes {last.planned_calls_in()} calls; it must make exactly one "
                 "(a single aggregator, or a single agent with n = 1), whose output is the answer"
             )
+        self._check_templates()
         return self
+
+    def _check_templates(self) -> None:
+        """Trial-render every template with each number of responses its layer can really receive.
+
+        A quorum below the previous layer's size means fewer responses than
+        agents; a template that indexes ``responses[1]`` must fail here, when
+        the recipe loads, not after the calls before it were paid for.
+        """
+        fewest = most = 0
+        for index, layer in enumerate(self.layers):
+            if index:
+                if layer.kind == "aggregate_seq":  # (responses, step) of every step, for every number of inputs
+                    cases = {
+                        (end - start + (step > 1), step)
+                        for inputs in range(max(fewest, 1), max(most, 1) + 1)
+                        for step, (start, end) in enumerate(seq_windows(inputs, layer.effective_window), start=1)
+                    }
+                else:
+                    cases = {(count, 0) for count in range(max(fewest, 1), max(most, 1) + 1)}
+                try:
+                    for count, step in sorted(cases):
+                        layer.compiled_template.check([count], [step], layer=index + 1)
+                except TemplateError as exc:
+                    raise ValueError(f"layers[{index}].template: {exc}") from None
+            calls = layer.planned_calls_in()
+            if layer.kind == "aggregate_seq" or calls is None:
+                fewest = most = 1
+            else:
+                fewest, most = layer.min_success or calls, calls
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:

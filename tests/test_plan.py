@@ -7,8 +7,8 @@ import re
 import pytest
 
 import moa
-from moa._plan import build_messages, call_params, normalize_prompt, seq_windows
-from moa.recipe import Agent, CallParams
+from moa._plan import build_messages, call_params, normalize_prompt
+from moa.recipe import Agent, CallParams, seq_windows
 
 
 def test_references_become_a_new_system_message() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 import moa
 from moa import RecipeError
@@ -216,3 +217,19 @@ def test_readme_documents_every_recipe_field() -> None:
         for name, field in model.model_fields.items():
             assert f"`{name}`" in readme, f"README does not document {model.__name__}.{name}"
             assert field.description, f"{model.__name__}.{name} has no description"
+
+
+def test_a_template_that_needs_more_responses_than_a_quorum_leaves_fails_at_load(tmp_path: Path) -> None:
+    (tmp_path / "two.j2").write_text("First: {{ responses[0] }}; second: {{ responses[1] }}")
+    layers = [{"kind": "propose", "agents": [{"model": "a"}, {"model": "b"}, {"model": "c"}], "min_success": 1},
+              {"kind": "aggregate", "template": "two.j2", "agents": [{"model": "d"}]}]  # fmt: skip
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "r", "layers": layers}))
+    with pytest.raises(moa.RecipeError, match=r"layers\[1\]\.template: .* fails when it receives 1 response"):
+        moa.load_recipe(path)
+    layers[0]["min_success"] = 2  # at least two responses always reach it: fine
+    path.write_text(yaml.safe_dump({"name": "r", "layers": layers}))
+    assert moa.load_recipe(path).name == "r"
+    seq = [layers[0], {"kind": "aggregate_seq", "template": "two.j2", "agents": [{"model": "d"}], "window": 2}]
+    path.write_text(yaml.safe_dump({"name": "r", "layers": seq}))  # later steps see the synthesis and one more
+    assert moa.load_recipe(path).name == "r"
