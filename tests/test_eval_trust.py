@@ -9,6 +9,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -367,3 +368,29 @@ def test_a_full_disk_stops_new_items_and_loses_no_saved_one(tmp_path: Path) -> N
         final = items(out)
         assert len(final) == 30 and len({r["key"] for r in final}) == 30
         assert [r["key"] for r in final[: len(saved)]] == [r["key"] for r in saved]
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_eval_keeps_finished_items_and_the_rerun_pays_only_the_rest(tmp_path: Path) -> None:
+    with LoopbackServer() as server:
+        server.add_fault("hang", times=1000, model="p2")  # every item hangs on p2 until the fault is lifted
+        data = tmp_path / "q.jsonl"
+        data.write_text("".join(json.dumps({"id": i, "prompt": f"question {i}", "answers": ["x"]}) + "\n"
+                                for i in range(6)))  # fmt: skip
+        out = tmp_path / "out"
+        path = recipe(server, tmp_path / "a.yaml")
+        argv = [sys.executable, "-m", "moa", "eval", "qa", "--recipe", str(path), "--data", str(data),
+                "--out", str(out), "--concurrency", "3"]  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while len(server.completions("p2")) < 3:  # three items in flight, each waiting on p2
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err
+        assert not (out / "items.jsonl").exists() or items(out) == []  # nothing had finished: nothing claimed
+        server.faults.clear()
+        before = len(server.completions("p1"))
+        assert subprocess.run(argv, capture_output=True, text=True, timeout=120).returncode == 0
+        assert len(items(out)) == 6 and len(server.completions("p1")) - before == 6

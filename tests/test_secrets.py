@@ -15,11 +15,21 @@ import moa
 from moa._cli import main
 from moa.testing import FakeProvider, LoopbackServer
 
-SECRET = "sk-moa-LEAKCHECK-0123456789abcdef"
+SHAPES = [
+    "sk-moa-LEAKCHECK-0123456789abcdef",  # a known prefix
+    "9f1c2e7d4b8a60f3e5d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f0",  # hex, no prefix (Together-like)
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY+9z",  # base64 with / and + (AWS-secret-like)
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtb2EifQ.c2lnbmF0dXJlMTIz",  # a JWT
+]
 
 
+@pytest.mark.parametrize("SECRET", SHAPES)
 def test_key_never_leaks(
-    loopback: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    SECRET: str,
+    loopback: LoopbackServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("MOA_LEAK_KEY", SECRET)
     db = tmp_path / "runs.sqlite"
