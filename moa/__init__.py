@@ -13,8 +13,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from moa._budget import Budget
-    from moa._engine import run, run_sync
+    from moa._call import Budget
+    from moa._engine import LayerPlan, plan, run, run_sync
     from moa._errors import (
         BadResponseError,
         BudgetExceeded,
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     )
     from moa._limits import Limiter
     from moa._loader import builtin_recipes, load_recipe
-    from moa._plan import LayerPlan, plan
     from moa._provider import Completion, Provider, Request
     from moa.events import Event
     from moa.recipe import Agent, CallParams, Layer, ProviderLimit, Recipe, RetryPolicy, SelfMoA
@@ -51,7 +50,7 @@ _EXPORTS = {
     "Agent": "moa.recipe",
     "AgentOutput": "moa.result",
     "BadResponseError": "moa._errors",
-    "Budget": "moa._budget",
+    "Budget": "moa._call",
     "BudgetExceeded": "moa._errors",
     "CallError": "moa.result",
     "CallParams": "moa.recipe",
@@ -63,7 +62,7 @@ _EXPORTS = {
     "DeadlineExceeded": "moa._errors",
     "Event": "moa.events",
     "Layer": "moa.recipe",
-    "LayerPlan": "moa._plan",
+    "LayerPlan": "moa._engine",
     "LayerResult": "moa.result",
     "Limiter": "moa._limits",
     "MissingAPIKeyError": "moa._errors",
@@ -88,7 +87,7 @@ _EXPORTS = {
     "Usage": "moa.result",
     "builtin_recipes": "moa._loader",
     "load_recipe": "moa._loader",
-    "plan": "moa._plan",
+    "plan": "moa._engine",
     "run": "moa._engine",
     "run_sync": "moa._engine",
 }

@@ -1,5 +1,5 @@
 """``python -m moa ...`` is the same as ``moa ...``."""
 
-from moa._cli import entry
+from moa.cli import entry
 
 entry()

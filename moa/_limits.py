@@ -1,10 +1,10 @@
-"""Per-provider limits: one concurrency cap and one request pacer per provider.
+"""Per-provider limits: a concurrency cap, a request pacer and a token pacer per provider.
 
 Limits are objects shared by every layer of a run, and by every run given the
 same ``Limiter`` (the eval harness runs many items through one).  A call takes
-a concurrency slot first and then a pacing token, so at most
-``max_concurrency`` callers ever wait on the pacer.  Each attempt of a retried
-call acquires both again; backoff sleeps hold neither.
+a concurrency slot first and then its pacing (its tokens, then its request),
+so at most ``max_concurrency`` callers ever wait on the pacers.  Each attempt
+of a retried call acquires all of them again; backoff sleeps hold none.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+from aiolimiter import AsyncLimiter
 from asyncio_throttle import Throttler
 
 from moa._provider import provider_of
@@ -28,13 +29,39 @@ class ProviderGate:
         self.limit = limit
         self._slots = asyncio.Semaphore(limit.max_concurrency) if limit.max_concurrency else None
         self._pacer = _pacer(limit.rpm) if limit.rpm else None
+        self._tokens = AsyncLimiter(max_rate=limit.tpm, time_period=60) if limit.tpm else None
+        # aiolimiter wakes its smallest waiter first, so a big call could wait behind an endless
+        # stream of small ones; one waiter at a time, in arrival order, keeps it first come, first served.
+        self._token_turn = asyncio.Lock()
         self.in_flight = 0
 
+    def tokens_charged(self, tokens: int) -> float:
+        """What a call of ``tokens`` takes from the ``tpm`` allowance: ``tokens``, capped at ``tpm``.
+
+        A call larger than the whole minute's allowance takes all of it (it waits
+        until the allowance is full, then starts) instead of waiting forever.
+        """
+        if tokens < 0:
+            raise ValueError(f"a call cannot take {tokens} tokens")
+        return float(min(tokens, self.limit.tpm)) if self.limit.tpm else 0.0
+
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, tokens: int = 0) -> AsyncIterator[None]:
+        """Hold a place for one call of about ``tokens`` tokens (prompt + most output).
+
+        Waits for a concurrency slot, then for ``tokens`` of the ``tpm`` allowance
+        (capped at ``tpm``, see ``tokens_charged``; 0 takes none), then for the
+        request pacer.  The token wait, which can be long, comes first, so that the
+        request pacer records when the call really starts.  The estimate is charged
+        as it is (never corrected by the usage the answer reports), once per attempt.
+        """
+        amount = self.tokens_charged(tokens)
         if self._slots is not None:
             await self._slots.acquire()
         try:
+            if self._tokens is not None and amount > 0:
+                async with self._token_turn:
+                    await self._tokens.acquire(amount)
             if self._pacer is not None:
                 await self._pacer.acquire()
             self.in_flight += 1

@@ -121,7 +121,7 @@ class LiteLLMProvider:
             # OpenAI-compatible servers often need no key, but the OpenAI client insists on one.
             api_key = None if os.environ.get("OPENAI_API_KEY") else "unused"
         timeout = float(params.get("timeout") or 120.0)
-        # Retries are ours (moa._retry): switch off the OpenAI client's own.
+        # Retries are ours (moa._call.retry): switch off the OpenAI client's own.
         kwargs: dict[str, Any] = {**params, "max_retries": 0}
         if api_key is not None:
             kwargs["api_key"] = api_key
@@ -300,7 +300,7 @@ def translate(exc: Exception, request: Request) -> ProviderError:
     model = request.model
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
-    message = redact(_first_line(exc), [request.api_key])
+    message = _first_line(exc, request.api_key)
     kind: type[ProviderError]
     if isinstance(exc, litellm.Timeout):
         timeout = float(request.params.get("timeout") or 120.0)
@@ -318,8 +318,9 @@ def translate(exc: Exception, request: Request) -> ProviderError:
     return kind(f"{type(exc).__name__}: {message}", model=model, status_code=status)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
+def _first_line(exc: Exception, secret: str | None) -> str:
+    """The exception's first line, secrets masked *before* it is cut (a cut key would escape the mask)."""
+    text = redact(str(exc).strip() or type(exc).__name__, [secret])
     line = text.splitlines()[0]
     # litellm repeats the class name: "litellm.RateLimitError: RateLimitError: OpenAIException - ..."
     name = type(exc).__name__

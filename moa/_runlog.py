@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,9 @@ from typing import Any
 from moa._errors import MoAError
 from moa.result import AgentOutput, MoAResult
 
-_SCHEMA = """
+# Version 1: the schema of the first release, which wrote it without a version (user_version 0).
+# IF NOT EXISTS makes the step 0 -> 1 adopt such a database as it is, and create a new one.
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started_at REAL NOT NULL,
@@ -61,6 +63,20 @@ CREATE TABLE IF NOT EXISTS calls (
 """
 
 
+Migration = Callable[[sqlite3.Connection], None] | str
+"""One schema step, from version n to n + 1: a function given the connection, or an SQL script.
+
+Every step runs inside the one transaction of the migration (which holds the write lock): a
+function must not commit, and a script is run statement by statement (not ``executescript``).
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1,)
+"""``MIGRATIONS[n]`` takes a database from version n to n + 1; the last version is ``len(MIGRATIONS)``.
+
+Append only: a released step is never edited (databases out there have run it).
+"""
+
+
 def default_path() -> Path:
     """The database the CLI uses when no ``--log-db`` is given."""
     explicit = os.environ.get("MOA_LOG_DB")
@@ -84,27 +100,82 @@ class RunLogError(MoAError):
 
 
 class RunLog:
-    """A run-log database (created on first use).
+    """A run-log database (created on first use, brought up to this moa's schema when opened).
 
     Every failure of the database (or its folder) is a ``RunLogError`` naming
     the file; the CLI treats it as a warning, so a broken log never costs an answer.
+    A database written by a newer moa (a later schema version) is refused, never modified.
     """
 
-    def __init__(self, path: Path | None = None, *, timeout_s: float | None = None) -> None:
+    def __init__(
+        self, path: Path | None = None, *, timeout_s: float | None = None, migrations: Sequence[Migration] | None = None
+    ) -> None:
         self.path = path or default_path()
         self.timeout_s = default_timeout() if timeout_s is None else timeout_s
+        self.migrations = tuple(MIGRATIONS if migrations is None else migrations)
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version this moa writes (and the newest it can read)."""
+        return len(self.migrations)
 
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def _db(self, timeout_s: float | None = None) -> Iterator[sqlite3.Connection]:
+        wait = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with closing(sqlite3.connect(self.path, timeout=self.timeout_s)) as db:
+            # Autocommit mode: every transaction below is begun and ended explicitly.
+            with closing(sqlite3.connect(self.path, timeout=wait, isolation_level=None)) as db:
                 db.row_factory = sqlite3.Row
-                db.executescript(_SCHEMA)
-                with db:  # one transaction
+                self._migrate(db)
+                db.execute("BEGIN")  # one transaction
+                try:
                     yield db
-        except (sqlite3.Error, OSError) as exc:
+                except BaseException:
+                    db.rollback()
+                    raise
+                db.commit()
+        except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: text that cannot be stored
             raise RunLogError(f"the run log {self.path} cannot be used: {exc}") from None
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring the database to ``schema_version``; a current one is only read (one PRAGMA)."""
+        if self._checked_version(db) == self.schema_version:
+            return
+        # One migrator at a time: the write lock is taken before the version is read again, so a
+        # concurrent opener waits here (up to the timeout) and then finds the work done.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._checked_version(db)
+            for n in range(version, self.schema_version):
+                step = self.migrations[n]
+                try:
+                    if isinstance(step, str):
+                        _execute_script(db, step)
+                    else:
+                        step(db)
+                except Exception as exc:  # a broken step is a warning like any run-log failure, never a lost run
+                    raise RunLogError(
+                        f"the run log {self.path} cannot be brought from schema {n} to {n + 1}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+            if version != self.schema_version:
+                db.execute(f"PRAGMA user_version = {self.schema_version:d}")
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+
+    def _checked_version(self, db: sqlite3.Connection) -> int:
+        version = _user_version(db)
+        if version < 0:
+            raise RunLogError(f"the run log {self.path} has a schema version moa never writes ({version})")
+        if version > self.schema_version:
+            raise RunLogError(
+                f"the run log {self.path} was written by a newer moa (schema {version}, this moa knows up to "
+                f"{self.schema_version}); it is left untouched: use that moa, or another --log-db / $MOA_LOG_DB"
+            )
+        return version
 
     def start(self, recipe: str, recipe_json: str, prompt: Sequence[dict[str, Any]]) -> int:
         with self._db() as db:
@@ -149,8 +220,11 @@ class RunLog:
             db.executemany(_INSERT_CALL, [_call_row(run_id, position, c) for position, c in enumerate(calls)])
 
     def record_call(self, run_id: int, position: int, call: AgentOutput) -> None:
-        """Record one finished call while the run goes on, so that not even ``kill -9`` loses it."""
-        with self._db() as db:
+        """Record one finished call while the run goes on, so that not even ``kill -9`` loses it.
+
+        Called from the run's event loop: a locked log is waited on for half a second at most.
+        """
+        with self._db(timeout_s=0.5) as db:
             db.execute(_INSERT_CALL.replace("INSERT", "INSERT OR REPLACE", 1), _call_row(run_id, position, call))
             db.execute("UPDATE runs SET calls=(SELECT COUNT(*) FROM calls WHERE run_id=?) WHERE id=?", (run_id, run_id))
 
@@ -188,6 +262,26 @@ class RunLog:
 
 
 _INSERT_CALL = "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _user_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _execute_script(db: sqlite3.Connection, script: str) -> None:
+    """Run an SQL script statement by statement, inside the open transaction.
+
+    (``executescript`` would commit it first.)
+    """
+    statement = ""
+    for piece in script.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \t\r\n;"):
+                db.execute(statement)
+            statement = ""
+    if statement.strip(" \t\r\n;"):
+        db.execute(statement)  # an incomplete tail: let SQLite say what is wrong with it
 
 
 def _call_row(run_id: int, position: int, c: AgentOutput) -> tuple[Any, ...]:

@@ -11,9 +11,10 @@ A secret is
 - anything shaped like a key (``sk-...``, ``Bearer ...``), known or not.
 
 Error text from providers, exceptions, logs and traces pass through ``redact``
-before they are stored or shown.  Values shorter than 8 characters are not
-treated as secrets: replacing them would mangle ordinary text, and no real
-provider key is that short.
+before they are stored or shown.  A key echoed only in part (its first 12 or
+more characters, as a provider that cuts long values does) is masked too.
+Values shorter than 6 characters are not treated as secrets: replacing them
+(``1``, ``true``) would mangle ordinary text, and no real key is that short.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import threading
 from collections.abc import Iterable
 
 MASK = "***"
-MIN_SECRET_CHARS = 8
+MIN_SECRET_CHARS = 6
+PREFIX_CHARS = 12  # an echo of at least this many leading characters of a key is masked
 _NAME_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
 #: Key shapes worth catching even when the key was never seen: provider prefixes and bearer tokens.
 _KEY_SHAPE = re.compile(
@@ -65,7 +67,21 @@ def redact(text: str, extra: Iterable[str | None] = ()) -> str:
     for secret in [*(e for e in extra if e and len(e) >= MIN_SECRET_CHARS), *known_secrets()]:
         if secret in text:
             text = text.replace(secret, MASK)
+        elif len(secret) > PREFIX_CHARS and secret[:PREFIX_CHARS] in text:
+            text = _mask_prefixes(text, secret)
     return _KEY_SHAPE.sub(MASK, text)
+
+
+def _mask_prefixes(text: str, secret: str) -> str:
+    """Mask every place where the text holds the secret's first ``PREFIX_CHARS`` or more characters."""
+    head, parts, start = secret[:PREFIX_CHARS], [], 0
+    while (found := text.find(head, start)) != -1:
+        end = found + PREFIX_CHARS
+        while end < len(text) and end - found < len(secret) and text[end] == secret[end - found]:
+            end += 1
+        parts += [text[start:found], MASK]
+        start = end
+    return "".join(parts) + text[start:]
 
 
 def looks_like_a_key(value: str) -> bool:
@@ -81,5 +97,4 @@ def looks_like_a_key_not_a_name(value: str) -> bool:
     """
     if looks_like_a_key(value):
         return True
-    mixed = any(c.isdigit() for c in value) and any(c.islower() for c in value)
-    return len(value) >= 20 and "_" not in value and mixed
+    return len(value) >= 20 and "_" not in value and any(c.isdigit() for c in value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -62,7 +62,7 @@ def _check_extra(value: Any, path: str, names_checked: bool = True) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             where = f"{path}.{key}"
-            if names_checked and (is_secret_name(str(key)) or str(key).lower() in {"authorization", "auth"}):
+            if names_checked and (is_secret_name(str(key)) or "auth" in str(key).lower()):
                 raise ValueError(
                     f"`{where}` would put a secret in the recipe (and in every log and trace); "
                     "name an environment variable with `api_key_env` instead (the value is not shown)"
@@ -84,6 +84,18 @@ def _check_extra(value: Any, path: str, names_checked: bool = True) -> None:
 class _Strict(BaseModel):
     # Infinity and NaN are refused everywhere: `timeout: .inf` would wait forever, a NaN bound checks nothing.
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``max_tokens: true`` is a mistake, not 1 (pydantic would quietly take it as 1)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            kinds = set(get_args(cls.model_fields[info.field_name].annotation)) or {
+                cls.model_fields[info.field_name].annotation
+            }
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError("must be a number, not true/false")
+        return value
 
 
 class CallParams(_Strict):
@@ -132,7 +144,20 @@ class CallParams(_Strict):
                 "(the value is not shown): export the key and give the variable's name"
             )
         if value is not None and not _ENV_NAME.match(value):
-            raise ValueError(f"{value!r} is not an environment variable name")
+            raise ValueError(
+                "is not an environment variable name (letters, digits and underscores, not starting with a digit; "
+                "the value is not shown in case it is a key)"
+            )
+        return value
+
+    @field_validator("api_base")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value is not None and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError(
+                "carries credentials (user:password@ or key@ before the host): they would be stored in every log "
+                "and trace; give the key with api_key_env (the value is not shown)"
+            )
         return value
 
     @field_validator("extra")
@@ -256,6 +281,16 @@ class Layer(_Strict):
             return None
         return sum(agent.n for agent in self.agents)
 
+    def calls(self, inputs: int) -> int:
+        """Calls this layer makes when it receives ``inputs`` outputs and every call succeeds."""
+        if self.kind == "aggregate_seq":
+            return len(seq_windows(inputs, self.effective_window))
+        return sum(agent.n for agent in self.agents)
+
+    def outputs(self) -> int:
+        """Outputs this layer passes on when every call succeeds."""
+        return 1 if self.kind == "aggregate_seq" else sum(agent.n for agent in self.agents)
+
     @property
     def effective_window(self) -> int:
         return self.window or 3
@@ -296,6 +331,12 @@ class ProviderLimit(_Strict):
         32, ge=1, le=100_000, description="Most calls in flight at once to this provider."
     )
     rpm: float | None = Field(None, gt=0, description="Most requests started per minute; unset means no pacing.")
+    tpm: float | None = Field(
+        None,
+        gt=0,
+        description="Most tokens (prompt + most output) started per minute; unset means no token pacing. "
+        "A call larger than this takes the whole minute's allowance.",
+    )
 
 
 class RetryPolicy(_Strict):
@@ -459,12 +500,18 @@ class Recipe(_Strict):
             data.pop("layers", None)
         return data
 
+    def calls_by_layer(self) -> list[int]:
+        """Calls of each layer when every call succeeds."""
+        counts, inputs = [], 0
+        for layer in self.layers:
+            counts.append(layer.calls(inputs))
+            inputs = layer.outputs()
+        return counts
+
     @property
     def calls_per_query(self) -> int:
-        """Calls one query makes when every call succeeds (paper counting)."""
-        from moa._plan import count_calls
-
-        return count_calls(self)
+        """Calls one query makes when every call succeeds (paper counting: 3 layers x 6 proposers = 13)."""
+        return sum(self.calls_by_layer())
 
     @property
     def models(self) -> list[str]:

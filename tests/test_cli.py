@@ -15,8 +15,8 @@ import pytest
 import yaml
 from conftest import agents, loopback_recipe
 
-from moa._cli import main
 from moa._runlog import RunLog
+from moa.cli import main
 from moa.testing import LoopbackServer
 
 
@@ -184,7 +184,7 @@ def test_python_dash_m_moa_is_the_same_command() -> None:
 
 def test_help_does_not_import_litellm_or_pydantic() -> None:
     code = (
-        "import sys; from moa._cli import main; main(['--help']); "
+        "import sys; from moa.cli import main; main(['--help']); "
         "print(sorted(m for m in ('litellm', 'pydantic', 'rich') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from conftest import agents, loopback_recipe
 
-from moa._cli import main
 from moa._runlog import RunLog
+from moa.cli import main
 from moa.testing import LoopbackServer
 
 

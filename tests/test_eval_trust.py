@@ -19,7 +19,7 @@ from conftest import agents, loopback_recipe
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moa._cli import main
+from moa.cli import main
 from moa.eval.mtbench import answer_file
 from moa.testing import LoopbackServer
 

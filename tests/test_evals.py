@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import agents, loopback_recipe
 
-from moa._cli import main
+from moa.cli import main
 from moa.eval import _lc, _stats
 from moa.eval._store import Checkpoint
 from moa.testing import LoopbackServer

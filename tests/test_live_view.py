@@ -8,7 +8,7 @@ from rich.console import Console
 
 import moa
 from moa import RateLimitedError
-from moa._live import LiveView
+from moa.cli.live import LiveView
 from moa.testing import FakeProvider
 
 RECIPE = {

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import moa
-from moa._cli import main
 from moa._overrides import apply_sets, call_overrides
+from moa.cli import main
 from moa.testing import FakeProvider, LoopbackServer
 
 RECIPE = {"name": "r", "layers": [{"kind": "propose", "agents": agents("openai/a", "openai/b")},

@@ -7,7 +7,8 @@ import re
 import pytest
 
 import moa
-from moa._plan import build_messages, call_params, normalize_prompt
+from moa._call import call_params
+from moa._prompt import build_messages, normalize_prompt
 from moa.recipe import Agent, CallParams, seq_windows
 
 

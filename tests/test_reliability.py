@@ -10,7 +10,7 @@ from conftest import agents, loopback_recipe
 
 import moa
 from moa import Completion
-from moa._cost import run_worst_case
+from moa._engine import run_worst_case
 from moa.testing import FakeProvider, LoopbackServer
 
 THREE = {

@@ -12,7 +12,7 @@ from moa import (
     RequestRejectedError,
     RetryPolicy,
 )
-from moa._retry import with_retries
+from moa._call import with_retries
 
 
 class Script:

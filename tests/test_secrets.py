@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import moa
-from moa._cli import main
+from moa.cli import main
 from moa.testing import FakeProvider, LoopbackServer
 
 SHAPES = [

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moa._budget import Budget
-from moa._cost import CHARS_PER_TOKEN, output_tokens, pricing_of, run_worst_case
-from moa._engine import Engine, run
+from moa._call import Budget, output_tokens, plan_layer, pricing_of
+from moa._call.cost import CHARS_PER_TOKEN
+from moa._engine import Engine, run, run_worst_case
 from moa._errors import ConfigError
 from moa._limits import Limiter
 from moa._overrides import merge
-from moa._plan import normalize_prompt, plan_layer
+from moa._prompt import is_blank, normalize_prompt
 from moa._provider import Provider
 from moa.eval._runner import ITEM_BUDGET, Record, RunStats, run_items
 from moa.eval._store import Checkpoint, write_json
@@ -70,7 +70,7 @@ class EvalContext:
         self._engine().preflight(start=1 if self.reuse else 0)
 
     def worst_case(self, conversation: Any, key: str = "", settings: CallParams | None = None) -> float | None:
-        """The most one run for this prompt can cost (the rule of ``moa._cost``); None when unpriced."""
+        """The most one run for this prompt can cost (the rule of ``moa._call.cost``); None when unpriced."""
         return self._engine(settings).worst_case(normalize_prompt(conversation), self.reuse.get(key, ()))
 
     def unpriced_models(self) -> list[str]:
@@ -82,7 +82,7 @@ class EvalContext:
         return unpriced
 
     def answer_chars_max(self) -> int:
-        """The longest final answer, in characters as ``moa._cost`` counts them (MT-Bench's later turns quote it)."""
+        """The longest final answer, in characters as ``moa._call.cost`` counts them (MT-Bench's turn 2 quotes it)."""
         pricing = pricing_of(self.provider)
         if pricing is None:
             return 0
@@ -199,9 +199,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def require(row: Mapping[str, Any], field_name: str, kind: type, where: str) -> Any:
     value = row.get(field_name)
-    if not isinstance(value, kind):
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         expected = kind.__name__ if kind is not list else "list"
         raise DataError(f"{where}: field `{field_name}` must be a {expected}, got {type(value).__name__}")
+    return value
+
+
+def require_text(value: Any, where: str) -> str:
+    """A prompt given in a data file: a string that shows something and is valid text, else a ``DataError``."""
+    if not isinstance(value, str):
+        raise DataError(f"{where} must be a string, got {type(value).__name__}")
+    if is_blank(value):
+        raise DataError(f"{where} is empty: a prompt needs some text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{where} holds half a character (a lone surrogate): is the file's encoding right?") from None
     return value
 
 

@@ -114,8 +114,7 @@ class OutDir:
         ``summary_keys`` are what the part owns, moved aside or dropped by ``--force-new``.
         """
         summary = self.read_summary()
-        stored = (summary.get("identity") or {}).get(identity.part)
-        problem = self._conflict(identity, stored, checkpoint)
+        problem = self._conflict(identity, _stored_identity(summary, identity.part), checkpoint)
         if problem is not None:
             if not self.force_new:
                 raise RunIdentityError(
@@ -127,12 +126,18 @@ class OutDir:
             summary = self.read_summary()
             for key in summary_keys:
                 summary.pop(key, None)
-        identities = dict(summary.get("identity") or {})
-        identities[identity.part] = identity.to_json()
-        summary["identity"] = identities
+        identities = summary.get("identity")
+        summary["identity"] = {
+            **(identities if isinstance(identities, dict) else {}),
+            identity.part: identity.to_json(),
+        }
         write_json(self.path / SUMMARY_FILE, summary)
 
     def _conflict(self, identity: Identity, stored: dict[str, Any] | None, checkpoint: str) -> str | None:
+        """What differs between this run and the folder's records (None when nothing does).
+
+        A stored identity that is not moa's (edited by hand) counts as different.
+        """
         path = self.path / checkpoint
         try:
             digests = Checkpoint(path).run_digests() if path.exists() else set()
@@ -150,6 +155,7 @@ class OutDir:
         return None
 
     def _move_aside(self, paths: list[Path]) -> None:
+        """Move files into this run's ``superseded-<time>/`` folder (made once): old results are never deleted."""
         present = [p for p in paths if p.exists() and p.name != LOCK_FILE and not p.name.startswith(ARCHIVE_PREFIX)]
         if not present:
             return
@@ -165,3 +171,12 @@ class OutDir:
         for path in present:
             with contextlib.suppress(FileNotFoundError):
                 shutil.move(str(path), str(self._archive / path.name))
+
+
+def _stored_identity(summary: dict[str, Any], part: str) -> dict[str, Any] | None:
+    """The identity the summary records for ``part``; None when none yet; ``{}`` when it is not moa's (edited)."""
+    identities = summary.get("identity")
+    if identities is None:
+        return None
+    stored = identities.get(part) if isinstance(identities, dict) else {}
+    return stored if isinstance(stored, dict) or stored is None else {}

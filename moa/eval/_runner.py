@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from moa._budget import Budget
+from moa._call import Budget
 from moa._errors import ConfigError
 from moa._fanout import settle
 from moa._secrets import redact
@@ -132,7 +132,7 @@ async def run_items(
             record["key"] = key
             try:
                 checkpoint.append(record)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # a full disk, or a record that cannot be encoded
                 stats.unsaved += 1
                 stats.stopped = stats.stopped or f"{checkpoint.path} cannot be written ({exc})"
                 return
@@ -152,8 +152,8 @@ async def run_items(
             fatal=lambda exc: isinstance(exc, ConfigError),
         )
     for outcome in outcomes:
-        if isinstance(outcome, ConfigError):
-            raise outcome
+        if isinstance(outcome, Exception):
+            raise outcome  # a ConfigError stops the run; anything else is a bug, never dropped silently
     stats.wall_s = time.perf_counter() - started
     return done, stats
 

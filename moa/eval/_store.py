@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from moa._errors import ConfigError
+from moa._errors import ConfigError, RunError
+from moa._prompt import clean_text
 
 
 class CheckpointError(ConfigError):
@@ -77,7 +78,8 @@ class Checkpoint:
         """Append one record durably; raises ``OSError`` (disk full...) with the file left as it was."""
         if self.run is not None:
             record = {**record, "run": self.run}
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        # Half a character (a lone surrogate) cannot be stored as UTF-8: it becomes U+FFFD.
+        data = clean_text(json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         # Unbuffered, so that a failed write can be undone exactly: no half record, nothing left in a buffer.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -101,16 +103,27 @@ class Checkpoint:
         )
 
 
+class OutputError(RunError):
+    """A result file cannot be written (full disk, no permission, a folder in its place)."""
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file so that readers see the old or the new version, never half (no temporary left behind)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a whole file so that readers see the old or the new version, never half (no temporary left behind).
+
+    Raises ``OutputError`` naming the file when it cannot be written.
+    """
     temporary = path.with_name(f".{path.name}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with temporary.open("w", encoding="utf-8") as handle:
-            handle.write(text)
+            handle.write(clean_text(text))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise OutputError(f"cannot write {path}: {exc}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             temporary.unlink()

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from moa._errors import ConfigError
 from moa.eval import _lc, _stats
 from moa.eval._common import (
     ITEMS_FILE,
@@ -24,14 +25,16 @@ from moa.eval._common import (
     DataError,
     EvalContext,
     read_json,
-    require,
+    require_text,
     run_in_order,
     trace_record,
     update_summary,
     write_summary,
 )
+from moa.eval._identity import file_identity
 from moa.eval._runner import RunStats
 from moa.eval._store import write_json
+from moa.eval.benchmark import EvalOptions, JudgeSetup, read_text
 from moa.recipe import Recipe
 
 OUTPUTS_FILE = "model_outputs.json"
@@ -44,6 +47,7 @@ JUDGE_SUMMARY_KEYS = (
     "lc_weights", "lc_warning", "score", "score_name", "judge", "judged", "judge_complete", "judge_failures",
     "judge_cost_usd",
 )  # fmt: skip
+_PLACEHOLDER = re.compile(r"\{(instruction|output_1|output_2)\}")
 _CHATML = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)\n?<\|im_end\|>", re.DOTALL)
 
 
@@ -54,7 +58,7 @@ def read_eval_set(path: Path) -> list[dict[str, Any]]:
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
             raise DataError(f"{path}[{index}]: expected an object")
-        require(row, "instruction", str, f"{path}[{index}]")
+        require_text(row.get("instruction"), f"{path}[{index}]: field `instruction`")
     return rows
 
 
@@ -151,7 +155,7 @@ async def judge(
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """Judge ``model_outputs.json`` against the reference outputs; write annotations and metrics."""
-    template = parse_chatml(_read_text(prompt_file), str(prompt_file))
+    template = parse_chatml(read_text(prompt_file), str(prompt_file))
     outputs = read_eval_set(out / OUTPUTS_FILE)
     references = {row["instruction"]: row for row in read_eval_set(reference_file)}
     index_of = {row["instruction"]: i for i, row in enumerate(read_eval_set(reference_file))}
@@ -169,14 +173,10 @@ async def judge(
     def judge_messages(row: dict[str, Any], reference: dict[str, Any]) -> list[dict[str, str]]:
         switched = _stats.is_switched(row["instruction"])
         first, second = (row["output"], reference["output"]) if switched else (reference["output"], row["output"])
+        values = {"instruction": row["instruction"], "output_1": first, "output_2": second}
+        # One pass over the template only: braces inside the instruction or the outputs stay as they are.
         return [
-            {
-                "role": m["role"],
-                "content": m["content"]
-                .replace("{instruction}", row["instruction"])
-                .replace("{output_1}", first)
-                .replace("{output_2}", second),
-            }
+            {"role": m["role"], "content": _PLACEHOLDER.sub(lambda match: values[match.group(1)], m["content"])}
             for m in template
         ]
 
@@ -286,8 +286,63 @@ def _judge_method(methods: list[str], valid: int) -> str:
     return f"text verdicts for {methods.count('text')} of {valid} (no usable logprobs)"
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise DataError(f"{path} does not exist") from exc
+class AlpacaEval:
+    """AlpacaEval 2.0 (``moa eval alpacaeval``): the official outputs file, judged pairwise."""
+
+    name = "alpacaeval"
+    judge_files: tuple[str, ...] = JUDGE_FILES
+    judge_summary_keys: tuple[str, ...] = JUDGE_SUMMARY_KEYS
+
+    def read(self, options: EvalOptions) -> list[dict[str, Any]]:
+        return read_eval_set(options.data)[: options.limit]
+
+    def items(self, rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+        return list(items(rows))
+
+    def run_keys(self, rows: list[dict[str, Any]]) -> list[str]:
+        return [key for key, _ in items(rows)]
+
+    def worst_case(self, ctx: EvalContext, item: Any) -> float | None:
+        return worst_case(ctx, item)
+
+    async def generate(self, ctx: EvalContext, options: EvalOptions, run: str) -> tuple[dict[str, Any], RunStats]:
+        return await generate(
+            ctx, options.data, options.out, limit=options.limit, generator=options.name,
+            concurrency=options.concurrency, run=run,
+        )  # fmt: skip
+
+    def judge_setup(self, options: EvalOptions) -> JudgeSetup | None:
+        if options.judge is None:
+            return None
+        if options.judge_prompt is None:
+            raise ConfigError("--judge needs --judge-prompt (AlpacaEval's alpaca_eval_clf.txt)")
+        references = options.references or options.data
+        parse_chatml(read_text(options.judge_prompt), str(options.judge_prompt))  # a bad file fails before any call
+        read_eval_set(references)
+        return JudgeSetup(judge_recipe(options.judge, logprobs=options.logprobs), options.judge_prompt,
+                          file_identity(references))  # fmt: skip
+
+    async def judge(
+        self, ctx: EvalContext, options: EvalOptions, run: str, lc_data: Any
+    ) -> tuple[dict[str, Any], RunStats]:
+        assert options.judge_prompt is not None
+        return await judge(
+            options.out, ctx, options.judge_prompt, options.references or options.data, lc_data=lc_data,
+            concurrency=options.concurrency, run=run,
+        )  # fmt: skip
+
+    def describe(self, summary: dict[str, Any], stats: RunStats, judged: bool) -> list[str]:
+        if not judged or summary.get("win_rate") is None:
+            return []
+        lc = summary.get("length_controlled_win_rate")
+        lc_text = f"{lc:.2f} [{summary['lc_method']}]" if lc is not None else summary["lc_method"]
+        return [
+            f"win rate {summary['win_rate']:.2f} ± {summary['standard_error']:.2f}; LC win rate {lc_text}; "
+            f"judge: {summary['judge_method']}; unparsable: {summary['unparsable_judgments']}"
+        ]
+
+    def output_file(self, summary: dict[str, Any]) -> str:
+        return OUTPUTS_FILE
+
+
+BENCHMARK = AlpacaEval()

@@ -11,6 +11,8 @@ are counted, not dropped silently.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from collections import defaultdict
@@ -25,14 +27,17 @@ from moa.eval._common import (
     EvalContext,
     read_jsonl,
     require,
+    require_text,
     run_in_order,
     short_id,
     trace_record,
     update_summary,
     write_summary,
 )
+from moa.eval._identity import file_identity
 from moa.eval._runner import RunStats
 from moa.eval._store import Checkpoint, write_jsonl
+from moa.eval.benchmark import EvalOptions, JudgeSetup
 from moa.recipe import CallParams, Recipe
 
 #: FastChat's sampling temperature per category (llm_judge/common.py).
@@ -73,14 +78,16 @@ def read_questions(path: Path) -> list[dict[str, Any]]:
         seen[row["question_id"]] = number
         require(row, "category", str, where)
         turns = require(row, "turns", list, where)
-        if not turns or not all(isinstance(t, str) for t in turns):
+        if not turns:
             raise DataError(f"{where}: `turns` must be a non-empty list of strings")
+        for turn, text in enumerate(turns, start=1):
+            require_text(text, f"{where}: turn {turn}")
     return rows
 
 
 def worst_case(ctx: EvalContext, row: dict[str, Any]) -> float | None:
     """The most answering one question can cost: each turn is a run that sees every earlier answer at its longest."""
-    key, total = str(row["question_id"]), 0.0
+    key, total = _key(row), 0.0
     longest = "x" * ctx.answer_chars_max()
     temperature = CallParams(temperature=CATEGORY_TEMPERATURE.get(row["category"], 0.7))
     conversation: list[dict[str, str]] = []
@@ -94,9 +101,15 @@ def worst_case(ctx: EvalContext, row: dict[str, Any]) -> float | None:
     return total
 
 
+def _key(row: dict[str, Any]) -> str:
+    """The checkpoint key: the id and a digest of the question, so a changed question is answered anew."""
+    content = json.dumps([row["category"], row["turns"]], ensure_ascii=False)
+    return f"{row['question_id']}:{hashlib.sha1(content.encode()).hexdigest()[:10]}"
+
+
 def items(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(checkpoint key, row) per question."""
-    return [(str(row["question_id"]), row) for row in rows]
+    return [(_key(row), row) for row in rows]
 
 
 def reuse_keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -143,7 +156,7 @@ async def generate(
     answers_path = out / answer_file(name)
 
     async def work(row: dict[str, Any]) -> dict[str, Any]:
-        key = str(row["question_id"])
+        key = _key(row)
         temperature = CATEGORY_TEMPERATURE.get(row["category"], 0.7)
         conversation: list[dict[str, str]] = []
         results, answers = [], []
@@ -262,19 +275,19 @@ async def judge(
     show_progress: bool | None = None,
 ) -> tuple[dict[str, Any], RunStats]:
     """Grade every answered turn; write FastChat's judgment JSONL and the scores."""
-    questions = {row["question_id"]: row for row in read_questions(questions_file)}
     prompts = read_judge_prompts(prompts_file)
     references = read_reference_answers(reference_file) if reference_file else {}
     answered = Checkpoint(out / ITEMS_FILE).load()
     judge_model = judge_ctx.recipe.layers[0].agents[0].model
     model_name = _model_id(out) or judge_ctx.recipe.name
     graded = []
-    for record in sorted(answered.values(), key=lambda r: r["question_id"]):
-        question = questions.get(record["question_id"])
-        if question is None:
-            raise DataError(f"{questions_file}: no question {record['question_id']} (answered in {out})")
+    # Only the answers of the questions as they are now: an answer to an edited question is never judged.
+    for key, question in sorted(items(read_questions(questions_file)), key=lambda item: item[1]["question_id"]):
+        record = answered.get(key)
+        if record is None:
+            continue
         for turn in range(1, min(2, len(record["answers"])) + 1):
-            graded.append((f"{record['question_id']}:t{turn}", (question, record, turn)))
+            graded.append((f"{key}:t{turn}", (question, record, turn)))
 
     def judge_messages(item: tuple[dict[str, Any], dict[str, Any], int]) -> tuple[str, str, list[dict[str, str]]]:
         question, record, turn = item
@@ -369,3 +382,63 @@ def _model_id(out: Path) -> str | None:
         value = json.loads(path.read_text()).get("model_id")
         return str(value) if value else None
     return None
+
+
+class MTBench:
+    """MT-Bench (``moa eval mt-bench``): two turns, FastChat's answer file, single-answer grading."""
+
+    name = "mt-bench"
+    judge_files: tuple[str, ...] = JUDGE_FILES
+    judge_summary_keys: tuple[str, ...] = JUDGE_SUMMARY_KEYS
+
+    def read(self, options: EvalOptions) -> list[dict[str, Any]]:
+        return read_questions(options.data)[: options.limit]
+
+    def items(self, rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+        return list(items(rows))
+
+    def run_keys(self, rows: list[dict[str, Any]]) -> list[str]:
+        return reuse_keys(rows)
+
+    def worst_case(self, ctx: EvalContext, item: Any) -> float | None:
+        return worst_case(ctx, item)
+
+    async def generate(self, ctx: EvalContext, options: EvalOptions, run: str) -> tuple[dict[str, Any], RunStats]:
+        answer_file(options.name or ctx.recipe.name)  # an unsafe name fails before any call
+        return await generate(
+            ctx, options.data, options.out, limit=options.limit, model_id=options.name,
+            concurrency=options.concurrency, run=run,
+        )  # fmt: skip
+
+    def judge_setup(self, options: EvalOptions) -> JudgeSetup | None:
+        if options.judge is None:
+            return None
+        if options.judge_prompt is None:
+            raise ConfigError("--judge needs --judge-prompts (FastChat's judge_prompts.jsonl)")
+        read_judge_prompts(options.judge_prompt)
+        if options.references is not None:
+            read_reference_answers(options.references)
+        return JudgeSetup(judge_recipe(options.judge), options.judge_prompt, file_identity(options.references))
+
+    async def judge(
+        self, ctx: EvalContext, options: EvalOptions, run: str, lc_data: Any
+    ) -> tuple[dict[str, Any], RunStats]:
+        assert options.judge_prompt is not None
+        return await judge(
+            options.out, ctx, options.data, options.judge_prompt, reference_file=options.references,
+            concurrency=options.concurrency, run=run,
+        )  # fmt: skip
+
+    def describe(self, summary: dict[str, Any], stats: RunStats, judged: bool) -> list[str]:
+        if not judged:
+            return []
+        return [
+            f"MT-Bench score {summary['score']}; turn 1 {summary['score_turn_1']}, turn 2 "
+            f"{summary['score_turn_2']}; unparsable ratings: {summary['unparsable_judgments']}"
+        ]
+
+    def output_file(self, summary: dict[str, Any]) -> str:
+        return f"{summary.get('model_id', 'answers')}.jsonl"
+
+
+BENCHMARK = MTBench()

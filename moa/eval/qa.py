@@ -12,6 +12,7 @@ make MoA worse than its best member, and this is how to find out cheaply.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from moa.eval._common import (
     EvalContext,
     read_jsonl,
     require,
+    require_text,
     run_in_order,
     trace_record,
     update_summary,
@@ -30,6 +32,7 @@ from moa.eval._common import (
 )
 from moa.eval._runner import RunStats
 from moa.eval._store import write_jsonl
+from moa.eval.benchmark import EvalOptions, JudgeSetup
 
 RESULTS_FILE = "qa_results.jsonl"
 _NUMBER = re.compile(r"[-+]?\d[\d,]*\.?\d*(?:[eE][-+]?\d+)?")
@@ -45,20 +48,34 @@ def read_questions(path: Path) -> list[dict[str, Any]]:
         if str(row["id"]) in seen:
             raise DataError(f"{where}: duplicate id {row['id']!r}")
         seen.add(str(row["id"]))
-        require(row, "prompt", str, where)
+        require_text(row.get("prompt"), f"{where}: field `prompt`")
         has_answers, has_regex = "answers" in row, "regex" in row
         if has_answers == has_regex:
             raise DataError(f"{where}: give exactly one of `answers` (a list) or `regex`")
         if has_answers:
             answers = require(row, "answers", list, where)
-            if not answers or not all(isinstance(a, str | int | float) for a in answers):
-                raise DataError(f"{where}: `answers` must be a non-empty list of strings or numbers")
+            if not answers or not all(_good_answer(a) for a in answers):
+                raise DataError(
+                    f"{where}: `answers` must be a non-empty list of non-blank strings or finite numbers "
+                    "(a blank answer would match any output)"
+                )
         else:
+            pattern = require(row, "regex", str, where)
+            if not pattern:
+                raise DataError(f"{where}: `regex` is empty: it would match any output")
             try:
-                re.compile(require(row, "regex", str, where))
+                re.compile(pattern)
             except re.error as exc:
                 raise DataError(f"{where}: `regex` does not compile: {exc}") from exc
     return rows
+
+
+def _good_answer(answer: Any) -> bool:
+    if isinstance(answer, bool):
+        return False
+    if isinstance(answer, int | float):
+        return math.isfinite(answer)
+    return isinstance(answer, str) and bool(answer.strip())
 
 
 def is_correct(output: str, row: dict[str, Any]) -> bool:
@@ -190,3 +207,51 @@ def read_summary(out: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+class QA:
+    """Your own question set: scored by answer match, no judge (``moa eval qa``)."""
+
+    name = "qa"
+    judge_files: tuple[str, ...] = ()
+    judge_summary_keys: tuple[str, ...] = ()
+
+    def read(self, options: EvalOptions) -> list[dict[str, Any]]:
+        return read_questions(options.data)[: options.limit]
+
+    def items(self, rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+        return list(items(rows))
+
+    def run_keys(self, rows: list[dict[str, Any]]) -> list[str]:
+        return [key for key, _ in items(rows)]
+
+    def worst_case(self, ctx: EvalContext, item: Any) -> float | None:
+        return worst_case(ctx, item)
+
+    async def generate(self, ctx: EvalContext, options: EvalOptions, run: str) -> tuple[dict[str, Any], RunStats]:
+        return await generate(
+            ctx, options.data, options.out, limit=options.limit, concurrency=options.concurrency, run=run
+        )
+
+    def judge_setup(self, options: EvalOptions) -> JudgeSetup | None:
+        return None
+
+    async def judge(
+        self, ctx: EvalContext, options: EvalOptions, run: str, lc_data: Any
+    ) -> tuple[dict[str, Any], RunStats]:
+        raise NotImplementedError("qa has no judge")
+
+    def describe(self, summary: dict[str, Any], stats: RunStats, judged: bool) -> list[str]:
+        name = summary.get("recipe", "?")
+        if summary["score"] is None:
+            return [f"{name}: accuracy unknown (no question was tried)"]
+        failed = f"; {stats.failed} failed, counted wrong" if stats.failed else ""
+        missing = stats.not_started + stats.unsaved
+        tail = f"; {missing} not run" if missing else ""
+        return [f"{name}: accuracy {summary['score']:.1f}% ({summary['correct']}/{summary['attempted']}{failed}{tail})"]
+
+    def output_file(self, summary: dict[str, Any]) -> str:
+        return RESULTS_FILE
+
+
+BENCHMARK = QA()

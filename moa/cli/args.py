@@ -37,11 +37,15 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+#: The largest whole number the command line takes (a SQLite integer, a list index): beyond it, a mistake.
+MAX_INT = 2**62
+
+
 def positive_int(text: str) -> int:
-    """A whole number of 1 or more (items, concurrency, rows)."""
+    """A whole number from 1 to ``MAX_INT`` (items, concurrency, rows, run ids)."""
     value = int(_number(text, int))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+    if not 1 <= value <= MAX_INT:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be between 1 and {MAX_INT}")
     return value
 
 

@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from moa._plan import plan
+from moa._engine import plan
+from moa.cli._common import visible
 from moa.events import Event
 from moa.recipe import Recipe
 
@@ -102,7 +103,7 @@ class LiveView:
             self.streaming = True
             self._live.stop()  # the answer scrolls normally below the final tree
             self.console.print(Text("Answer", style="bold"))
-        self.console.file.write(text)
+        self.console.file.write(visible(text))  # a model's escape sequences never reach the terminal raw
         self.console.file.flush()
 
     # ------------------------------------------------------------- drawing
@@ -118,8 +119,8 @@ class LiveView:
             for row in layer.rows.values():
                 seconds = row.seconds if row.seconds is not None else (now - row.started if row.started else None)
                 line = Text()
-                line.append(f"{row.label:<18}", style="bold")
-                line.append(f" {row.model:<28}", style="dim")
+                line.append(f"{visible(row.label):<18}", style="bold")
+                line.append(f" {visible(row.model):<28}", style="dim")
                 state = f"{row.state} {row.detail}".strip()
                 line.append(f" {state:<22}", style=_STYLES.get(row.state, ""))
                 line.append(f" {seconds:6.1f} s" if seconds is not None else " " * 9)

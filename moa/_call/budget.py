@@ -37,16 +37,20 @@ class Budget:
 
     max_cost_usd: float
     allow_unpriced: bool = False
-    spent_usd: float = 0.0
-    reserved_usd: float = 0.0
-    refused_calls: int = 0
-    parent: Budget | None = field(default=None, repr=False)
+    #: What has been spent, what calls in flight hold, how many calls were refused: the budget's own
+    #: bookkeeping, not settings (a budget always starts empty).
+    spent_usd: float = field(default=0.0, init=False)
+    reserved_usd: float = field(default=0.0, init=False)
+    refused_calls: int = field(default=0, init=False)
+    parent: Budget | None = field(default=None, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if isinstance(self.max_cost_usd, bool) or not isinstance(self.max_cost_usd, int | float):
             raise ConfigError(f"max_cost_usd must be a number of dollars, got {type(self.max_cost_usd).__name__}")
         if not math.isfinite(self.max_cost_usd) or self.max_cost_usd < 0:
             raise ConfigError(f"max_cost_usd must be a finite amount of dollars >= 0, got {self.max_cost_usd!r}")
+        if not isinstance(self.allow_unpriced, bool):
+            raise ConfigError(f"allow_unpriced must be True or False, got {self.allow_unpriced!r}")
 
     @property
     def remaining_usd(self) -> float:
@@ -59,7 +63,7 @@ class Budget:
 
     def fits(self, worst_case_usd: float | None) -> bool:
         """Whether this worst case could be reserved now (without reserving it)."""
-        worst = worst_case_usd or 0.0
+        worst = _amount(worst_case_usd, "a worst case")
         if self.refused_calls:
             return False
         if worst <= self.remaining_usd + 1e-12:
@@ -68,7 +72,7 @@ class Budget:
 
     def reserve(self, worst_case_usd: float | None) -> float:
         """Hold the worst case of one call, or raise ``BudgetRefused``."""
-        worst = worst_case_usd or 0.0
+        worst = _amount(worst_case_usd, "a worst case")
         if not self.fits(worst):
             self.refused_calls += 1
             raise BudgetRefused(
@@ -84,8 +88,8 @@ class Budget:
 
     def settle(self, reserved_usd: float, actual_usd: float | None) -> None:
         """Replace a reservation with what the call really cost."""
-        self.reserved_usd = max(0.0, self.reserved_usd - reserved_usd)
-        self.spent_usd += actual_usd or 0.0
+        self.reserved_usd = max(0.0, self.reserved_usd - _amount(reserved_usd, "a reservation"))
+        self.spent_usd += _amount(actual_usd, "a cost")
 
     def child(self, worst_case_usd: float | None) -> Budget:
         """Reserve a whole run's (or item's) worst case as a child budget; ``close`` it when done.
@@ -109,3 +113,12 @@ class Budget:
 
     def _total_reserved(self) -> float:
         return self.parent._total_reserved() if self.parent is not None else self.reserved_usd
+
+
+def _amount(value: float | None, what: str) -> float:
+    """A dollar amount from a provider or a caller: None is 0 (unpriced); negative or not finite is a bug."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite amount of dollars >= 0, got {value!r}")
+    return float(value)

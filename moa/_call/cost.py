@@ -1,0 +1,75 @@
+"""Cost: the one rule for a call's worst case, and the one rule for totals.
+
+- A prompt counts ~3 characters a token (English averages ~4: this errs high),
+  plus 16 characters per message for the chat format; outputs of earlier calls
+  embedded in it (an aggregator's references) count their own token counts.
+- A call's output counts its ``max_tokens``, or the model's own output limit
+  when unset.
+- Prices come from the provider (``Pricing``); a model without a price makes
+  the worst case unknown (None).
+- A total over calls is unknown when any call's cost is unknown: a partial sum
+  is never shown as a total.
+
+Budgets (per call and per run), ``--dry-run``, ``moa.plan`` and eval
+summaries all use these functions, so "fits" and "costs" mean the same
+everywhere.  A run's worst case (every call succeeding, every answer at its
+limit) is the sum of its stages' worst cases (``moa._stages``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+CHARS_PER_TOKEN = 3
+MESSAGE_OVERHEAD_CHARS = 16
+
+
+@runtime_checkable
+class Pricing(Protocol):
+    """A provider that can price calls before making them (budgets and ``--dry-run`` need it)."""
+
+    def worst_case_cost(self, model: str, params: Mapping[str, Any], prompt_tokens: int) -> float | None:
+        """The most a call can cost with this many prompt tokens; None when the model has no known price."""
+        ...
+
+    def max_output_tokens(self, model: str) -> int:
+        """The model's own output limit (the worst case of a call without ``max_tokens``)."""
+        ...
+
+
+def pricing_of(provider: object) -> Pricing | None:
+    """The provider's pricing, when it can price calls."""
+    return provider if isinstance(provider, Pricing) else None
+
+
+def prompt_tokens(messages: Sequence[Mapping[str, Any]], embedded: Sequence[tuple[int, int]] = ()) -> int:
+    """Estimated prompt tokens of ``messages``; ``embedded`` holds (characters, tokens) of outputs quoted in them."""
+    chars = sum(len(str(m.get("content", ""))) + MESSAGE_OVERHEAD_CHARS for m in messages)
+    chars -= sum(c for c, _ in embedded)
+    return max(0, chars) // CHARS_PER_TOKEN + 1 + sum(t for _, t in embedded)
+
+
+def output_tokens(pricing: Pricing, model: str, params: Mapping[str, Any]) -> int:
+    """The most tokens one answer can have: ``max_tokens``, else the model's own limit."""
+    limit = params.get("max_tokens")
+    return int(limit) if limit else pricing.max_output_tokens(model)
+
+
+def embedded(texts_and_tokens: Iterable[tuple[str | None, int]]) -> list[tuple[int, int]]:
+    """(characters, tokens) of outputs quoted in a prompt; an output without a token count counts its characters."""
+    result = []
+    for text, tokens in texts_and_tokens:
+        chars = len(text or "")
+        result.append((chars, tokens or -(-chars // CHARS_PER_TOKEN)))
+    return result
+
+
+def total(costs: Iterable[float | None]) -> float | None:
+    """The sum of costs; None (unknown) when any is unknown."""
+    result = 0.0
+    for cost in costs:
+        if cost is None:
+            return None
+        result += cost
+    return result

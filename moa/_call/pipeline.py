@@ -1,0 +1,229 @@
+"""The call pipeline: one request through small wrappers around a provider.
+
+Each attempt of a call runs, outermost first::
+
+    limits   a slot of the provider's concurrency, requests and tokens per minute
+    budget   reserve the attempt's worst case; replace it by the real cost after
+    trace    ``call_started`` (queueing in the limits is not latency)
+    answers  an empty answer is a failure (paid for: its cost is kept)
+    provider litellm (or any ``Provider``), streaming to ``on_token`` when given
+
+and ``Caller.call`` wraps the attempts in the retry policy (``retry.py``) and
+records the outcome (``trace.py``): an ``AgentOutput``, or ``CallFailed`` /
+``CallRefused`` carrying the recorded failure.  A wrapper is a function of
+the next handler, so a new concern (a cache) is one more function here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from moa._errors import BadResponseError, CallbackError, ProviderError
+from moa._limits import Limiter
+from moa._prompt import clean_text, is_blank
+from moa._provider import Completion, Provider, Request, TokenCallback
+from moa.recipe import RetryPolicy
+from moa.result import AgentOutput, Usage
+
+from .budget import Budget, BudgetRefused
+from .cost import Pricing, output_tokens, prompt_tokens, total
+from .retry import Sleep, with_retries
+from .spec import CallSpec
+from .trace import CallRecord, Tracer
+
+
+class CallFailed(Exception):
+    """A call failed for good; carries its recorded output and the cause."""
+
+    def __init__(self, output: AgentOutput, cause: ProviderError) -> None:
+        super().__init__(str(cause))
+        self.output = output
+        self.cause = cause
+
+
+class CallRefused(Exception):
+    """The budget refused to start a call; carries its recorded output."""
+
+    def __init__(self, output: AgentOutput) -> None:
+        super().__init__(output.error.message if output.error else "refused")
+        self.output = output
+
+
+@dataclass
+class Attempt:
+    """One attempt of a call, as the wrappers see it."""
+
+    record: CallRecord
+    request: Request
+    on_token: TokenCallback | None
+    prompt_tokens: int
+
+
+Handler = Callable[[Attempt], Awaitable[Completion]]
+
+
+def provided(provider: Provider) -> Handler:
+    """The innermost handler: the provider; a failing ``on_token`` is the caller's error, never the provider's."""
+
+    async def handle(attempt: Attempt) -> Completion:
+        failures: list[Exception] = []
+        sink: TokenCallback | None = None
+        if attempt.on_token is not None:
+            callback = attempt.on_token
+
+            def sink(text: str) -> None:
+                try:
+                    callback(clean_text(text))
+                except Exception as exc:  # remembered: whatever the provider makes of it, the run stops
+                    failures.append(exc)
+                    raise
+
+        try:
+            completion = await provider.complete(attempt.request, sink)
+        except BaseException:
+            if failures:
+                raise CallbackError("on_token", failures[0]) from failures[0]
+            raise
+        cost = completion.cost_usd
+        if cost is not None and (isinstance(cost, bool) or not math.isfinite(cost) or cost < 0):
+            return replace(completion, cost_usd=None)  # a provider's nonsense price is an unknown one
+        return completion
+
+    return handle
+
+
+def answers(inner: Handler) -> Handler:
+    """An empty answer (nothing visible in it) is a failure: it fills no quorum and reaches no aggregator.
+
+    Not retried: the same request would most likely be answered the same way.
+    Lone surrogates in an answer are replaced by U+FFFD.
+    """
+
+    async def handle(attempt: Attempt) -> Completion:
+        completion = await inner(attempt)
+        if not is_blank(completion.text):
+            text = clean_text(completion.text)  # half a character (a cut emoji) cannot be stored or printed
+            return completion if text is completion.text else replace(completion, text=text)
+        record = attempt.record
+        record.paid += Usage(prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens)
+        record.paid_cost = total([record.paid_cost, completion.cost_usd])
+        record.last_refused_cost = completion.cost_usd
+        hint = ""
+        if completion.finish_reason == "length":
+            hint = " (it stopped at max_tokens before writing any text: a reasoning model may spend them all thinking)"
+        elif completion.finish_reason:
+            hint = f" (finish_reason {completion.finish_reason!r})"
+        raise BadResponseError(f"the answer is empty{hint}", model=attempt.request.model)
+
+    return handle
+
+
+def traced(inner: Handler, tracer: Tracer) -> Handler:
+    """Emit ``call_started`` when an attempt really starts (past the limits and the budget)."""
+
+    async def handle(attempt: Attempt) -> Completion:
+        tracer.started(attempt.record)
+        return await inner(attempt)
+
+    return handle
+
+
+def budgeted(inner: Handler, budget: Budget | None, pricing: Pricing | None) -> Handler:
+    """Reserve each attempt's worst case before it starts; settle the real cost after (``BudgetRefused`` if not)."""
+    if budget is None:
+        return inner
+
+    async def handle(attempt: Attempt) -> Completion:
+        spec = attempt.record.spec
+        worst = pricing.worst_case_cost(spec.model, spec.params, attempt.prompt_tokens) if pricing else None
+        held = budget.reserve(worst)
+        try:
+            completion = await inner(attempt)
+        except BadResponseError:
+            budget.settle(held, attempt.record.last_refused_cost)  # an empty answer was still paid for
+            attempt.record.last_refused_cost = 0.0
+            raise
+        except BaseException:
+            budget.settle(held, 0.0)
+            raise
+        budget.settle(held, completion.cost_usd)
+        return completion
+
+    return handle
+
+
+def limited(inner: Handler, limiter: Limiter, pricing: Pricing | None) -> Handler:
+    """Wait for the provider's limits: a concurrency slot, then request and token pacing."""
+
+    async def handle(attempt: Attempt) -> Completion:
+        spec = attempt.record.spec
+        tokens = attempt.prompt_tokens + (output_tokens(pricing, spec.model, spec.params) if pricing else 0)
+        async with limiter.gate(spec.model).slot(tokens):
+            return await inner(attempt)
+
+    return handle
+
+
+class Caller:
+    """Makes calls through the pipeline: the one ``call()`` every stage uses."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        limiter: Limiter,
+        tracer: Tracer,
+        retry: RetryPolicy,
+        *,
+        pricing: Pricing | None = None,
+        budget: Budget | None = None,
+        keys: Mapping[str, str] | None = None,
+        api_key: str | None = None,
+        sleep: Sleep | None = None,
+    ) -> None:
+        self.tracer = tracer
+        self.retry = retry
+        self.sleep = sleep
+        self.pricing = pricing
+        self._keys = dict(keys or {})
+        self._api_key = api_key
+        attempt = provided(provider)
+        attempt = answers(attempt)
+        attempt = traced(attempt, tracer)
+        attempt = budgeted(attempt, budget, pricing)
+        self._attempt = limited(attempt, limiter, pricing)
+
+    async def call(
+        self,
+        spec: CallSpec,
+        messages: list[dict[str, object]],
+        *,
+        step: int = 0,
+        on_token: TokenCallback | None = None,
+        embedded: Sequence[tuple[int, int]] = (),
+    ) -> AgentOutput:
+        """One call with its retries; its ``AgentOutput``, or ``CallFailed`` / ``CallRefused``."""
+        key = self._api_key if self._api_key is not None else self._keys.get(spec.api_key_env or "")
+        request = Request(model=spec.model, messages=messages, params=spec.params, api_key=key)
+        record = CallRecord(spec=spec, messages=messages, step=step)
+        attempt = Attempt(record, request, on_token, prompt_tokens(messages, embedded))
+
+        def on_retry(number: int, error: ProviderError, delay: float) -> None:
+            self.tracer.retried(record, number, error, delay)
+
+        try:
+            completion, _ = await with_retries(
+                lambda: self._attempt(attempt), self.retry, on_retry=on_retry, sleep=self.sleep
+            )
+        except BudgetRefused as exc:
+            raise CallRefused(self.tracer.refused(record, str(exc))) from None
+        except ProviderError as exc:
+            raise CallFailed(self.tracer.failed(record, exc), exc) from exc
+        return self.tracer.finished(
+            record,
+            completion.text,
+            record.paid + Usage(prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens),
+            total([record.paid_cost, completion.cost_usd]),
+            completion.top_logprobs,
+        )

@@ -1,0 +1,217 @@
+"""The engine: runs a recipe's stages in order.
+
+It knows no stage kind: each layer runs as the ``moa._stages`` stage of its
+kind, every call going through the call pipeline (``moa._call``).  The engine
+owns what spans the whole run: the API keys (read before any call), the
+provider's preflight, the run's budget reservation (its whole worst case,
+before any call), the deadline, and the partial trace when a run stops early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from moa import _secrets
+from moa._call import Budget, BudgetRefused, Caller, CallSpec, Sleep, Tracer, embedded, plan_layer, pricing_of
+from moa._errors import (
+    BudgetExceeded,
+    CallbackError,
+    ConfigError,
+    DeadlineExceeded,
+    MissingAPIKeyError,
+    QuorumError,
+    UnpricedModelError,
+)
+from moa._limits import Limiter
+from moa._prompt import Message
+from moa._provider import Preflight, Provider, TokenCallback
+from moa._stages import STAGES, StageContext
+from moa.events import EventCallback
+from moa.recipe import CallParams, Recipe
+from moa.result import AgentOutput, LayerResult, MoAResult, Usage
+
+from .planning import run_worst_case
+
+
+@dataclass
+class Engine:
+    """One configured pipeline run.  Use ``moa.run``; this is the machinery behind it."""
+
+    recipe: Recipe
+    provider: Provider
+    limiter: Limiter
+    overrides: CallParams | None = None
+    api_key: str | None = field(default=None, repr=False)
+    on_event: EventCallback | None = None
+    on_token: TokenCallback | None = None
+    sleep: Sleep | None = None
+    budget: Budget | None = None
+
+    def __post_init__(self) -> None:
+        _secrets.register(self.api_key)
+        self._pricing = pricing_of(self.provider)
+        # Planned once: key checks, preflight and the stages all read the same specs.
+        self._specs = [plan_layer(self.recipe, i, self.overrides) for i in range(len(self.recipe.layers))]
+        self._keys = self._resolve_keys()
+        self._layers: list[LayerResult] = []  # finished layers, for partial traces
+        self._tracer = Tracer(self.on_event, record=self._record)
+        self._stage: StageContext | None = None  # the stage in progress
+
+    def _resolve_keys(self) -> dict[str, str]:
+        """Read every ``api_key_env`` now, so a missing one fails before any call."""
+        if self.api_key is not None:
+            return {}
+        needed: dict[str, list[str]] = {}
+        for spec in (spec for specs in self._specs for spec in specs):
+            if spec.api_key_env:
+                needed.setdefault(spec.api_key_env, []).append(spec.model)
+        keys = {}
+        for variable, models in needed.items():
+            value = os.environ.get(variable)
+            if not value:
+                raise MissingAPIKeyError(variable, models)
+            _secrets.register(value)
+            keys[variable] = value
+        return keys
+
+    def _record(self, output: AgentOutput) -> None:
+        if self._stage is not None:
+            self._stage.recorded.append(output)
+
+    def calls(self, start: int = 0) -> list[CallSpec]:
+        return [spec for specs in self._specs[start:] for spec in specs]
+
+    def preflight(self, start: int = 0) -> None:
+        """Let the provider refuse unreachable models (missing key or extra) before any call."""
+        calls = self.calls(start)
+        if isinstance(self.provider, Preflight):
+            has_key = self.api_key is not None
+            self.provider.preflight([(s.model, s.params, has_key or s.api_key_env is not None) for s in calls])
+        if self.budget is not None and not self.budget.allow_unpriced:
+            pricing = self._pricing
+            unpriced = [
+                s.model for s in calls if pricing is None or pricing.worst_case_cost(s.model, s.params, 0) is None
+            ]
+            if unpriced:
+                raise UnpricedModelError(unpriced)
+
+    def worst_case(self, conversation: list[Message], reuse: Sequence[LayerResult] = ()) -> float | None:
+        """The most this run can cost (every call at its limit); None when a model has no known price."""
+        if self._pricing is None:
+            return None
+        passed = STAGES[reuse[-1].kind].passed_on(reuse[-1]) if reuse else []
+        reused = embedded((o.text, o.usage.completion_tokens) for o in passed)
+        total, _ = run_worst_case(
+            self._pricing, self.recipe, conversation, self.overrides, start=len(reuse), reused_outputs=reused
+        )
+        return total
+
+    async def run(
+        self, conversation: list[Message], reuse: Sequence[LayerResult] = (), deadline_s: float | None = None
+    ) -> MoAResult:
+        self.preflight(start=len(reuse))
+        started = time.perf_counter()
+        outer = self.budget
+        if outer is not None:
+            worst = self.worst_case(conversation, reuse)
+            try:
+                self.budget = outer.child(worst)
+            except BudgetRefused:
+                error = BudgetExceeded(
+                    f"not started: this run's worst case (${worst or 0:.4f}: every call at its max_tokens) does "
+                    f"not fit the budget (${outer.remaining_usd:.4f} left of ${outer.max_cost_usd:g}); "
+                    "raise the budget or lower max_tokens"
+                )
+                error.partial = self._result(conversation, [], started, output="")
+                raise error from None
+        caller = Caller(
+            self.provider,
+            self.limiter,
+            self._tracer,
+            self.recipe.retry,
+            pricing=self._pricing,
+            budget=self.budget,
+            keys=self._keys,
+            api_key=self.api_key,
+            sleep=self.sleep,
+        )
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await self._run(caller, conversation, reuse, started)
+        except TimeoutError as exc:
+            late = DeadlineExceeded(f"the run's deadline of {deadline_s:g} s passed; calls in flight were cancelled")
+            late.partial = self._result(conversation, self._layers, started, output="")
+            raise late from exc
+        except CallbackError as exc:
+            if exc.partial is None:  # raised outside a layer (its start or end event)
+                exc.partial = self._result(conversation, self._layers, started, output="")
+            raise
+        finally:
+            if outer is not None and self.budget is not outer and self.budget is not None:
+                self.budget.close()
+                self.budget = outer
+
+    async def _run(
+        self, caller: Caller, conversation: list[Message], reuse: Sequence[LayerResult], started: float
+    ) -> MoAResult:
+        layers: list[LayerResult] = []
+        self._layers = layers  # kept current for partial traces
+        last = len(self.recipe.layers) - 1
+        if len(reuse) > last:
+            raise ConfigError(f"can reuse at most {last} layers of this recipe (the last must run), got {len(reuse)}")
+        inputs: list[AgentOutput] = []
+        for cached in reuse:  # layers answered before: their outputs feed the next layer, no calls
+            layers.append(cached)
+            inputs = STAGES[cached.kind].passed_on(cached)
+        for index in range(len(reuse), last + 1):
+            layer = self.recipe.layers[index]
+            stage = STAGES[layer.kind]
+            ctx = StageContext(
+                index, layer, conversation, self._specs[index], caller, self.on_token if index == last else None
+            )
+            self._stage = ctx
+            self._tracer.layer_started(index + 1)
+            layer_started = time.perf_counter()
+            try:
+                outputs = await stage.run(ctx, inputs)
+            except (QuorumError, BudgetExceeded, CallbackError) as exc:
+                recorded = exc.outputs if isinstance(exc, QuorumError) else ctx.recorded
+                layers.append(_layer(index, layer.kind, recorded, layer_started))
+                exc.partial = self._result(conversation, layers, started, output="")
+                raise
+            except asyncio.CancelledError:  # the run's deadline, or the caller cancelled
+                layers.append(_layer(index, layer.kind, ctx.recorded, layer_started))
+                raise
+            finally:
+                self._stage = None
+            layers.append(_layer(index, layer.kind, outputs, layer_started))
+            self._tracer.layer_finished(index + 1)
+            inputs = stage.passed_on(layers[-1])
+        return self._result(conversation, layers, started, output=inputs[0].text or "")
+
+    def _result(self, conversation: list[Message], layers: list[LayerResult], started: float, output: str) -> MoAResult:
+        calls = [call for layer in layers for call in layer.outputs]
+        usage = sum((call.usage for call in calls), Usage())
+        # Failed calls count too: an attempt that returned (an empty answer) was paid for.
+        unpriced = sorted({call.model for call in calls if call.cost_usd is None})
+        cost = None if unpriced else sum(call.cost_usd or 0.0 for call in calls)
+        return MoAResult.model_construct(
+            recipe=self.recipe.name,
+            prompt=conversation,
+            output=output,
+            layers=layers,
+            usage=usage,
+            cost_usd=cost,
+            unpriced_models=unpriced,
+            latency_s=time.perf_counter() - started,
+        )
+
+
+def _layer(index: int, kind: str, outputs: Sequence[AgentOutput], started: float) -> LayerResult:
+    return LayerResult.model_construct(  # built from checked values: no re-validation
+        index=index + 1, kind=kind, outputs=list(outputs), latency_s=time.perf_counter() - started
+    )
