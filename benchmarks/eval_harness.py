@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from moa._cli import main as moa
+from moa.cli import main as moa
 from moa.testing import LoopbackServer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "evals"
