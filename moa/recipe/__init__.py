@@ -1,0 +1,235 @@
+"""Recipes: the typed description of a pipeline.
+
+Every field's ``description`` is the recipe documentation (``moa schema`` and
+the README are generated from the same text), so keep them exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import (
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+
+from moa._errors import TemplateError
+
+from .layers import Layer, LayerKind, seq_windows
+from .params import MAX_SECONDS, Agent, CallParams, _Strict
+
+__all__ = [
+    "MAX_SECONDS",
+    "Agent",
+    "CallParams",
+    "Layer",
+    "LayerKind",
+    "ProviderLimit",
+    "Recipe",
+    "RetryPolicy",
+    "SelfMoA",
+    "seq_windows",
+]
+
+
+class ProviderLimit(_Strict):
+    """Limits for one provider, shared by every layer (and every concurrent run given the same limiter)."""
+
+    max_concurrency: int | None = Field(
+        32, ge=1, le=100_000, description="Most calls in flight at once to this provider."
+    )
+    rpm: float | None = Field(None, gt=0, description="Most requests started per minute; unset means no pacing.")
+    tpm: float | None = Field(
+        None,
+        gt=0,
+        description="Most tokens (prompt + most output) started per minute; unset means no token pacing. "
+        "A call larger than this takes the whole minute's allowance.",
+    )
+
+
+class RetryPolicy(_Strict):
+    """Retries of transient failures: 429 (Retry-After honoured), 5xx, timeouts, connection errors.
+
+    Never retried: 400, 401, 403, 404, 422 and unusable answers.
+    """
+
+    max_attempts: int = Field(4, ge=1, le=20, description="Attempts per call, the first included.")
+    initial_backoff_s: float = Field(
+        1.0, ge=0, le=MAX_SECONDS, description="Upper bound of the first jittered backoff, in seconds."
+    )
+    max_backoff_s: float = Field(30.0, ge=0, le=MAX_SECONDS, description="Upper bound of any one backoff, in seconds.")
+    max_retry_after_s: float = Field(
+        120.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="Longest server-requested Retry-After that is honoured; a longer one fails the call.",
+    )
+
+
+class SelfMoA(_Strict):
+    """Shorthand for Self-MoA: one strong model sampled ``samples`` times, then aggregated.
+
+    With ``window`` set it becomes Self-MoA-Seq: the samples are folded in
+    sequentially by an ``aggregate_seq`` layer.
+    """
+
+    model: str = Field(..., min_length=1, description="The model to sample.")
+    samples: int = Field(6, ge=1, le=64, description="How many samples to draw (k).")
+    temperature: float = Field(0.7, ge=0, le=2, description="Temperature of the samples.")
+    max_tokens: int | None = Field(None, gt=0, le=1_000_000, description="Token limit of each sample.")
+    system: str | None = Field(None, description="System prompt of the sampled model.")
+    aggregator: str | None = Field(None, description="Model that aggregates; unset means the sampled model itself.")
+    aggregator_temperature: float | None = Field(
+        None, ge=0, le=2, description="Temperature of the aggregator; unset uses `defaults`."
+    )
+    template: str | None = Field(None, description="Aggregation template (see `Layer.template`).")
+    window: int | None = Field(
+        None, ge=2, description="Set to make this Self-MoA-Seq with this window (see `Layer.window`)."
+    )
+    min_success: int | None = Field(None, ge=1, description="Quorum of the sampling layer; unset means all samples.")
+
+    def expand(self) -> list[dict[str, Any]]:
+        """The layers this shorthand stands for (as data, validated with the recipe)."""
+        proposer = {
+            "model": self.model,
+            "n": self.samples,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "system": self.system,
+        }
+        aggregator = {
+            "model": self.aggregator or self.model,
+            "temperature": self.aggregator_temperature,
+            "max_tokens": self.max_tokens,
+        }
+        return [
+            {"kind": "propose", "agents": [proposer], "min_success": self.min_success},
+            {
+                "kind": "aggregate_seq" if self.window else "aggregate",
+                "agents": [aggregator],
+                "template": self.template,
+                "window": self.window,
+            },
+        ]
+
+
+class Recipe(_Strict):
+    """A whole pipeline: layers of agents, their defaults, limits and retry policy."""
+
+    name: str = Field(..., min_length=1, description="Short name, used in results and logs.")
+    description: str = Field("", description="One or two sentences for `moa recipes list`.")
+    defaults: CallParams = Field(default_factory=CallParams, description="Settings passed to every call.")
+    layers: list[Layer] = Field(
+        default_factory=list,
+        description="The stages, in order. Paper counting: a 3-layer MoA with 6 proposers is "
+        "propose(6) → aggregate(6) → aggregate(1) = 13 calls. The last layer must produce "
+        "exactly one output: the answer.",
+    )
+    self_moa: SelfMoA | None = Field(None, description="Self-MoA shorthand; give this or `layers`, not both.")
+    limits: dict[str, ProviderLimit] = Field(
+        default_factory=dict,
+        description="Per-provider limits keyed by provider (the model string's prefix before "
+        "`/`, e.g. `openai`, `together_ai`); the key `default` covers providers not listed.",
+    )
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retry policy of every call.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_self_moa(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("self_moa") is not None:
+            if data.get("layers"):
+                raise ValueError("give either `self_moa` or `layers`, not both")
+            self_moa = data["self_moa"]
+            try:
+                spec = self_moa if isinstance(self_moa, SelfMoA) else SelfMoA.model_validate(self_moa)
+            except ValidationError:
+                return data  # field validation of `self_moa` reports it, with its path
+            data = {**data, "layers": spec.expand()}
+        return data
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> Recipe:
+        if not self.layers:
+            raise ValueError("a recipe needs `layers` (at least one) or `self_moa`")
+        for index, layer in enumerate(self.layers):
+            if index == 0 and layer.kind != "propose":
+                raise ValueError(
+                    f"layers[0].kind is {layer.kind!r}: the first layer has nothing to "
+                    "aggregate, so it must be `propose`"
+                )
+            if index > 0 and layer.kind == "propose":
+                raise ValueError(
+                    f"layers[{index}].kind is 'propose': later layers receive the previous "
+                    "layer's outputs, so use `aggregate` (or `aggregate_seq`)"
+                )
+        last = self.layers[-1]
+        if last.kind != "aggregate_seq" and last.planned_calls_in() != 1:
+            raise ValueError(
+                f"the last layer makes {last.planned_calls_in()} calls; it must make exactly one "
+                "(a single aggregator, or a single agent with n = 1), whose output is the answer"
+            )
+        self._check_templates()
+        return self
+
+    def _check_templates(self) -> None:
+        """Trial-render every template with each number of responses its layer can really receive.
+
+        A quorum below the previous layer's size means fewer responses than
+        agents; a template that indexes ``responses[1]`` must fail here, when
+        the recipe loads, not after the calls before it were paid for.
+        """
+        fewest = most = 0
+        for index, layer in enumerate(self.layers):
+            if index:
+                if layer.kind == "aggregate_seq":  # (responses, step) of every step, for every number of inputs
+                    cases = {
+                        (end - start + (step > 1), step)
+                        for inputs in range(max(fewest, 1), max(most, 1) + 1)
+                        for step, (start, end) in enumerate(seq_windows(inputs, layer.effective_window), start=1)
+                    }
+                else:
+                    cases = {(count, 0) for count in range(max(fewest, 1), max(most, 1) + 1)}
+                try:
+                    for count, step in sorted(cases):
+                        layer.compiled_template.check([count], [step], layer=index + 1)
+                except TemplateError as exc:
+                    raise ValueError(f"layers[{index}].template: {exc}") from None
+            calls = layer.planned_calls_in()
+            if layer.kind == "aggregate_seq" or calls is None:
+                fewest = most = 1
+            else:
+                fewest, most = layer.min_success or calls, calls
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        # The shorthand regenerates its layers on load, so it alone round-trips.
+        if isinstance(data, dict) and data.get("self_moa") is not None:
+            data.pop("layers", None)
+        return data
+
+    def calls_by_layer(self) -> list[int]:
+        """Calls of each layer when every call succeeds."""
+        counts, inputs = [], 0
+        for layer in self.layers:
+            counts.append(layer.calls(inputs))
+            inputs = layer.outputs()
+        return counts
+
+    @property
+    def calls_per_query(self) -> int:
+        """Calls one query makes when every call succeeds (paper counting: 3 layers x 6 proposers = 13)."""
+        return sum(self.calls_by_layer())
+
+    @property
+    def models(self) -> list[str]:
+        """Distinct model strings, in order of first use."""
+        seen: dict[str, None] = {}
+        for layer in self.layers:
+            for agent in layer.agents:
+                seen.setdefault(agent.model, None)
+        return list(seen)
