@@ -348,7 +348,7 @@ def _dry_run(ctx: EvalContext, benchmark: Benchmark, rows: list[dict[str, Any]],
         unpriced = ", ".join(ctx.unpriced_models()) or "some models"
         print(f"generation cost: unknown: no known price for {unpriced}")
     else:
-        print(f"generation cost: ${sum(w or 0.0 for w in worst):.4f} at most (every call at its max_tokens, or the "
+        print(f"generation cost: ${sum(w or 0.0 for w in worst):.6f} at most (every call at its max_tokens, or the "
               "model's own limit where unset: the same worst case --max-cost reserves)")  # fmt: skip
     return EXIT_OK
 
