@@ -7,6 +7,7 @@ import time
 
 import pytest
 from conftest import agents, loopback_recipe
+from virtual_clock import run_virtual
 
 import moa
 from moa import Completion
@@ -96,39 +97,49 @@ async def test_unpriced_models_are_refused_under_a_budget_unless_allowed() -> No
     assert len(result.calls) == 4
 
 
-async def test_deadline_bounds_the_run_and_keeps_finished_calls() -> None:
-    def slow_for_p2(request: moa.Request, index: int) -> str:
-        return "ok"
-
+def test_deadline_bounds_the_run_and_keeps_finished_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     class Slow(FakeProvider):
         async def complete(self, request: moa.Request, on_token: object = None) -> Completion:  # type: ignore[override]
             if request.model == "openai/p2":
-                await asyncio.sleep(30)
+                await asyncio.sleep(30)  # virtual seconds: the deadline comes first
             return await super().complete(request)
 
-    started = time.perf_counter()
-    with pytest.raises(moa.DeadlineExceeded) as info:
-        await moa.run("Q", THREE, provider=Slow(slow_for_p2), deadline_s=0.3)
-    assert time.perf_counter() - started < 1.0
-    layer = info.value.partial.layers[0]
+    async def main() -> tuple[moa.DeadlineExceeded, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(moa.DeadlineExceeded) as info:
+            await moa.run("Q", THREE, provider=Slow(), deadline_s=0.3)
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        return info.value, loop.time() - started
+
+    error, elapsed = run_virtual(main(), monkeypatch)
+    assert elapsed == pytest.approx(0.3)  # exactly the deadline, on the loop's clock
+    layer = error.partial.layers[0]
     assert sorted(o.model for o in layer.outputs) == ["openai/p0", "openai/p1"]
-    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
 
 
-async def test_straggler_cut_off_closes_a_layer_early(loopback: LoopbackServer) -> None:
-    loopback.latency_by_model = {"p2": 5.0}
-    layers = [
-        {"kind": "propose", "agents": agents("openai/p0", "openai/p1", "openai/p2"), "min_success": 2,
-         "straggler_s": 0.2},
-        {"kind": "aggregate", "agents": agents("openai/agg")},
-    ]  # fmt: skip
-    result = await moa.run("Q", loopback_recipe(loopback, layers), api_key="k")
-    assert result.layers[0].latency_s < 1.5  # not the 5 s of the straggler
+def test_straggler_cut_off_closes_a_layer_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Straggler(FakeProvider):
+        async def complete(self, request: moa.Request, on_token: object = None) -> Completion:  # type: ignore[override]
+            if request.model == "openai/p2":
+                await asyncio.sleep(5)  # virtual seconds
+            return await super().complete(request)
+
+    recipe = {**THREE, "layers": [{**THREE["layers"][0], "min_success": 2, "straggler_s": 0.2}, THREE["layers"][1]]}
+
+    async def main() -> tuple[moa.MoAResult, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await moa.run("Q", recipe, provider=Straggler())
+        return result, loop.time() - started
+
+    result, elapsed = run_virtual(main(), monkeypatch)
+    assert elapsed == pytest.approx(0.2)  # the cut-off, not the straggler's 5 s
     outputs = result.layers[0].outputs
     assert [o.ok for o in outputs] == [True, True, False]
     assert outputs[2].error is not None and "straggler cut-off" in outputs[2].error.message
     system = result.layers[1].outputs[0].messages[0]["content"]
-    assert system.count("p0 reply") + system.count("p1 reply") == 2 and "p2 reply" not in system
+    assert "openai/p0 answer" in system and "openai/p1 answer" in system and "openai/p2" not in system
 
 
 def test_straggler_needs_a_quorum_below_the_layer() -> None:
