@@ -1,13 +1,14 @@
-"""How close moa's length-controlled win rate is to scikit-learn's, and how long the fit takes.
+"""How close moa's length-controlled win rate is to AlpacaEval's call and to the converged fit.
 
     python benchmarks/lc_agreement.py [--seeds 12] [--n 805]
 
 For each seed, AlpacaEval-shaped synthetic judgments (a length-biased judge, two gamed
 baselines, some draws and missing judgments; the generator of tests/test_lc.py) are fitted
-by moa's plain-Python estimator and by scikit-learn's LogisticRegressionCV configured as
-AlpacaEval configures it, once with liblinear's default tolerance (1e-4, what AlpacaEval runs)
-and once converged (1e-12). Prints the LC win rates, the differences, the chosen C, and the
-wall time of each fit. Needs the dev extra (scikit-learn).
+by moa (``moa.eval._lc``) and by the independent rebuild of AlpacaEval's ``length_controlled_v1``
+in tests/test_lc.py, whose scikit-learn ``LogisticRegressionCV`` call is AlpacaEval's: once
+with liblinear's default tolerance (1e-4, what AlpacaEval runs) and once converged (1e-12).
+Prints the LC win rates, the differences, the chosen C, and the wall time of each fit.
+Needs the eval extra (scikit-learn) and scipy (a scikit-learn dependency).
 """
 
 from __future__ import annotations

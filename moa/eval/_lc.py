@@ -1,43 +1,49 @@
-"""AlpacaEval 2.0's length-controlled win rate (``length_controlled_v1``), in plain Python.
+"""AlpacaEval 2.0's length-controlled win rate (``length_controlled_v1``), fitted by scikit-learn.
 
-The estimator, as AlpacaEval defines it (Dubois et al. 2024), step by step:
+The estimator, as AlpacaEval defines it (Dubois et al. 2024):
 
 * features of a judged pair: ``tanh(std_delta_len)`` (reference length minus model
   length in characters, divided by the sample standard deviation of that difference
   over the run), the instruction's difficulty, and a 1 marking the model's own rows;
-* training rows: the model's judged pairs (weight 1) and, from AlpacaEval's
-  ``df_gamed.csv``, the judged pairs of its two length-"gamed" baselines (the
-  reference model prompted to be verbose or concise; marker 0, weight 0.1), which
-  pin the length coefficient down independently of the model's own quality;
-* a logistic regression without intercept on soft targets (preference - 1 in
-  [0, 1]) with an L1 penalty, ``||w||_1 + C * sum_i s_i * logloss_i``; ``C`` is
-  picked from ``logspace(-4, 4, 10)`` by 5-fold grouped cross-validation on the
-  weighted log loss, then the model is refitted on every row with that ``C``;
-* the LC win rate is the mean predicted preference over the model's pairs with the
-  length term set to zero, times 100.
+* training rows: AlpacaEval's ``df_gamed.csv`` (the judged pairs of its two length-"gamed"
+  baselines, marker 0, weight 0.1, which pin the length coefficient down independently of
+  the model's quality), then the model's judged pairs (weight 1);
+* a logistic regression without intercept on soft targets (preference - 1 in [0, 1]): each
+  row twice, labelled 1 with weight ``s * p`` and 0 with weight ``s * (1 - p)``, fitted by
+  ``LogisticRegressionCV`` (L1, liblinear, ``random_state=123``, C from
+  ``logspace(-4, 4, 10)`` by 5-fold ``GroupKFold`` over the pairs, scored by the weighted log
+  loss of the soft targets), refitted on every row with the chosen C;
+* the LC win rate is the mean predicted preference over the model's pairs with the length
+  term set to zero, times 100.
 
-This mirrors scikit-learn's ``LogisticRegressionCV`` (liblinear, L1, no intercept,
-``GroupKFold``) configured as AlpacaEval does, solved to convergence: it equals
-scikit-learn's fit run to tolerance 1e-12 (same C, LC within 1e-8 points;
-``tests/test_lc.py``).  AlpacaEval's call keeps liblinear's default tolerance 1e-4, which
-moves its figure by up to about 0.01 points (``benchmarks/lc_agreement.py``).
+The call is AlpacaEval's own (``alpaca_eval.metrics.glm_winrate.fit_LogisticRegressionCV``),
+liblinear's default tolerance 1e-4 included, so the figure is the one AlpacaEval computes from
+the same judgments.  Run to convergence instead, the optimum differs by at most about 0.01
+points (``benchmarks/lc_agreement.py``).
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from moa._errors import ConfigError
 from moa.eval._common import DataError
 
-#: scikit-learn's default grid of inverse penalty strengths: numpy.logspace(-4, 4, 10).
-CS: tuple[float, ...] = (*(10.0 ** (i * (8 / 9) - 4) for i in range(9)), 1e4)  # bit for bit
 N_SPLITS = 5
 GAMED_WEIGHT = 0.2 / 2  # AlpacaEval's regularize_to_baseline_lambda, shared by its two gamed baselines
+#: What AlpacaEval passes to LogisticRegressionCV besides the folds, the scorer and the penalty.
+ALPACA_EVAL_KWARGS: dict[str, Any] = {
+    "random_state": 123, "dual": False, "solver": "liblinear", "n_jobs": None, "fit_intercept": False
+}  # fmt: skip
 _GAMED_COLUMNS = ("index", "preference", "std_delta_len", "instruction_difficulty", "not_gamed_baseline")
+_NEEDS_EXTRA = "the LC win rate is fitted by scikit-learn: it needs the eval extra: pip install 'moa-pipeline[eval]'"
 
 
 @dataclass(frozen=True)
@@ -177,37 +183,13 @@ def length_controlled_win_rate(
     still predicted and averaged (as AlpacaEval does); None when fewer than two pairs
     have a preference.
     """
-    n = len(preferences)
-    deltas = [float(r - m) for m, r in zip(model_lengths, reference_lengths, strict=True)]
-    mean = sum(deltas) / n if n else 0.0
-    std = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (n - 1)) if n > 1 else 0.0
-    use_difficulty = data is not None and all(i is not None and i in data.difficulty for i in indices)
-    difficulty = [data.difficulty[i] for i in indices if i is not None] if data and use_difficulty else []
-
-    def features(i: int, length_term: float) -> list[float]:
-        return [length_term, *([difficulty[i]] if use_difficulty else []), 1.0]
-
-    rows: list[list[float]] = []
-    targets: list[float] = []
-    weights: list[float] = []
-    if data is not None and use_difficulty:
-        for g in data.gamed:
-            if g.preference is not None:
-                rows.append([math.tanh(g.std_delta_len), g.difficulty, 1.0 if g.not_gamed else 0.0])
-                targets.append(g.preference)
-                weights.append(1.0 if g.not_gamed else GAMED_WEIGHT)
-    own = 0
-    for i, p in enumerate(preferences):
-        if p is None:
-            continue
-        rows.append(features(i, math.tanh(deltas[i] / std) if std > 0 else 0.0))
-        targets.append(0.5 if p == 0.0 else p - 1.0)
-        weights.append(1.0)
-        own += 1
-    if own < 2:
+    if sum(p is not None for p in preferences) < 2:
         return None
-    c, w = fit_l1_logistic_cv(rows, targets, weights, n_splits=min(N_SPLITS, len(rows)))
-    value = sum(_sigmoid(_dot(w, features(i, 0.0))) for i in range(n)) / n * 100
+    deltas = [r - m for m, r in zip(model_lengths, reference_lengths, strict=True)]
+    use_difficulty = data is not None and all(i is not None and i in data.difficulty for i in indices)
+    difficulty = [data.difficulty[i] for i in indices if i is not None] if data and use_difficulty else None
+    gamed = [g for g in data.gamed if g.preference is not None] if data and use_difficulty else []
+    c, w, value = _fit(preferences, deltas, difficulty, gamed)
     names = ["np.tanh(std_delta_len)", *(["instruction_difficulty"] if use_difficulty else []), "not_gamed_baseline"]
     exact = data is not None and data.exact and use_difficulty
     if exact:
@@ -234,176 +216,81 @@ def is_extreme_change(raw: float, lc: float) -> bool:
     return too_small or too_large
 
 
-# ----------------------------------------------------------------- the estimator
+def _fit(
+    preferences: Sequence[float | None],
+    deltas: Sequence[int],
+    difficulty: Sequence[float] | None,
+    gamed: list[GamedRow],
+) -> tuple[float, list[float], float]:
+    """AlpacaEval's ``_get_featurized_data`` and ``fit_LogisticRegressionCV``: (C, coefficients, LC win rate).
 
-
-def fit_l1_logistic_cv(
-    rows: Sequence[Sequence[float]],
-    targets: Sequence[float],
-    weights: Sequence[float],
-    *,
-    cs: Sequence[float] = CS,
-    n_splits: int = N_SPLITS,
-) -> tuple[float, list[float]]:
-    """Pick C by grouped K-fold CV on the weighted log loss, then refit on all rows: (C, weights).
-
-    Folds as scikit-learn's ``GroupKFold`` assigns them when every group (row) has the
-    same size: row ``g`` of ``n`` is tested in fold ``(n - 1 - g) % n_splits``.  A fold's
-    score is minus the mean of ``weight * logloss`` over its rows; the C with the best
-    total wins (the first of equals).
+    The design is the formula ``np.tanh(std_delta_len) + instruction_difficulty +
+    not_gamed_baseline - 1`` (difficulty only when given) over the gamed rows, then the
+    model's; rows without a preference are dropped from the fit, and each remaining row is
+    duplicated (label 1 weighted ``s * p``, label 0 weighted ``s * (1 - p)``) in one CV group.
     """
-    n = len(rows)
-    if n_splits < 2 or n < n_splits:
-        raise ValueError(f"{n_splits}-fold cross-validation needs at least {max(n_splits, 2)} rows, got {n}")
-    fold_of = [(n - 1 - g) % n_splits for g in range(n)]
-    totals = [0.0] * len(cs)
-    for fold in range(n_splits):
-        train = [g for g in range(n) if fold_of[g] != fold]
-        test = [g for g in range(n) if fold_of[g] == fold]
-        x_train = [rows[g] for g in train]
-        y_train = [targets[g] for g in train]
-        s_train = [weights[g] for g in train]
-        w = [0.0] * len(rows[0])
-        for k, c in enumerate(cs):  # from the strongest penalty up: each fit warm-starts the next
-            w = fit_l1_logistic(x_train, y_train, s_train, c, start=w)
-            totals[k] += _score([rows[g] for g in test], [targets[g] for g in test], [weights[g] for g in test], w)
-    best = max(range(len(cs)), key=lambda k: (totals[k], -k))
-    return cs[best], fit_l1_logistic(rows, targets, weights, cs[best])
+    try:
+        import numpy as np
+        import sklearn  # type: ignore[import-untyped]
+        from sklearn.exceptions import ConvergenceWarning  # type: ignore[import-untyped]
+        from sklearn.linear_model import LogisticRegressionCV  # type: ignore[import-untyped]
+        from sklearn.metrics import make_scorer  # type: ignore[import-untyped]
+        from sklearn.model_selection import GroupKFold  # type: ignore[import-untyped]
+    except ImportError:
+        raise ConfigError(_NEEDS_EXTRA) from None
+    n = len(preferences)
+    delta = np.asarray(deltas, dtype=float)
+    std = float(delta.std(ddof=1)) if n > 1 else 0.0  # pandas' Series.std: the sample standard deviation
+    std_delta_len = np.concatenate([[g.std_delta_len for g in gamed], delta / std if std > 0 else np.zeros(n)])
+    columns = [np.tanh(std_delta_len)]
+    if difficulty is not None:
+        columns.append(np.concatenate([[g.difficulty for g in gamed], difficulty]))
+    columns.append(np.concatenate([[float(g.not_gamed) for g in gamed], np.ones(n)]))
+    x = np.column_stack(columns)
+    own = [np.nan if q is None else 0.5 if q == 0.0 else q - 1.0 for q in preferences]  # a draw (0) is 1.5
+    p = np.array([*(g.preference for g in gamed), *own], dtype=float)
+    s = np.array([*(1.0 if g.not_gamed else GAMED_WEIGHT for g in gamed), *([1.0] * n)])
+    test = x[len(gamed) :].copy()
+    test[:, 0] = 0.0  # the model's pairs as if there were no length difference
+    keep = ~np.isnan(p)
+    x, p, s = x[keep], p[keep], s[keep]
+    rows = len(x)
+    true_prob, true_weight = np.concatenate([p, 1 - p]), np.concatenate([s, s])
+    # AlpacaEval passes penalty="l1"; scikit-learn 1.8 deprecated it for l1_ratios=(1,), the same fit bit for bit.
+    params = inspect.signature(LogisticRegressionCV).parameters
+    legacy = "penalty" in params and params["penalty"].default != "deprecated"
+    penalty: dict[str, Any] = {"penalty": "l1"} if legacy else {"l1_ratios": (1.0,)}
+    if "use_legacy_attributes" in params:
+        penalty["use_legacy_attributes"] = False
+    with sklearn.config_context(enable_metadata_routing=True):
+        scorer = make_scorer(_weighted_log_loss, response_method="predict_proba", greater_is_better=False)
+        model = LogisticRegressionCV(
+            cv=GroupKFold(n_splits=min(N_SPLITS, rows)),
+            scoring=scorer.set_score_request(true_prob=True, true_sample_weight=True),
+            **ALPACA_EVAL_KWARGS,
+            **penalty,
+        )
+        model.set_fit_request(sample_weight=True)
+        with warnings.catch_warnings():
+            # On a few or separable pairs some of the 50 CV fits stop at liblinear's 100 iterations, as
+            # AlpacaEval's do: the figure is still AlpacaEval's (is_extreme_change flags a failed fit).
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(
+                np.vstack([x, x]),
+                np.concatenate([np.ones(rows), np.zeros(rows)]),
+                sample_weight=true_prob * true_weight,
+                groups=np.concatenate([np.arange(rows), np.arange(rows)]),
+                true_prob=true_prob,
+                true_sample_weight=true_weight,
+            )
+        value = float(model.predict_proba(test)[:, 1].mean() * 100)
+    return float(np.ravel(model.C_)[0]), [float(v) for v in model.coef_[0]], value
 
 
-def fit_l1_logistic(
-    rows: Sequence[Sequence[float]],
-    targets: Sequence[float],
-    weights: Sequence[float],
-    c: float,
-    *,
-    start: Sequence[float] | None = None,
-    tol: float = 1e-10,
-    max_iter: int = 200,
-) -> list[float]:
-    """argmin_w ||w||_1 + c * sum_i s_i * (softplus(x_i.w) - y_i * x_i.w): L1 logistic, soft targets.
+def _weighted_log_loss(y_true: Any, y_pred: Any, true_prob: Any, true_sample_weight: Any) -> float:
+    """AlpacaEval's ``logloss_continuous``: the log loss of the soft targets behind the duplicated rows, weighted."""
+    import numpy as np
 
-    Proximal Newton: each step minimises the penalised second-order model by
-    coordinate descent, then backtracks (Armijo) on the true objective.  Stops when
-    the minimum-norm subgradient is below ``tol`` times the loss gradient's scale.
-    """
-    k = len(rows[0])
-    w = list(start) if start is not None else [0.0] * k
-    scale = 1.0 + c * sum(weights)
-    objective, grad, hess = _local_model(rows, targets, weights, c, w)
-    for _ in range(max_iter):
-        if _optimality(w, grad) <= tol * scale:
-            break
-        step = _newton_step(w, grad, hess)
-        decrease = sum(g * d for g, d in zip(grad, step, strict=True))
-        decrease += _l1([wi + d for wi, d in zip(w, step, strict=True)]) - _l1(w)
-        if decrease >= 0.0 or not any(step):
-            break
-        t = 1.0
-        # A gain below the objective's rounding error cannot be line-searched; so close to the
-        # optimum the full Newton step is the right one (convergence is quadratic there).
-        while -decrease > 1e-11 * abs(objective):
-            trial = [wi + t * d for wi, d in zip(w, step, strict=True)]
-            value = _objective(rows, targets, weights, c, trial)
-            if value <= objective + 0.01 * t * decrease or t < 1e-6:
-                break
-            t /= 2
-        if t < 1e-6:
-            break
-        w = [wi + t * d for wi, d in zip(w, step, strict=True)]
-        objective, grad, hess = _local_model(rows, targets, weights, c, w)
-    return w
-
-
-def _newton_step(w: list[float], grad: list[float], hess: list[list[float]]) -> list[float]:
-    """Coordinate descent on  grad.d + d.H.d / 2 + ||w + d||_1."""
-    k = len(w)
-    d = [0.0] * k
-    for _ in range(1000):
-        change = 0.0
-        for j in range(k):
-            a = hess[j][j]
-            if a <= 0.0:
-                new = -w[j]  # the loss ignores this coordinate: the penalty sets it to 0
-            else:
-                b = grad[j] + sum(hess[j][i] * d[i] for i in range(k))
-                u = w[j] + d[j] - b / a
-                new = math.copysign(max(abs(u) - 1.0 / a, 0.0), u) - w[j]
-            change = max(change, abs(new - d[j]))
-            d[j] = new
-        if change <= 1e-15 * (1.0 + max(abs(x) for x in w)):
-            break
-    return d
-
-
-def _local_model(
-    rows: Sequence[Sequence[float]], targets: Sequence[float], weights: Sequence[float], c: float, w: list[float]
-) -> tuple[float, list[float], list[list[float]]]:
-    """Objective, loss gradient and loss Hessian at w (all including the factor c)."""
-    k = len(w)
-    loss = 0.0
-    grad = [0.0] * k
-    hess = [[0.0] * k for _ in range(k)]
-    for x, y, s in zip(rows, targets, weights, strict=True):
-        z = _dot(w, x)
-        q = _sigmoid(z)
-        loss += s * (_softplus(z) - y * z)
-        r = s * (q - y)
-        h = s * q * (1.0 - q)
-        for i in range(k):
-            grad[i] += r * x[i]
-            hi = h * x[i]
-            row = hess[i]
-            for j in range(i + 1):
-                row[j] += hi * x[j]
-    for i in range(k):
-        grad[i] *= c
-        for j in range(i + 1):
-            hess[i][j] *= c
-            hess[j][i] = hess[i][j]
-    return c * loss + _l1(w), grad, hess
-
-
-def _objective(
-    rows: Sequence[Sequence[float]], targets: Sequence[float], weights: Sequence[float], c: float, w: list[float]
-) -> float:
-    loss = 0.0
-    for x, y, s in zip(rows, targets, weights, strict=True):
-        z = _dot(w, x)
-        loss += s * (_softplus(z) - y * z)
-    return c * loss + _l1(w)
-
-
-def _optimality(w: list[float], grad: list[float]) -> float:
-    """Largest entry of the minimum-norm subgradient of the L1-penalised objective."""
-    worst = 0.0
-    for wi, g in zip(w, grad, strict=True):
-        worst = max(worst, abs(g + math.copysign(1.0, wi)) if wi != 0.0 else max(abs(g) - 1.0, 0.0))
-    return worst
-
-
-def _score(
-    rows: Sequence[Sequence[float]], targets: Sequence[float], weights: Sequence[float], w: list[float]
-) -> float:
-    """Minus the mean weighted log loss, predictions clipped to [1e-15, 1 - 1e-15] (the CV score)."""
-    total = 0.0
-    for x, y, s in zip(rows, targets, weights, strict=True):
-        q = min(max(_sigmoid(_dot(w, x)), 1e-15), 1 - 1e-15)
-        total += s * (y * math.log(q) + (1 - y) * math.log(1 - q))
-    return total / len(rows)
-
-
-def _dot(w: Sequence[float], x: Sequence[float]) -> float:
-    return sum(wi * xi for wi, xi in zip(w, x, strict=True))
-
-
-def _l1(w: Sequence[float]) -> float:
-    return sum(abs(wi) for wi in w)
-
-
-def _softplus(z: float) -> float:
-    return math.log1p(math.exp(-abs(z))) + max(z, 0.0)
-
-
-def _sigmoid(z: float) -> float:
-    return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))
+    target = np.where(y_true == 1, true_prob, 1 - true_prob)
+    q = np.clip(y_pred, 1e-15, 1 - 1e-15)
+    return float(-np.mean((target * np.log(q) + (1 - target) * np.log(1 - q)) * true_sample_weight))

@@ -2,19 +2,34 @@
 
 Per run: score, cost, latency and calls per item; per benchmark a cost-vs-score
 chart (the plot for picking a recipe); per-category bars for MT-Bench; the
-flips against a baseline for QA.  No scripts, no external files: inline SVG.
+flips against a baseline for QA.  The page is ``report.html.j2``, rendered with
+autoescaping (every recipe name, category, judge and id is the user's text); the
+charts are drawn by matplotlib and inlined as SVG: no scripts, no external files.
 """
 
 from __future__ import annotations
 
-import html
+import contextlib
+import io
 import json
+import math
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import jinja2
+from markupsafe import Markup
+
+from moa._errors import ConfigError
 from moa.eval._common import SUMMARY_FILE, DataError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 _COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
+_NEEDS_EXTRA = "the report's charts are drawn by matplotlib: it needs the eval extra: pip install 'moa-pipeline[eval]'"
+TEMPLATE = "report.html.j2"
 
 
 def load_runs(directories: list[Path]) -> list[dict[str, Any]]:
@@ -73,148 +88,151 @@ def print_table(runs: list[dict[str, Any]]) -> None:
 
 def render_html(runs: list[dict[str, Any]]) -> str:
     sections = []
-    for benchmark in sorted({r.get("benchmark", "?") for r in runs}):
-        group = [r for r in runs if r.get("benchmark") == benchmark]
-        parts = [f"<h2>{html.escape(benchmark)}</h2>", _html_table(group), _scatter(group)]
-        if benchmark == "mt-bench":
-            parts.append(_category_bars(group))
-        if benchmark == "alpacaeval":
-            parts += [_alpaca_notes(r) for r in group]
-        if benchmark == "qa":
-            parts += [_flips(r) for r in group if r.get("comparison")]
-        sections.append("\n".join(p for p in parts if p))
-    body = "\n".join(sections)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>moa eval report</title>
-<style>
-body {{ font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1000px; color: #111; }}
-h1 {{ font-size: 1.6rem; }} h2 {{ margin-top: 2.2rem; border-bottom: 1px solid #ddd; }}
-table {{ border-collapse: collapse; width: 100%; margin: .8rem 0; }}
-th, td {{ padding: .35rem .6rem; text-align: right; border-bottom: 1px solid #eee; }}
-th:first-child, td:first-child {{ text-align: left; }} th {{ background: #f5f5f5; }}
-.note {{ color: #555; font-size: .9rem; }} svg {{ display: block; margin: 1rem 0; }}
-</style></head><body>
-<h1>moa eval report</h1>
-<p class="note">{len(runs)} run(s). Cost per item counts generation only; judge cost is listed apart.</p>
-{body}
-</body></html>
-"""
+    for number, benchmark in enumerate(sorted({str(r.get("benchmark", "?")) for r in runs})):
+        group = [r for r in runs if str(r.get("benchmark", "?")) == benchmark]
+        judge_costs = [fmt(r.get("judge_cost_usd"), 4, "$") if r.get("judge") else "-" for r in group]
+        sections.append(
+            {
+                "benchmark": benchmark,
+                "rows": [[*cells, cost] for cells, cost in zip(table_rows(group), judge_costs, strict=True)],
+                "scatter": _scatter(group, f"chart{number}"),
+                "bars": _category_bars(group, f"bars{number}") if benchmark == "mt-bench" else None,
+                "alpaca": [_alpaca_note(r) for r in group if r.get("win_rate") is not None]
+                if benchmark == "alpacaeval"
+                else [],
+                "flips": [_flips(r) for r in group if r.get("comparison")] if benchmark == "qa" else [],
+            }
+        )
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("moa.eval", "."),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    page = environment.get_template(TEMPLATE).render(
+        run_count=len(runs), headers=[*HEADERS, "judge cost"], sections=sections
+    )
+    return page
 
 
-def _html_table(runs: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in [*HEADERS, "judge cost"])
-    rows = []
-    for run, cells in zip(runs, table_rows(runs), strict=True):
-        cells = [*cells, fmt(run.get("judge_cost_usd"), 4, "$") if run.get("judge") else "-"]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+def _alpaca_note(run: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "recipe": run.get("recipe", "?"),
+        "win_rate": fmt(run.get("win_rate")),
+        "standard_error": fmt(run.get("standard_error")),
+        "lc": fmt(run.get("length_controlled_win_rate")),
+        "lc_method": str(run.get("lc_method", "-")),
+        "judge": str(run.get("judge")),
+        "judge_method": str(run.get("judge_method")),
+        "unparsable": run.get("unparsable_judgments", 0),
+    }
 
 
-def _scatter(runs: list[dict[str, Any]]) -> str:
-    scored = [r for r in runs if r.get("score") is not None]
-    if not scored:
-        return '<p class="note">No run has a score yet: no chart.</p>'
+def _flips(run: dict[str, Any]) -> dict[str, Any]:
+    comparison = run["comparison"]
+    return {
+        "recipe": run.get("recipe", "?"),
+        "baseline": str(comparison.get("baseline")),
+        "compared": comparison["compared"],
+        "accuracy": fmt(run.get("score")),
+        "baseline_accuracy": fmt(comparison.get("baseline_accuracy")),
+        "right_to_wrong": [str(v) for v in comparison["right_to_wrong"]],
+        "wrong_to_right": [str(v) for v in comparison["wrong_to_right"]],
+        "mcnemar_p": f"{comparison['mcnemar_p']:.4g}",
+    }
+
+
+# ------------------------------------------------------------------ charts (matplotlib, inline SVG)
+
+
+def _scatter(runs: list[dict[str, Any]], chart: str) -> Markup | None:
+    """Score (y) against generation cost per item (x), or calls per item when some cost is unknown."""
+    scored = [r for r in runs if isinstance(r.get("score"), int | float) and math.isfinite(r["score"])]
+    if not scored:  # (AlpacaEval's win rate of a run whose every judgment was unparsable is NaN)
+        return None
     by_cost = all(r.get("cost_per_item_usd") is not None for r in scored)
     x_key, x_label, x_format = (
-        ("cost_per_item_usd", "generation cost per item (USD)", "${:.4f}") if by_cost else
-        ("calls_per_item", "calls per item (the cost of some runs is unknown)", "{:.1f}")
+        ("cost_per_item_usd", "generation cost per item (USD)", "${x:.4f}") if by_cost else
+        ("calls_per_item", "calls per item (the cost of some runs is unknown)", "{x:.1f}")
     )  # fmt: skip
-    points: list[tuple[float, float, str]] = [
-        (float(r[x_key] or 0.0), float(r["score"]), str(r.get("recipe", "?"))) for r in scored
-    ]
-    width, height, pad = 760, 360, 56
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = 0.0, max(xs) * 1.5 or 1.0  # room on the right for the labels
-    y0, y1 = min(0.0, min(ys)), max(ys) * 1.15 or 1.0
-
-    def sx(x: float) -> float:
-        return pad + (x - x0) / (x1 - x0) * (width - 2 * pad)
-
-    def sy(y: float) -> float:
-        return height - pad - (y - y0) / (y1 - y0) * (height - 2 * pad)
-
-    marks = []
-    for i, (x, y, label) in enumerate(points):
-        color = _COLORS[i % len(_COLORS)]
-        marks.append(
-            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="6" fill="{color}"/>'
-            f'<text x="{sx(x) + 9:.1f}" y="{sy(y) + 4:.1f}" font-size="13">{html.escape(label)} '
-            f"({y:.1f})</text>"
-        )
-    ticks = []
-    for k in range(5):
-        xv, yv = x0 + (x1 - x0) * k / 4, y0 + (y1 - y0) * k / 4
-        ticks.append(
-            f'<text x="{sx(xv):.1f}" y="{height - pad + 18}" font-size="11" text-anchor="middle">'
-            f'{x_format.format(xv)}</text><text x="{pad - 8}" y="{sy(yv) + 4:.1f}" font-size="11" '
-            f'text-anchor="end">{yv:.1f}</text>'
-        )
     names = {str(run.get("score_name", "score")) for run in runs}  # "LC win rate" and "... (approx.)" share an axis
-    score_name = html.escape(names.pop() if len(names) == 1 else min(names).split(" (")[0])
-    return f"""<svg width="{width}" height="{height}" role="img" aria-label="cost versus score">
-<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="#fafafa" stroke="#ccc"/>
-{"".join(ticks)}{"".join(marks)}
-<text x="{width / 2}" y="{height - 10}" text-anchor="middle" font-size="13">{x_label}</text>
-<text x="16" y="{height / 2}" font-size="13" transform="rotate(-90 16 {height / 2})"
- text-anchor="middle">{score_name}</text>
-</svg>"""
+    score_name = names.pop() if len(names) == 1 else min(names).split(" (")[0]
+    xs = [float(r.get(x_key) or 0.0) for r in scored]
+    ys = [float(r["score"]) for r in scored]
+    with _charting(chart) as figure:
+        from matplotlib.ticker import StrMethodFormatter
+
+        axes = figure.add_subplot()
+        for i, (run, x, y) in enumerate(zip(scored, xs, ys, strict=True)):
+            axes.scatter([x], [y], s=50, color=_COLORS[i % len(_COLORS)], zorder=3, gid=f"{chart}-run{i}")
+            label = f"{run.get('recipe', '?')} ({y:.1f})"
+            axes.annotate(label, (x, y), xytext=(7, 3), textcoords="offset points", fontsize=9)
+        bottom = min(0.0, *ys)
+        axes.set_xlim(0.0, max(xs) * 1.5 or 1.0)  # room on the right for the labels
+        axes.set_ylim(bottom, max(max(ys) * 1.15, bottom + 1.0))
+        axes.xaxis.set_major_formatter(StrMethodFormatter(x_format))
+        axes.set_xlabel(x_label)
+        axes.set_ylabel(score_name)
+        axes.grid(alpha=0.3)
+        return _svg(figure, "cost versus score")
 
 
-def _category_bars(runs: list[dict[str, Any]]) -> str:
-    categories = sorted({c for r in runs for c in (r.get("score_by_category") or {})})
+def _category_bars(runs: list[dict[str, Any]], chart: str) -> Markup | None:
+    """MT-Bench's score per category: one bar per run in each category (categories top to bottom)."""
+    categories = sorted({str(c) for r in runs for c in (r.get("score_by_category") or {})})
     if not categories:
-        return ""
-    width, row_height, bar = 760, 22 * len(runs) + 10, 20
-    label_width = 110
-    lines = []
-    for ci, category in enumerate(categories):
-        top = 30 + ci * row_height
-        lines.append(f'<text x="0" y="{top + 15}" font-size="13">{html.escape(category)}</text>')
+        return None
+    step = 0.8 / len(runs)
+    values = [float(v) for r in runs for v in (r.get("score_by_category") or {}).values() if v is not None]
+    with _charting(chart, height=0.9 + len(categories) * (0.2 * len(runs) + 0.2)) as figure:
+        from matplotlib.patches import Patch
+
+        axes = figure.add_subplot()
         for ri, run in enumerate(runs):
-            value = (run.get("score_by_category") or {}).get(category)
-            if value is None:
-                continue
-            length = value / 10 * (width - label_width - 80)
-            y = top + ri * 22
-            color = _COLORS[ri % len(_COLORS)]
-            lines.append(
-                f'<rect x="{label_width}" y="{y}" width="{length:.1f}" height="{bar - 4}" fill="{color}"/>'
-                f'<text x="{label_width + length + 6:.1f}" y="{y + 12}" font-size="12">{value:.2f}</text>'
-            )
-    legend = "".join(
-        f'<tspan fill="{_COLORS[i % len(_COLORS)]}">■ {html.escape(r.get("recipe", "?"))}  </tspan>'
-        for i, r in enumerate(runs)
+            scores = {str(k): v for k, v in (run.get("score_by_category") or {}).items() if v is not None}
+            at = [ci + ri * step for ci, c in enumerate(categories) if c in scores]
+            bars = axes.barh(at, [float(scores[c]) for c in categories if c in scores], height=step * 0.9,
+                             color=_COLORS[ri % len(_COLORS)])  # fmt: skip
+            axes.bar_label(bars, fmt="%.2f", padding=3, fontsize=8)
+        axes.set_yticks([ci + step * (len(runs) - 1) / 2 for ci in range(len(categories))], categories)
+        axes.invert_yaxis()
+        axes.set_xlim(min(0.0, *values), 10.9)
+        axes.set_xlabel("score (1-10)")
+        handles = [Patch(color=_COLORS[i % len(_COLORS)]) for i in range(len(runs))]
+        figure.legend(handles, [str(r.get("recipe", "?")) for r in runs], loc="outside upper center",
+                      ncols=min(len(runs), 4), fontsize=9, frameon=False)  # fmt: skip
+        return _svg(figure, "score by category")
+
+
+@contextlib.contextmanager
+def _charting(chart: str, height: float = 3.6) -> Iterator[Figure]:
+    """A matplotlib figure on the Agg canvas (no pyplot, no global backend), with the report's settings.
+
+    Text is SVG text (``svg.fonttype: none``), escaped by matplotlib's SVG writer and not
+    parsed as mathtext (a ``$`` in a recipe name is a dollar); ids are salted per chart, so
+    that the charts of one page never share a marker or clip-path id.
+    """
+    try:
+        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError(_NEEDS_EXTRA) from None
+    settings = matplotlib.rc_context(
+        {"svg.fonttype": "none", "svg.hashsalt": chart, "text.parse_math": False, "font.size": 10}
     )
-    height = 40 + len(categories) * row_height
-    return (
-        f'<h3>Score by category (1-10)</h3><svg width="{width}" height="{height}">'
-        f'<text x="0" y="16" font-size="13">{legend}</text>{"".join(lines)}</svg>'
-    )
+    with settings, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+        figure = Figure(figsize=(7.6, height), layout="constrained")
+        FigureCanvasAgg(figure)
+        yield figure
 
 
-def _alpaca_notes(run: dict[str, Any]) -> str:
-    if run.get("win_rate") is None:
-        return ""
-    items = [
-        f"win rate {fmt(run.get('win_rate'))} ± {fmt(run.get('standard_error'))}",
-        f"LC win rate {fmt(run.get('length_controlled_win_rate'))} ({html.escape(str(run.get('lc_method', '-')))})",
-        f"judge {html.escape(str(run.get('judge')))}: {html.escape(str(run.get('judge_method')))}",
-        f"unparsable judgments: {run.get('unparsable_judgments', 0)}",
-    ]
-    return f'<p class="note"><b>{html.escape(run.get("recipe", "?"))}</b>: ' + "; ".join(items) + "</p>"
-
-
-def _flips(run: dict[str, Any]) -> str:
-    comparison = run["comparison"]
-
-    def ids(key: str) -> str:
-        values = comparison[key]
-        return f"{len(values)} ({html.escape(', '.join(map(str, values[:20])))})"
-
-    return (
-        f'<p class="note"><b>{html.escape(run.get("recipe", "?"))}</b> vs baseline '
-        f"<b>{html.escape(str(comparison.get('baseline')))}</b> on {comparison['compared']} questions: "
-        f"accuracy {fmt(run.get('score'))} vs {fmt(comparison.get('baseline_accuracy'))}; "
-        f"right→wrong {ids('right_to_wrong')}, wrong→right {ids('wrong_to_right')}; "
-        f"exact McNemar p = {comparison['mcnemar_p']:.4g}</p>"
-    )
+def _svg(figure: Figure, label: str) -> Markup:
+    """The figure as inline SVG: no XML prolog or DOCTYPE, no metadata (the one trusted HTML of the page)."""
+    out = io.StringIO()
+    figure.savefig(out, format="svg", metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
+    text = out.getvalue()
+    svg = text[text.index("<svg") :].replace("<svg ", f'<svg role="img" aria-label="{label}" ', 1)
+    return Markup(svg)  # matplotlib escaped every text in it
