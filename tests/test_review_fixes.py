@@ -283,3 +283,32 @@ def test_moa_run_with_a_surrogate_in_argv_exits_2(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "moa", "run", b"caf\xe9 ok".decode("utf-8", "surrogateescape")],
                           capture_output=True, text=True, env=env, errors="replace")  # fmt: skip
     assert done.returncode == 2 and "undecodable byte" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_report_on_odd_folders_and_paths_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for content, message in [("{ torn", "cannot be read"), ("[1, 2]", "is not a moa summary")]:
+        (run / "summary.json").write_text(content)
+        assert main(["eval", "report", str(run), "--html", str(tmp_path / "r.html")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    (run / "summary.json").write_text('{"benchmark": "qa", "recipe": "r", "score": 50.0}')
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    assert main(["eval", "report", str(run), "--html", str(folder)]) == 1
+    assert f"cannot write {folder}" in capsys.readouterr().err
+
+
+def test_a_judge_whose_every_verdict_is_unparsable_gives_no_score_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with LoopbackServer(responder=lambda body, i: "I cannot decide." if body["model"] == "gpt-4o" else f"r{i}") as s:
+        out = tmp_path / "o"
+        assert main(["eval", "alpacaeval", "--recipe", str(recipe(s, tmp_path / "r.yaml")), "--data",
+                     str(FIXTURES / "alpaca_eval_set.json"), "--out", str(out), "--judge", "openai/gpt-4o",
+                     "--judge-prompt", str(FIXTURES / "alpaca_judge_prompt.txt"), "--no-logprobs",
+                     "--judge-set", f"api_base={s.base_url}"]) == 1  # fmt: skip
+        assert "no score: not one judgment could be parsed" in capsys.readouterr().err
+        summary = json.loads((out / "summary.json").read_text())  # standard JSON: null, never NaN
+        assert summary["score"] is None and summary["win_rate"] is None and summary["unparsable_judgments"] == 4

@@ -167,6 +167,7 @@ def _run(args: argparse.Namespace, name: str) -> int:
     from moa.eval import BENCHMARKS, EvalContext
     from moa.eval._common import check_reuse, load_reuse
     from moa.eval._identity import generation_identity, judge_identity
+    from moa.eval._lc import check_installed as check_lc_installed
     from moa.eval._lc import read_lc_data
     from moa.eval._out import OutDir
     from moa.eval._store import Checkpoint
@@ -180,6 +181,8 @@ def _run(args: argparse.Namespace, name: str) -> int:
             f"after it to run; {recipe.name!r} has only one"
         )
     judge = benchmark.judge_setup(options)
+    if judge is not None and name == "alpacaeval":
+        check_lc_installed()  # the LC win rate is fitted after judging: a missing extra fails now, not then
     if options.lc_data and judge is None:
         raise ConfigError("--lc-data is used when judging: add --judge MODEL --judge-prompt FILE")
     lc_data = read_lc_data(options.lc_data) if options.lc_data else None  # a bad file fails before any call

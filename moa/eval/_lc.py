@@ -216,6 +216,14 @@ def is_extreme_change(raw: float, lc: float) -> bool:
     return too_small or too_large
 
 
+def check_installed() -> None:
+    """Raise the ``ConfigError`` the fit would raise without the eval extra, before any call is paid for."""
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is None or importlib.util.find_spec("numpy") is None:
+        raise ConfigError(_NEEDS_EXTRA)
+
+
 def _fit(
     preferences: Sequence[float | None],
     deltas: Sequence[int],

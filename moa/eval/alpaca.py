@@ -13,6 +13,7 @@ standard error, and a length-controlled win rate.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -275,7 +276,8 @@ def alpaca_metrics(annotations: list[dict[str, Any]], lc_data: _lc.LCData | None
     )
     metrics["score"] = lc.win_rate if lc else rate.win_rate
     metrics["score_name"] = "LC win rate" if lc and lc.exact else "LC win rate (approx.)" if lc else "win rate"
-    return metrics
+    # No parsable judgment: the means are of nothing, so they are unknown (None), never NaN.
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
 
 
 def _judge_method(methods: list[str], valid: int) -> str:
@@ -336,8 +338,10 @@ class AlpacaEval:
             return []
         lc = summary.get("length_controlled_win_rate")
         lc_text = f"{lc:.2f} [{summary['lc_method']}]" if lc is not None else summary["lc_method"]
+        error = summary.get("standard_error")
+        spread = f" ± {error:.2f}" if error is not None else " (one judgment: no standard error)"
         return [
-            f"win rate {summary['win_rate']:.2f} ± {summary['standard_error']:.2f}; LC win rate {lc_text}; "
+            f"win rate {summary['win_rate']:.2f}{spread}; LC win rate {lc_text}; "
             f"judge: {summary['judge_method']}; unparsable: {summary['unparsable_judgments']}"
         ]
 

@@ -35,7 +35,11 @@ from moa.eval._store import write_jsonl
 from moa.eval.benchmark import EvalOptions, JudgeSetup
 
 RESULTS_FILE = "qa_results.jsonl"
-_NUMBER = re.compile(r"[-+]?\d[\d,]*\.?\d*(?:[eE][-+]?\d+)?")
+# A number as written in prose: an optional sign (not after a letter or digit: "5-3" is no -3), thousands
+# grouped by commas only in threes ("1,2,3" is three numbers), decimals, an exponent; not glued to letters.
+_NUMBER = re.compile(
+    r"(?<![\w.,])(?:(?<![\w-])[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?<=\d)(?:[eE][-+]?\d+)?(?![\w]|[.,]\d)"
+)
 
 
 def read_questions(path: Path) -> list[dict[str, Any]]:
@@ -79,15 +83,21 @@ def _good_answer(answer: Any) -> bool:
 
 
 def is_correct(output: str, row: dict[str, Any]) -> bool:
-    """Whole-word (case-insensitive) or same-number match of any answer, or a regex search."""
+    """A regex search; else any answer found: a number as the same number, a word as a whole word.
+
+    A numeric answer matches only a number of the same value (``1,024`` = ``1024`` =
+    ``1024.0``), never part of another one (``5`` is not in ``-5``, ``5.5`` or ``5,000``).
+    Other answers match as whole words, case-insensitive.
+    """
     if "regex" in row:
         return re.search(row["regex"], output) is not None
     numbers = {_as_number(m) for m in _NUMBER.findall(output)}
     for answer in row["answers"]:
         value = _as_number(str(answer))
-        if value is not None and value in numbers:
-            return True
-        if re.search(rf"(?<!\w){re.escape(str(answer))}(?!\w)", output, re.IGNORECASE):
+        if value is not None:
+            if value in numbers:
+                return True
+        elif re.search(rf"(?<!\w){re.escape(str(answer))}(?!\w)", output, re.IGNORECASE):
             return True
     return False
 

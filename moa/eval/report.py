@@ -38,7 +38,12 @@ def load_runs(directories: list[Path]) -> list[dict[str, Any]]:
         path = directory / SUMMARY_FILE
         if not path.exists():
             raise DataError(f"{directory} has no {SUMMARY_FILE}: is it the --out folder of a `moa eval` run?")
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path} cannot be read: {exc}") from None
+        if not isinstance(summary, dict):
+            raise DataError(f"{path} is not a moa summary (a JSON object expected)")
         summary["directory"] = str(directory)
         runs.append(summary)
     return runs

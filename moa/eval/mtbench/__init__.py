@@ -192,9 +192,13 @@ class MTBench:
     def describe(self, summary: dict[str, Any], stats: RunStats, judged: bool) -> list[str]:
         if not judged:
             return []
+
+        def shown(value: float | None) -> str:
+            return "unknown" if value is None else f"{value:.2f}"
+
         return [
-            f"MT-Bench score {summary['score']}; turn 1 {summary['score_turn_1']}, turn 2 "
-            f"{summary['score_turn_2']}; unparsable ratings: {summary['unparsable_judgments']}"
+            f"MT-Bench score {shown(summary['score'])}; turn 1 {shown(summary['score_turn_1'])}, turn 2 "
+            f"{shown(summary['score_turn_2'])}; unparsable ratings: {summary['unparsable_judgments']}"
         ]
 
     def output_file(self, summary: dict[str, Any]) -> str:

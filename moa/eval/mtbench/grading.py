@@ -94,7 +94,7 @@ def build_judge_prompt(
             values.update(ref_answer_1=reference[0], ref_answer_2=reference[1] if len(reference) > 1 else "")
     try:
         user = prompt["prompt_template"].format(**values)
-    except (KeyError, IndexError) as exc:
+    except (KeyError, IndexError, ValueError) as exc:  # a value moa does not have, or a stray brace
         raise DataError(f"judge prompt {name!r} needs a value moa does not have: {exc}") from exc
     return name, str(prompt.get("system_prompt", "")), user
 
