@@ -170,7 +170,10 @@ def _printf_size(template: str | bytes, args: object, limit: int) -> int:
         if conversion == "%":
             continue
         for part in (width, precision):
-            total += _count(take()) if part == "*" else int(part or 0)
+            if part != "*":
+                total += int(part or 0)
+            elif isinstance(star := take(), int):
+                total += abs(star)  # a negative `*` width left-justifies: it pads as far as its absolute value
         value = mapping.get(key[1:-1]) if key and mapping is not None else take()
         total += _chars(value, limit)
     return total

@@ -1,0 +1,256 @@
+"""Stage kinds, exactly: the messages each agent receives, what streams, and the worst case each stage plans.
+
+Written against the mutants of ``moa/_stages`` that survived the rest of the suite
+(``benchmarks/mutation_score.py``).  The templates below print ``layer`` and ``step`` as runs of
+three characters each, so a wrong layer or step changes a prompt by a whole token.
+
+Token counts follow ``moa._call.cost``: (characters + 16 per message) // 3 + 1, plus the tokens of
+the earlier outputs quoted in the prompt (their characters are not counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from virtual_clock import run_virtual
+
+import moa
+from moa import BudgetExceeded, CallbackError, Limiter, QuorumError, RequestRejectedError, RetryPolicy, Usage
+from moa._call import Budget, Caller, CallRefused, Tracer, plan_layer
+from moa._call.trace import CallRecord
+from moa._engine import run_worst_case
+from moa._stages import StageContext
+from moa.testing import FakeProvider
+
+#: The most tokens each model answers (the worst case of a call without ``max_tokens``).
+LIMITS = {"openai/a": 7, "openai/b": 5, "openai/f": 9, "openai/s": 11, "openai/free": 3}
+AGGREGATE = "L{{ 'x' * (3 * layer) }}{% for r in responses %}[{{ r }}]{% endfor %}"
+SEQ = "L{{ 'x' * (3 * layer) }}S{{ 'y' * (3 * step) }}{% for r in responses %}[{{ r }}]{% endfor %}"
+USER = {"role": "user", "content": "Q"}
+
+
+class PricedFake(FakeProvider):
+    """Every call costs $1 a prompt token (so a worst case counts tokens); notes every price asked."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.priced: list[tuple[str, int]] = []
+
+    def worst_case_cost(self, model: str, params: Any, prompt_tokens: int) -> float | None:
+        self.priced.append((model, prompt_tokens))
+        return None if model == "openai/free" else float(prompt_tokens)
+
+    def max_output_tokens(self, model: str) -> int:
+        return LIMITS[model]
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "agg.j2").write_text(AGGREGATE)
+    (tmp_path / "seq.j2").write_text(SEQ)
+    return {"aggregate": str(tmp_path / "agg.j2"), "seq": str(tmp_path / "seq.j2")}
+
+
+def aggregate_recipe(templates: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": "agg",
+        "layers": [
+            {"kind": "propose", "agents": [{"model": "openai/a", "system": "SA"}, {"model": "openai/b"}]},
+            {
+                "kind": "aggregate",
+                "agents": [{"model": "openai/f", "system": "SF"}],
+                "template": templates["aggregate"],
+            },
+            {"kind": "aggregate", "agents": [{"model": "openai/a"}], "template": templates["aggregate"]},
+        ],
+    }
+
+
+def seq_recipe(templates: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": "seq",
+        "retry": {"max_attempts": 1},
+        "layers": [
+            {
+                "kind": "propose",
+                "agents": [{"model": "openai/a", "system": "SA"}, {"model": "openai/b"}, {"model": "openai/f"}],
+            },
+            {
+                "kind": "aggregate_seq",
+                "agents": [{"model": "openai/s", "system": "SS"}],
+                "window": 2,
+                "template": templates["seq"],
+            },
+            {"kind": "aggregate", "agents": [{"model": "openai/a"}], "template": templates["aggregate"]},
+        ],
+    }
+
+
+# --- what each agent receives, and what streams ----------------------------------------------------------------
+
+
+async def test_each_agent_gets_its_own_system_prompt_and_the_layers_block(templates: dict[str, str]) -> None:
+    fake = FakeProvider(replies={"openai/a": ["ra", "final"], "openai/b": ["rb"], "openai/f": ["rf"]})
+    tokens: list[str] = []
+    result = await moa.run("Q", aggregate_recipe(templates), provider=fake, on_token=tokens.append)
+    requests = [r.messages for r in fake.requests]
+    assert requests[:2] == [[{"role": "system", "content": "SA"}, USER], [USER]]
+    assert requests[2] == [{"role": "system", "content": "SF\n\nLxxxxxx[ra][rb]"}, USER]
+    assert requests[3] == [{"role": "system", "content": "Lxxxxxxxxx[rf]"}, USER]
+    assert result.output == "final" and "".join(tokens) == "final"  # only the last layer streams
+
+
+async def test_a_single_propose_layer_streams_its_answer() -> None:
+    tokens: list[str] = []
+    fake = FakeProvider(replies={"openai/a": ["the only answer"]})
+    recipe = {"name": "one", "layers": [{"kind": "propose", "agents": [{"model": "openai/a"}]}]}
+    await moa.run("Q", recipe, provider=fake, on_token=tokens.append)
+    assert "".join(tokens) == "the only answer"
+
+
+async def test_aggregate_seq_folds_the_inputs_in_window_by_window(templates: dict[str, str]) -> None:
+    replies: dict[str, list[Any]] = {"openai/a": ["ra", "end"], "openai/b": ["rb"], "openai/f": ["rf"]}
+    fake = PricedFake(replies={**replies, "openai/s": ["s1", "s2"]})
+    tokens: list[str] = []
+    seq = seq_recipe(templates)
+    seq["layers"] = seq["layers"][:2]  # the synthesis is the answer
+    result = await moa.run("Q", seq, provider=fake, on_token=tokens.append, max_cost_usd=1000)
+    steps = [r.messages for r in fake.to_model("openai/s")]
+    assert steps == [
+        [{"role": "system", "content": "SS\n\nLxxxxxxSyyy[ra][rb]"}, USER],
+        [{"role": "system", "content": "SS\n\nLxxxxxxSyyyyyy[s1][rf]"}, USER],
+    ]
+    assert result.output == "s2" and "".join(tokens) == "s2"  # only the last step streams
+    # What each step's call reserved: its prompt with the quoted answers counted as their tokens (1 word each).
+    # Step 1: (4 + 19 + 16 + 17 - 4 quoted characters) // 3 + 1 + 2 tokens; step 2 likewise, 3 characters longer.
+    assert [tokens for model, tokens in fake.priced if model == "openai/s"][-2:] == [20, 21]
+
+
+# --- when a step or a call cannot go on ------------------------------------------------------------------------
+
+
+def layer_context(recipe: dict[str, Any], index: int, provider: Any, **options: Any) -> StageContext:
+    loaded = moa.load_recipe(recipe)
+    caller = Caller(provider, Limiter(), Tracer(None), RetryPolicy(max_attempts=1), **options)
+    return StageContext(index, loaded.layers[index], [USER], plan_layer(loaded, index), caller)
+
+
+def inputs(*texts: str) -> list[moa.AgentOutput]:
+    spec = plan_layer(
+        moa.load_recipe({"name": "p", "layers": [{"kind": "propose", "agents": [{"model": "openai/a"}]}]}), 0
+    )[0]
+    return [Tracer(None).finished(CallRecord(spec, []), text, Usage(completion_tokens=1), 0.0, None) for text in texts]
+
+
+async def test_a_refused_step_ends_the_layer_with_the_steps_so_far(templates: dict[str, str]) -> None:
+    fake = PricedFake(replies={"openai/s": ["s1"]})
+    # Step 1 reserves 20 (its prompt tokens, see above) and costs nothing; step 2 would need 21.
+    ctx = layer_context(seq_recipe(templates), 1, fake, pricing=fake, budget=Budget(20.0))
+    with pytest.raises(BudgetExceeded) as info:
+        await moa._stages.STAGES["aggregate_seq"].run(ctx, inputs("ra", "rb", "rf"))
+    assert str(info.value) == (
+        "layer 2, step 2: not started: its worst case $21.0000 would pass the budget of $20 "
+        "(spent $0.0000, $0.0000 held by work in flight)"
+    )
+    assert [(o.step, o.text, o.error.type if o.error else None) for o in ctx.recorded] == [
+        (1, "s1", None),
+        (2, None, "BudgetExceeded"),
+    ]
+
+
+async def test_a_failed_step_fails_the_layer_naming_how_far_it_got(templates: dict[str, str]) -> None:
+    fake = FakeProvider(replies={"openai/s": ["s1", RequestRejectedError("bad request", status_code=400)]})
+    ctx = layer_context(seq_recipe(templates), 1, fake)
+    with pytest.raises(QuorumError) as info:
+        await moa._stages.STAGES["aggregate_seq"].run(ctx, inputs("ra", "rb", "rf"))
+    error = info.value
+    assert (error.layer, error.needed, error.succeeded, error.planned) == (2, 2, 1, 2)
+    assert str(error).startswith("layer 2 failed: 1 of 2 calls succeeded, min_success is 2; causes:\n  - Request")
+    assert [type(f).__name__ for f in error.failures] == ["RequestRejectedError"]
+    assert [(o.step, o.ok) for o in error.outputs] == [(1, True), (2, False)]
+    assert ctx.recorded == error.outputs
+
+
+def two_agents(min_success: int | None = None) -> dict[str, Any]:
+    layer: dict[str, Any] = {"kind": "propose", "agents": [{"model": "openai/a"}, {"model": "openai/b"}]}
+    if min_success is not None:
+        layer["min_success"] = min_success
+    return {"name": "two", "layers": [layer, {"kind": "aggregate", "agents": [{"model": "openai/f"}]}]}
+
+
+async def test_a_refused_call_lets_the_calls_in_flight_finish() -> None:
+    ctx = layer_context(two_agents(), 0, FakeProvider())
+    first = ctx.specs
+    refusal = Tracer(None).refused(CallRecord(first[1], []), "not started: no money left")
+    go = asyncio.Event()
+
+    async def in_flight() -> moa.AgentOutput:
+        await go.wait()
+        return inputs("done")[0]
+
+    async def refused() -> moa.AgentOutput:
+        go.set()
+        raise CallRefused(refusal)
+
+    with pytest.raises(BudgetExceeded) as info:
+        await ctx.fanout([(first[0], in_flight), (first[1], refused)])
+    assert str(info.value) == "layer 1: not started: no money left; 1 call(s) not started"
+    assert [(o.text, o.ok) for o in ctx.recorded] == [("done", True), (None, False)]
+
+
+def test_a_failing_callback_cancels_the_other_calls_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = two_agents(min_success=1)
+    specs = plan_layer(moa.load_recipe(recipe), 0)
+    cancelled: list[str] = []
+
+    async def main() -> float:
+        ctx = layer_context(recipe, 0, FakeProvider())
+
+        async def slow() -> moa.AgentOutput:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.append("slow")
+                raise
+            return inputs("late")[0]
+
+        async def broken() -> moa.AgentOutput:
+            raise CallbackError("on_token", ValueError("boom"))
+
+        with pytest.raises(CallbackError):
+            await ctx.fanout([(specs[0], slow), (specs[1], broken)])
+        return asyncio.get_running_loop().time()
+
+    assert run_virtual(main(), monkeypatch) == 0.0
+    assert cancelled == ["slow"]
+
+
+# --- worst cases -------------------------------------------------------------------------------------------------
+
+
+def test_the_plan_prices_every_call_at_its_longest(templates: dict[str, str]) -> None:
+    # Layer 1: a: (2 + 16 + 1 + 16) // 3 + 1 = 12; b: (1 + 16) // 3 + 1 = 6.
+    # Layer 2: f sees "SF\n\nLxxxxxx[][]" (15 characters) and a's 7 + b's 5 tokens: (15 + 16 + 17) // 3 + 1 + 12 = 29.
+    # Layer 3: a sees "Lxxxxxxxxx[]" (12 characters) and f's 9 tokens: (12 + 16 + 17) // 3 + 1 + 9 = 25.
+    plans = moa.plan(aggregate_recipe(templates), "Q", provider=PricedFake())
+    assert [p.worst_case_usd for p in plans] == [18.0, 29.0, 25.0]
+
+
+def test_the_plan_prices_every_step_of_aggregate_seq(templates: dict[str, str]) -> None:
+    # Layer 1: a 12, b 6, f 6.  Layer 2, step 1: "SS\n\nLxxxxxxSyyy[][]" (19) with a's 7 + b's 5 tokens:
+    # (19 + 16 + 17) // 3 + 1 + 12 = 30; step 2: "SS\n\nLxxxxxxSyyyyyy[][]" (22) with s's 11 + f's 9:
+    # (22 + 16 + 17) // 3 + 1 + 20 = 39.  Layer 3: "Lxxxxxxxxx[]" (12) with the synthesis' 11: 15 + 1 + 11 = 27.
+    plans = moa.plan(seq_recipe(templates), "Q", provider=PricedFake())
+    assert [p.worst_case_usd for p in plans] == [24.0, 69.0, 27.0]
+
+
+def test_an_unpriced_model_makes_its_layer_and_the_run_unknown_and_is_named(templates: dict[str, str]) -> None:
+    recipe = aggregate_recipe(templates)
+    recipe["layers"][0]["agents"].append({"model": "openai/free"})
+    plans = moa.plan(recipe, "Q", provider=PricedFake())
+    assert [p.worst_case_usd for p in plans] == [None, 32.0, 25.0]  # free's 3 tokens reach layer 2
+    total, unpriced = run_worst_case(PricedFake(), moa.load_recipe(recipe), [USER])
+    assert (total, unpriced) == (None, ["openai/free"])
