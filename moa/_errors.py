@@ -18,6 +18,7 @@ MoAError
     ├── QuorumError        a layer had fewer successes than its ``min_success``
     ├── BudgetExceeded     the run's ``max_cost_usd`` would be passed (carries ``.partial``)
     ├── DeadlineExceeded   the run's ``deadline_s`` passed (carries ``.partial``)
+    ├── VerificationError  a ``verify`` stage: nothing passed, repairs and fallbacks included (``.partial``)
     └── CallbackError      the caller's ``on_event`` / ``on_token`` raised (carries ``.partial``)
 ```
 
@@ -218,6 +219,27 @@ class _Partial(RunError):
 
 class BudgetExceeded(_Partial):
     """The run's budget would be passed: no new call started, calls in flight finished."""
+
+
+class VerificationError(_Partial):
+    """A ``verify`` stage ended with no answer passing its checks, repairs and fallbacks included.
+
+    ``failures`` holds, for each answer checked (and each repair or fallback
+    call that failed), in order, why it did not pass; ``partial`` is the trace
+    with every verdict.
+    """
+
+    def __init__(self, layer: int, checked: int, failures: Sequence[str]) -> None:
+        super().__init__(
+            f"layer {layer} (verify): none of the {checked} answers checked passed"
+            + "".join(f"\n  attempt {n}:\n" + _indent(why, "    ") for n, why in enumerate(failures, start=1))
+        )
+        self.layer = layer
+        self.failures = list(failures)
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
 
 
 class DeadlineExceeded(_Partial):

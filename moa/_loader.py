@@ -122,16 +122,29 @@ def _validate(data: dict[str, Any], label: str, base_dir: Path | None) -> Recipe
 
 def error_lines(exc: pydantic.ValidationError) -> list[tuple[str, str]]:
     """(field path, message) for each problem, values shown only where they cannot be secrets."""
-    return [(_field_path(e["loc"]), _message(e)) for e in exc.errors()]
+    return [(_field_path(e["loc"]) + _tag_field(e), _message(e)) for e in exc.errors()]
+
+
+def _tag_field(error: Any) -> str:
+    """``.kind`` (or ``.type``) for an unknown tag: the path names the field that is wrong."""
+    if error["type"] != "union_tag_invalid":
+        return ""
+    return "." + _TAG_NAMES.get(str(error.get("ctx", {}).get("discriminator", "")).strip("'()"), "kind")
+
+
+_TAGGED = ("layers", "checks")
+_TAG_NAMES = {"kind_of": "kind", "_check_type": "type"}  # lists of a union told apart by a tag (`kind`, `type`) pydantic puts in paths
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
     path = ""
-    for part in loc:
+    for position, part in enumerate(loc):
         if isinstance(part, int):
             path += f"[{part}]"
         elif "[" in part or part.startswith("function-"):
             continue  # pydantic's internal validator labels
+        elif position >= 2 and isinstance(loc[position - 1], int) and loc[position - 2] in _TAGGED:
+            continue  # the union member's tag: `layers.0.vote.pattern` is `layers[0].pattern`
         else:
             path += f".{part}" if path else part
     return path
@@ -143,6 +156,14 @@ def _message(error: Any) -> str:
         return "unknown key (check its spelling; `moa schema` lists every field)"
     if error["type"] == "missing":
         return "required field is missing"
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        ctx = error.get("ctx", {})
+        tag = _TAG_NAMES.get(str(ctx.get("discriminator", "")).strip("'()"), "kind")
+        expected = str(ctx.get("expected_tags", "")).replace("'", "")
+        got = ctx.get("tag")
+        if got is not None:
+            return f"unknown {tag} {got!r}; known: {expected}"
+        return f"`{tag}` is missing: every entry says which one it is"
     value = error.get("input")
     private = any(isinstance(part, str) and (part == "extra" or is_secret_name(part)) for part in error["loc"])
     if not private and error["type"] not in {"value_error", "assertion_error"} and isinstance(value, str | int | float):

@@ -25,14 +25,15 @@ from moa._errors import (
     MissingAPIKeyError,
     QuorumError,
     UnpricedModelError,
+    VerificationError,
 )
 from moa._limits import Limiter
 from moa._prompt import Message
 from moa._provider import Preflight, Provider, TokenCallback
-from moa._stages import STAGES, StageContext
+from moa._stages import StageContext, stage_of
 from moa.events import EventCallback
 from moa.recipe import CallParams, Recipe
-from moa.result import AgentOutput, LayerResult, MoAResult, Usage
+from moa.result import AgentOutput, Candidate, LayerResult, MoAResult, Usage
 
 from .planning import run_worst_case
 
@@ -103,8 +104,8 @@ class Engine:
         """The most this run can cost (every call at its limit); None when a model has no known price."""
         if self._pricing is None:
             return None
-        passed = STAGES[reuse[-1].kind].passed_on(reuse[-1]) if reuse else []
-        reused = embedded((o.text, o.usage.completion_tokens) for o in passed)
+        passed = reuse[-1].passed_on() if reuse else []
+        reused = embedded((c.text, c.completion_tokens) for c in passed)
         total, _ = run_worst_case(
             self._pricing, self.recipe, conversation, self.overrides, start=len(reuse), reused_outputs=reused
         )
@@ -163,22 +164,22 @@ class Engine:
         last = len(self.recipe.layers) - 1
         if len(reuse) > last:
             raise ConfigError(f"can reuse at most {last} layers of this recipe (the last must run), got {len(reuse)}")
-        inputs: list[AgentOutput] = []
-        for cached in reuse:  # layers answered before: their outputs feed the next layer, no calls
+        inputs: list[Candidate] = []
+        for cached in reuse:  # layers answered before: what they passed on feeds the next layer, no calls
             layers.append(cached)
-            inputs = STAGES[cached.kind].passed_on(cached)
+            inputs = cached.passed_on()
         for index in range(len(reuse), last + 1):
             layer = self.recipe.layers[index]
-            stage = STAGES[layer.kind]
-            ctx = StageContext(
-                index, layer, conversation, self._specs[index], caller, self.on_token if index == last else None
-            )
+            on_token = self.on_token if index == last else None
+            ctx = StageContext(index, layer, conversation, self._specs[index], caller, on_token, all_specs=self._specs)
             self._stage = ctx
             self._tracer.layer_started(index + 1)
             layer_started = time.perf_counter()
             try:
-                outputs = await stage.run(ctx, inputs)
-            except (QuorumError, BudgetExceeded, CallbackError) as exc:
+                outcome = await stage_of(layer).run(ctx, inputs)
+                if not outcome.candidates:
+                    raise QuorumError(index + 1, 1, 0, len(ctx.recorded), [], ctx.recorded)
+            except (QuorumError, BudgetExceeded, CallbackError, VerificationError) as exc:
                 recorded = exc.outputs if isinstance(exc, QuorumError) else ctx.recorded
                 layers.append(_layer(index, layer.kind, recorded, layer_started))
                 exc.partial = self._result(conversation, layers, started, output="")
@@ -188,10 +189,10 @@ class Engine:
                 raise
             finally:
                 self._stage = None
-            layers.append(_layer(index, layer.kind, outputs, layer_started))
-            self._tracer.layer_finished(index + 1)
-            inputs = stage.passed_on(layers[-1])
-        return self._result(conversation, layers, started, output=inputs[0].text or "")
+            layers.append(_layer(index, layer.kind, ctx.recorded, layer_started, outcome.candidates, outcome.considered))
+            self._tracer.layer_finished(index + 1, layers[-1])
+            inputs = outcome.candidates
+        return self._result(conversation, layers, started, output=inputs[0].text)
 
     def _result(self, conversation: list[Message], layers: list[LayerResult], started: float, output: str) -> MoAResult:
         calls = [call for layer in layers for call in layer.outputs]
@@ -211,7 +212,19 @@ class Engine:
         )
 
 
-def _layer(index: int, kind: str, outputs: Sequence[AgentOutput], started: float) -> LayerResult:
+def _layer(
+    index: int,
+    kind: str,
+    outputs: Sequence[AgentOutput],
+    started: float,
+    candidates: Sequence[Candidate] = (),
+    considered: Sequence[Candidate] = (),
+) -> LayerResult:
     return LayerResult.model_construct(  # built from checked values: no re-validation
-        index=index + 1, kind=kind, outputs=list(outputs), latency_s=time.perf_counter() - started
+        index=index + 1,
+        kind=kind,
+        outputs=list(outputs),
+        latency_s=time.perf_counter() - started,
+        candidates=list(candidates),
+        considered=list(considered),
     )

@@ -6,9 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moa.cli._common import EXIT_FAILED, EXIT_OK, print_columns, visible
+
+if TYPE_CHECKING:
+    from moa.recipe import Layer
 
 
 def add_parser(commands: Any) -> None:
@@ -66,6 +69,7 @@ def show_command(args: argparse.Namespace) -> int:
 
     from moa._engine import plan
     from moa._loader import load_recipe
+    from moa.recipe import AgentLayer
 
     recipe = load_recipe(args.name)
     console = Console(highlight=False)
@@ -74,11 +78,12 @@ def show_command(args: argparse.Namespace) -> int:
     console.print(f"{len(recipe.layers)} layers, {recipe.calls_per_query} calls per query\n")
     previous = 0
     for layer_plan, layer in zip(plan(recipe), recipe.layers, strict=True):
+        quorum = layer.min_success if isinstance(layer, AgentLayer) else None
         console.print(
-            f"[bold cyan]Layer {layer_plan.index}[/bold cyan] · {layer.kind} · {layer_plan.calls} calls"
-            + (f" · quorum {layer.min_success}" if layer.min_success else "")
+            f"[bold cyan]Layer {layer_plan.index}[/bold cyan] · {layer.kind} · {_calls(layer_plan.calls, layer)}"
+            + (f" · quorum {quorum}" if quorum else "")
         )
-        for agent in layer.agents:
+        for agent in layer.call_agents():
             settings = {
                 **recipe.defaults.model_dump(exclude_none=True, exclude={"extra"}),
                 **agent.model_dump(exclude_none=True, exclude={"model", "name", "system", "n", "extra"}),
@@ -90,21 +95,17 @@ def show_command(args: argparse.Namespace) -> int:
             console.print(f"  - {label}{times}  [dim]{rest}[/dim]", soft_wrap=True)
             if agent.system:
                 console.print(f"    system prompt: {escape(visible(repr(agent.system)))}")
-        if layer_plan.index == 1:
-            console.print("  each gets: the conversation unchanged (after its own system prompt, if any)")
-        elif layer.kind == "aggregate_seq":
-            console.print(
-                f"  folds the {previous} previous outputs {layer.effective_window} at a time; each step's "
-                "system message carries the synthesis so far and the next outputs"
-            )
-        else:
-            console.print(
-                f"  each gets: the conversation, with the previous layer's {previous} outputs rendered "
-                f"by {escape(str(layer_plan.template))} appended to the system message; user turns unchanged"
-            )
-        previous = 1 if layer.kind == "aggregate_seq" else layer_plan.calls
+        for line in layer.describe(previous):
+            console.print(f"  {escape(visible(line))}", soft_wrap=True)
+        previous = layer.outputs(previous)
         console.print()
     return EXIT_OK
+
+
+def _calls(calls: int, layer: Layer) -> str:
+    """Its call count; "at most" when repairs, escalations or extractions may not all happen."""
+    words = f"{calls} call{'s' if calls != 1 else ''}"
+    return f"at most {words}" if layer.calls_vary else words
 
 
 def validate_command(args: argparse.Namespace) -> int:
