@@ -35,13 +35,15 @@ if TYPE_CHECKING:
         RunError,
         TemplateError,
         UnpricedModelError,
+        VerificationError,
     )
     from moa._limits import Limiter
     from moa._loader import builtin_recipes, load_recipe
     from moa._provider import Completion, Provider, Request
+    from moa._stages import Estimate, EstimateContext, Outcome, Stage, StageContext, register_stage
     from moa.events import Event
     from moa.recipe import Agent, CallParams, Layer, ProviderLimit, Recipe, RetryPolicy, SelfMoA
-    from moa.result import AgentOutput, CallError, LayerResult, MoAResult, Usage
+    from moa.result import AgentOutput, CallError, Candidate, LayerResult, MoAResult, Usage, Verdict
 
 __version__ = "0.1.0"
 
@@ -51,6 +53,7 @@ _EXPORTS = {
     "AgentOutput": "moa.result",
     "BadResponseError": "moa._errors",
     "Budget": "moa._call",
+    "Candidate": "moa.result",
     "BudgetExceeded": "moa._errors",
     "CallError": "moa.result",
     "CallParams": "moa.recipe",
@@ -60,6 +63,8 @@ _EXPORTS = {
     "Completion": "moa._provider",
     "ConfigError": "moa._errors",
     "DeadlineExceeded": "moa._errors",
+    "Estimate": "moa._stages",
+    "EstimateContext": "moa._stages",
     "Event": "moa.events",
     "Layer": "moa.recipe",
     "LayerPlan": "moa._engine",
@@ -68,6 +73,7 @@ _EXPORTS = {
     "MissingAPIKeyError": "moa._errors",
     "MoAError": "moa._errors",
     "MoAResult": "moa.result",
+    "Outcome": "moa._stages",
     "PromptError": "moa._errors",
     "Provider": "moa._provider",
     "ProviderError": "moa._errors",
@@ -82,12 +88,17 @@ _EXPORTS = {
     "RetryPolicy": "moa.recipe",
     "RunError": "moa._errors",
     "SelfMoA": "moa.recipe",
+    "Stage": "moa._stages",
+    "StageContext": "moa._stages",
     "TemplateError": "moa._errors",
     "UnpricedModelError": "moa._errors",
     "Usage": "moa.result",
+    "Verdict": "moa.result",
+    "VerificationError": "moa._errors",
     "builtin_recipes": "moa._loader",
     "load_recipe": "moa._loader",
     "plan": "moa._engine",
+    "register_stage": "moa._stages",
     "run": "moa._engine",
     "run_sync": "moa._engine",
 }
@@ -106,48 +117,4 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-__all__ = [
-    "Agent",
-    "AgentOutput",
-    "BadResponseError",
-    "Budget",
-    "BudgetExceeded",
-    "CallError",
-    "CallParams",
-    "CallbackError",
-    "CallSite",
-    "CallTimeoutError",
-    "Completion",
-    "ConfigError",
-    "DeadlineExceeded",
-    "Event",
-    "Layer",
-    "LayerPlan",
-    "LayerResult",
-    "Limiter",
-    "MissingAPIKeyError",
-    "MoAError",
-    "MoAResult",
-    "PromptError",
-    "Provider",
-    "ProviderError",
-    "ProviderLimit",
-    "ProviderUnavailableError",
-    "QuorumError",
-    "RateLimitedError",
-    "Recipe",
-    "RecipeError",
-    "Request",
-    "RequestRejectedError",
-    "RetryPolicy",
-    "RunError",
-    "SelfMoA",
-    "TemplateError",
-    "UnpricedModelError",
-    "Usage",
-    "builtin_recipes",
-    "load_recipe",
-    "plan",
-    "run",
-    "run_sync",
-]
+__all__ = sorted(_EXPORTS)  # the one list of public names (the TYPE_CHECKING imports mirror it)

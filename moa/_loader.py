@@ -16,7 +16,7 @@ import yaml
 from moa._errors import RecipeError
 from moa._resources import builtin_names, data_dir
 from moa._secrets import is_secret_name
-from moa.recipe import Recipe
+from moa.recipe import Recipe, registry
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 MAX_RECIPE_BYTES = 1_000_000
@@ -113,6 +113,7 @@ def _check_size(data: Any, label: str) -> None:
 
 
 def _validate(data: dict[str, Any], label: str, base_dir: Path | None) -> Recipe:
+    registry.load_entry_points()  # kinds from installed packages, before the first recipe is validated
     try:
         return Recipe.model_validate(data, context={"base_dir": base_dir})
     except pydantic.ValidationError as exc:

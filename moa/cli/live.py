@@ -136,9 +136,15 @@ class LiveView:
         from moa._stages import Outcome, stage_of
 
         layer = self._recipe.layers[index - 1]
-        for row in self.layers[index - 1].rows.values():
+        entry = self.layers[index - 1]
+        for row in entry.rows.values():
             if row.state == "queued":  # a fallback or repair that was not needed
                 row.state, row.planned = "not needed", 0
+            elif row.planned > 1:  # the plan counted the most it could receive; these are the calls it made
+                row.planned = row.finished + row.failed
+                row.detail = f"{row.finished}/{row.planned}" + (f", {row.failed} failed" if row.failed else "")
+        made = len(result.outputs)
+        entry.title = f"{entry.title.rsplit(' · ', 1)[0]} · {made} call{'s' if made != 1 else ''}"
         self.layers[index - 1].summary = stage_of(layer).summary(
             Outcome(list(result.candidates), list(result.considered)), index
         )
@@ -188,7 +194,7 @@ class LiveView:
             Text(f"calls {sum(r.finished for r in rows)}/{planned}", style="bold"),
             Text(f"failed {sum(r.failed for r in rows)}"),
             Text(f"tokens {sum(r.tokens for r in rows)}"),
-            Text(f"cost {_money(cost)}"),
+            Text(_money(cost) if cost is None else f"cost {_money(cost)}"),
             Text(f"elapsed {time.perf_counter() - self.started:.1f} s"),
         )
         return table

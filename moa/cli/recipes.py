@@ -125,7 +125,8 @@ def validate_command(args: argparse.Namespace) -> int:
 def schema_command(args: argparse.Namespace) -> int:
     import json
 
-    from moa.recipe import Recipe
+    from moa.recipe import Recipe, registry
 
+    registry.load_entry_points()  # kinds from installed packages are part of the schema
     print(json.dumps(Recipe.model_json_schema(), indent=2))
     return EXIT_OK

@@ -154,7 +154,6 @@ class Recipe(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _expand_self_moa(cls, data: Any) -> Any:
-        registry.load_entry_points()
         if isinstance(data, dict) and "stages" in data:
             if "layers" in data:
                 raise ValueError("give either `stages` or `layers` (two names for the same list), not both")

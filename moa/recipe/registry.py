@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = "moa.stages"
 _kinds: dict[str, type[Layer]] = {}
 _listeners: list[Callable[[], None]] = []
 _entry_points_loaded = False
+_entry_point_error: ConfigError | None = None  # raised again on every later load: a broken plugin stays loud
 
 
 def kind_name(config: type[Layer]) -> str:
@@ -67,7 +68,9 @@ def layer_union() -> Any:
 
 def load_entry_points() -> list[str]:
     """Register the kinds installed packages declare (group ``moa.stages``); return their names, once."""
-    global _entry_points_loaded
+    global _entry_points_loaded, _entry_point_error
+    if _entry_point_error is not None:
+        raise _entry_point_error
     if _entry_points_loaded:
         return []
     _entry_points_loaded = True
@@ -78,6 +81,9 @@ def load_entry_points() -> list[str]:
             register = entry.load()
             register()
         except Exception as exc:
-            raise ConfigError(f"the stage kind {entry.name!r} ({entry.value}) cannot be registered: {exc}") from exc
+            _entry_point_error = ConfigError(
+                f"the stage kind {entry.name!r} ({entry.value}) cannot be registered: {type(exc).__name__}: {exc}"
+            )
+            raise _entry_point_error from exc
         loaded.append(entry.name)
     return loaded
