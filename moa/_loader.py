@@ -134,7 +134,10 @@ def _tag_field(error: Any) -> str:
 
 
 _TAGGED = ("layers", "checks")
-_TAG_NAMES = {"kind_of": "kind", "_check_type": "type"}  # lists of a union told apart by a tag (`kind`, `type`) pydantic puts in paths
+_TAG_NAMES = {
+    "kind_of": "kind",
+    "_check_type": "type",
+}  # lists of a union told apart by a tag (`kind`, `type`) pydantic puts in paths
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

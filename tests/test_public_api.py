@@ -32,6 +32,7 @@ def test_type_checking_imports_mirror_the_lazy_exports() -> None:
         alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names
     }
     assert imported == moa._EXPORTS
+    assert sorted(moa.__all__) == sorted(moa._EXPORTS)
 
 
 def test_error_tree_splits_config_from_runtime() -> None:

@@ -98,7 +98,7 @@ def test_registering_wrongly_is_a_clear_error() -> None:
 
     with pytest.raises(moa.ConfigError, match="must be declared as Literal"):
         moa.register_stage(NoLiteral, Longest())
-    with pytest.raises(moa.ConfigError, match="must be an instance of a moa.Stage subclass"):
+    with pytest.raises(moa.ConfigError, match=r"must be an instance of a moa\.Stage subclass"):
         moa.register_stage(LongestLayer, object())  # type: ignore[arg-type]
 
     class Vote(moa.Layer):
@@ -108,7 +108,7 @@ def test_registering_wrongly_is_a_clear_error() -> None:
         moa.register_stage(Vote, Longest())
 
 
-PLUGIN = '''
+PLUGIN = """
 from typing import Literal
 import moa
 
@@ -122,7 +122,7 @@ class Shout(moa.Stage):
 
 def register():
     moa.register_stage(ShoutLayer, Shout())
-'''
+"""
 
 
 @pytest.mark.slow
@@ -133,12 +133,14 @@ def test_an_installed_package_adds_a_kind_through_its_entry_point(tmp_path: Path
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: moa-shout\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[moa.stages]\nshout = moa_shout:register\n")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(textwrap.dedent("""
+    recipe.write_text(
+        textwrap.dedent("""
         name: loud
         layers:
           - {kind: propose, agents: [{model: openai/a}]}
           - {kind: shout, marks: 3}
-    """))
+    """)
+    )
     env_path = str(tmp_path)
     run = [sys.executable, "-c", "import sys, moa; r = moa.run_sync('hi', sys.argv[1], provider=__import__("
            "'moa.testing', fromlist=['x']).FakeProvider()); print(r.output)", str(recipe)]  # fmt: skip

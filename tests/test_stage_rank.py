@@ -66,7 +66,9 @@ async def test_knockout_plays_one_bracket_both_orders(script: Any) -> None:
     replies = {"p1": "fine answer", "p2": "worst answer", "p3": "good answer", "p4": "best answer"}
     server = script({**replies, "j": prefers_quality})
     rank = {"pairs": "knockout", "top_k": 1}
-    result = await moa.run("Q", loopback_recipe(server, layers({"model": "openai/j"}, proposers=4, **rank)), api_key="k")
+    result = await moa.run(
+        "Q", loopback_recipe(server, layers({"model": "openai/j"}, proposers=4, **rank)), api_key="k"
+    )
     assert len(server.completions("j")) == 2 * (4 - 1)
     assert result.layers[1].candidates[0].text == "good answer"
     assert moa.plan(loopback_recipe(server, layers({"model": "openai/j"}, proposers=4, **rank)))[1].calls == 6
@@ -98,7 +100,9 @@ async def test_without_logprobs_the_verdict_is_read_from_the_text(script: Any) -
 
     server = script({"p1": "worst answer", "p2": "best answer", "j": judge})
     rank = {"mode": "pointwise", "logprobs": False}
-    result = await moa.run("Q", loopback_recipe(server, layers({"model": "openai/j"}, proposers=2, **rank)), api_key="k")
+    result = await moa.run(
+        "Q", loopback_recipe(server, layers({"model": "openai/j"}, proposers=2, **rank)), api_key="k"
+    )
     assert all(r.body and "logprobs" not in r.body for r in server.completions("j"))
     assert [c.score for c in result.layers[1].considered] == [0.0, 1.0]
     assert result.layers[1].candidates[0].text == "best answer"

@@ -69,7 +69,7 @@ async def test_a_failed_answer_goes_back_to_its_writer_with_the_failed_checks(sc
     server = script({"p1": writer})
     verify = {"checks": [ANSWER_LINE], "repairs": 2}
     result = await moa.run("How many legs has a spider?", recipe(server, verify), api_key="k")
-    first, repair = server.completions("p1")
+    _, repair = server.completions("p1")
     failures = "- regex: the answer does not match the pattern '(?m)^Answer: \\\\S'"
     assert repair.messages == [
         {"role": "user", "content": "How many legs has a spider?"},

@@ -75,15 +75,41 @@ async def test_layer_finished_events_carry_the_candidates(script: Any) -> None:
 @pytest.mark.parametrize(
     ("name", "lines"),
     [
-        ("self-consistency", ["Layer 2 · vote · 0 calls", "votes over the 8 previous outputs: each answer is read as "
-                              "phrase; the most frequent wins (ties: the earliest)"]),
-        ("blender", ["Layer 2 · rank · 20 calls", "compares every pair of the 5 previous outputs, both orders; the "
-                     "best 3 go on", "verdicts are one token at temperature 0", "previous layer's 3 outputs"]),
-        ("debate", ["Layer 1 · debate · 6 calls", "round 1: each agent answers the conversation",
-                    "round 2: each agent's own conversation continues with the other 2 agents' latest answers"]),
-        ("verify-escalate", ["Layer 2 · verify · at most 5 calls", "checks each of the 1 previous outputs (regex, llm)",
-                             "goes back to the model that wrote it with the failed checks, up to 1 time(s)",
-                             "then escalates to openai/gpt-4o, in turn", "if nothing passes: the run fails"]),
+        (
+            "self-consistency",
+            [
+                "Layer 2 · vote · 0 calls",
+                "votes over the 8 previous outputs: each answer is read as "
+                "phrase; the most frequent wins (ties: the earliest)",
+            ],
+        ),
+        (
+            "blender",
+            [
+                "Layer 2 · rank · 20 calls",
+                "compares every pair of the 5 previous outputs, both orders; the best 3 go on",
+                "verdicts are one token at temperature 0",
+                "previous layer's 3 outputs",
+            ],
+        ),
+        (
+            "debate",
+            [
+                "Layer 1 · debate · 6 calls",
+                "round 1: each agent answers the conversation",
+                "round 2: each agent's own conversation continues with the other 2 agents' latest answers",
+            ],
+        ),
+        (
+            "verify-escalate",
+            [
+                "Layer 2 · verify · at most 5 calls",
+                "checks each of the 1 previous outputs (regex, llm)",
+                "goes back to the model that wrote it with the failed checks, up to 1 time(s)",
+                "then escalates to openai/gpt-4o, in turn",
+                "if nothing passes: the run fails",
+            ],
+        ),
     ],
 )
 def test_recipes_show_explains_who_gets_which_prompt(name: str, lines: list[str], capsys: Any) -> None:

@@ -88,7 +88,9 @@ async def test_llm_extractor_gets_each_answer_with_the_question_and_failures_do_
     sent = server.completions("x")
     assert len(sent) == 5 and len(server.completions()) == 10
     texts = list(replies.values())
-    assert sorted(str(r.messages) for r in sent) == sorted(str(extractor_messages("Capital of France?", t)) for t in texts)
+    assert sorted(str(r.messages) for r in sent) == sorted(
+        str(extractor_messages("Capital of France?", t)) for t in texts
+    )
     assert all(r.body and r.body["temperature"] == 0.0 and r.body["max_tokens"] == 32 for r in sent)
     considered = result.layers[1].considered
     assert considered[2].answer is None  # the extractor said NONE

@@ -189,7 +189,9 @@ class Engine:
                 raise
             finally:
                 self._stage = None
-            layers.append(_layer(index, layer.kind, ctx.recorded, layer_started, outcome.candidates, outcome.considered))
+            layers.append(
+                _layer(index, layer.kind, ctx.recorded, layer_started, outcome.candidates, outcome.considered)
+            )
             self._tracer.layer_finished(index + 1, layers[-1])
             inputs = outcome.candidates
         return self._result(conversation, layers, started, output=inputs[0].text)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from moa._call import (
-    CallFailed,
     Caller,
+    CallFailed,
     CallRefused,
     CallSpec,
     Pricing,

@@ -40,7 +40,11 @@ class Debate(Stage):
                     turn = layer.compiled_template.render(
                         responses=[c.text for c in others], layer=ctx.index + 1, step=round_number
                     )
-                    messages = [*messages, {"role": "assistant", "content": latest[n].text}, {"role": "user", "content": turn}]
+                    messages = [
+                        *messages,
+                        {"role": "assistant", "content": latest[n].text},
+                        {"role": "user", "content": turn},
+                    ]
                     histories[n] = messages
                     shown[n] += [latest[n], *others]
                 calls.append((spec, bind(ctx.call, spec, messages, step=round_number, embedded=quoted(shown[n]))))

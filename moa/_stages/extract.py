@@ -21,10 +21,13 @@ _CHOICE = (
     re.compile(r"^\s*([A-J])\s*$"),
 )
 _STOPWORDS = frozenset(
-    "a an the is are was were be it its it's this that these those of to in on at for by with as and or so "
-    "has have had do does did answer final my i think believe would be of course certainly surely clearly "
-    "obviously definitely probably indeed".split()
-)
+    {
+        "a", "an", "the", "is", "are", "was", "were", "be", "it", "its", "it's", "this", "that", "these",
+        "those", "of", "to", "in", "on", "at", "for", "by", "with", "as", "and", "or", "so", "has", "have",
+        "had", "do", "does", "did", "answer", "final", "my", "i", "think", "believe", "would", "course",
+        "certainly", "surely", "clearly", "obviously", "definitely", "probably", "indeed",
+    }
+)  # fmt: skip
 _THOUSANDS = re.compile(r"(?<=\d),(\d{3})(?!\d)")
 # Punctuation becomes a space, except hyphens, apostrophes and a decimal point or comma between digits.
 _PUNCT = re.compile(r"(?<!\d)[.,]|[.,](?!\d)|[^\w\s.,'-]")
@@ -36,7 +39,7 @@ _MARKED = re.compile(r"(?im)^.*?\b(?:final answer|answer)\b\s*(?:is\b|:|=)\s*(.+
 def final_part(text: str) -> str:
     """Where an answer states its result: after its last "Answer:" (or "the answer is"), else its last
     line when it is short and there are several, else the whole text."""
-    marked = _MARKED.findall(text)
+    marked: list[str] = _MARKED.findall(text)
     if marked:
         return marked[-1]
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]

@@ -20,7 +20,7 @@ from moa.recipe import JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck, Verif
 from moa.result import AgentOutput, Candidate, Verdict
 
 from . import checks, verdicts
-from .base import Estimate, EstimateContext, Outcome, Stage, StageContext, bind, quoted
+from .base import Estimate, EstimateContext, Factory, Outcome, Stage, StageContext, bind, quoted
 
 REPAIR = "Your answer did not pass these checks:\n{failures}\n\nGive a corrected answer to the original question."
 
@@ -80,20 +80,20 @@ class Verify(Stage):
         judged: dict[tuple[int, int], Verdict] = {}
         judges = [(n, check) for n, check in enumerate(layer.checks) if isinstance(check, LLMCheck)]
         if judges:
-            calls, keys = [], []
+            calls: list[tuple[CallSpec, Factory]] = []
+            keys: list[tuple[int, int, LLMCheck]] = []
             for i, candidate in enumerate(inputs):
-                for judge_number, (n, check) in enumerate(judges):
+                for judge_number, (n, judge_check) in enumerate(judges):
                     spec = ctx.specs[judge_number]
-                    messages = checks.llm_messages(check, ctx.question, candidate.text)
+                    messages = checks.llm_messages(judge_check, ctx.question, candidate.text)
                     calls.append((spec, bind(ctx.call, spec, messages, step=_step(ctx) + len(calls),
                                              params=verdicts.params(True), embedded=quoted([candidate]))))  # fmt: skip
-                    keys.append((i, n))
+                    keys.append((i, n, judge_check))
             outputs = await ctx.fanout(calls, quorum=False)
-            for (i, n), output in zip(keys, outputs, strict=True):
-                check = layer.checks[n]
-                assert isinstance(check, LLMCheck)
-                judged[(i, n)] = checks.llm(check, output)
-        checked, passed = [], []
+            for (i, n, judge_check), output in zip(keys, outputs, strict=True):
+                judged[(i, n)] = checks.llm(judge_check, output)
+        checked: list[Candidate] = []
+        passed: list[bool] = []
         for i, candidate in enumerate(inputs):
             found: list[Verdict] = []
             for n, check in enumerate(layer.checks):

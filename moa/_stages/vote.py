@@ -79,7 +79,9 @@ class Vote(Stage):
                 counts[candidate.answer] = candidate.votes or 0
         if not counts:
             return f"votes: no answer extracted from {len(outcome.considered)} candidate(s); the first goes on"
-        shown = ", ".join(f"{_short(answer)} x{votes}" for answer, votes in sorted(counts.items(), key=lambda kv: -kv[1]))
+        shown = ", ".join(
+            f"{_short(answer)} x{votes}" for answer, votes in sorted(counts.items(), key=lambda kv: -kv[1])
+        )
         missing = sum(c.answer is None for c in outcome.considered)
         return f"votes: {shown}" + (f"; {missing} without an answer" if missing else "")
 

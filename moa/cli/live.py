@@ -127,7 +127,7 @@ class LiveView:
                 row.state, row.detail = "done", ""
             else:
                 row.state, row.detail = "failed", output.error.type if output.error else ""
-            if row.planned > 1 or row.failed and row.finished:
+            if row.planned > 1 or (row.failed and row.finished):
                 row.detail = f"{row.finished}/{max(row.planned, row.finished + row.failed)}" + (
                     f", {row.failed} failed" if row.failed else ""
                 )

@@ -21,7 +21,7 @@ from moa._errors import TemplateError
 
 from . import registry
 from .debate import DebateLayer
-from .layers import AggregateLayer, AggregateSeqLayer, AgentLayer, Layer, ProposeLayer, TemplatedLayer, seq_windows
+from .layers import AgentLayer, AggregateLayer, AggregateSeqLayer, Layer, ProposeLayer, TemplatedLayer, seq_windows
 from .params import MAX_SECONDS, Agent, CallParams, _Strict
 from .selection import RankLayer, VoteLayer
 from .verification import JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck, VerifyLayer
@@ -242,7 +242,8 @@ for _config in (ProposeLayer, AggregateLayer, AggregateSeqLayer, VoteLayer, Rank
 
 def _rebuild() -> None:
     """Make ``Recipe.layers`` a union of every registered kind, so each kind validates with its own fields."""
-    Recipe.model_fields["layers"].annotation = list[registry.layer_union()]  # type: ignore[valid-type]
+    layers: Any = list.__class_getitem__(registry.layer_union())  # list[<the union>], built at run time
+    Recipe.model_fields["layers"].annotation = layers
     Recipe.model_rebuild(force=True)
 
 

@@ -46,8 +46,13 @@ class DebateLayer(TemplatedLayer):
 
     def describe(self, inputs: int) -> list[str]:
         agents = sum(agent.n for agent in self.agents)
-        return [
-            "round 1: each agent answers the conversation",
-            f"{'round 2' if self.rounds == 2 else f'rounds 2-{self.rounds}'}: each agent's own conversation continues with the other {agents - 1} "
-            f"agents' latest answers, rendered by {self.compiled_template.source}, and it answers again",
-        ] if self.rounds > 1 else ["each agent answers the conversation (one round)"]
+        later = "round 2" if self.rounds == 2 else f"rounds 2-{self.rounds}"
+        return (
+            [
+                "round 1: each agent answers the conversation",
+                f"{later}: each agent's own conversation continues with the other {agents - 1} agents' latest "
+                f"answers, rendered by {self.compiled_template.source}, and it answers again",
+            ]
+            if self.rounds > 1
+            else ["each agent answers the conversation (one round)"]
+        )

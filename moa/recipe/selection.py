@@ -63,8 +63,10 @@ class VoteLayer(Layer):
         return min(1, inputs) if self.ties == "first" else inputs
 
     def describe(self, inputs: int) -> list[str]:
-        how = f"the {self.extractor.label} agent is asked for each final answer" if self.extractor else (
-            f"each answer is read as {self.extract}"
+        how = (
+            f"the {self.extractor.label} agent is asked for each final answer"
+            if self.extractor
+            else (f"each answer is read as {self.extract}")
         )
         passes = "the earliest" if self.ties == "first" else "all of them"
         lines = [f"votes over the {inputs} previous outputs: {how}; the most frequent wins (ties: {passes})"]

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from .layers import Layer
-from .selection import VERDICT_NOTE
 from .params import Agent, _Strict
+from .selection import VERDICT_NOTE
 
 
 class RegexCheck(_Strict):
