@@ -200,3 +200,31 @@ def test_qa_eval_runs_a_stage_recipe_unchanged(script: Any, tmp_path: Path) -> N
     assert summary["calls_per_item"] == 4  # 3 proposers, then the fallback: the vote's winner never passes
     items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
     assert all(item["traces"][0]["layers"][2]["considered"] for item in items)
+
+
+def test_mt_bench_and_alpacaeval_run_a_debate_recipe_unchanged(script: Any, tmp_path: Path) -> None:
+    def debater(messages: list[dict[str, Any]]) -> str:
+        return f"take {sum(m['role'] == 'assistant' for m in messages)}"
+
+    server = script({"d": debater, "gpt-4o": "Solid answer. Rating: [[7]]"})
+    layers = [{"kind": "debate", "agents": [{"model": "openai/d", "n": 2}]}, {"kind": "vote", "extract": "text"}]
+    path = tmp_path / "debate.yaml"
+    path.write_text(yaml.safe_dump({**loopback_recipe(server, layers), "name": "debate-lb"}))
+    out = tmp_path / "mt"
+    assert main(["eval", "mt-bench", "--recipe", str(path), "--questions", str(FIXTURES / "mt_bench_questions.jsonl"),
+                 "--out", str(out), "--judge", "openai/gpt-4o", "--judge-prompts",
+                 str(FIXTURES / "mt_bench_judge_prompts.jsonl"), "--judge-set", f"api_base={server.base_url}"]) == 0  # fmt: skip
+    answers = [json.loads(line) for line in next(out.glob("*.jsonl")).read_text().splitlines() if "choices" in line]
+    assert len(answers) == 3 and all(len(a["choices"][0]["turns"]) == 2 for a in answers)
+    # Turn 2: each debater's conversation carries turn 1's answer, then its own round-1 answer of turn 2.
+    turn2 = [r for r in server.completions("d") if r.messages[0]["content"] == "Write a two-line poem about rain."]
+    assert len(turn2) == 2 * 2 * 2  # two debaters, two rounds, two turns
+    first_answer = answers[0]["choices"][0]["turns"][0]
+    assert all(r.messages[1] == {"role": "assistant", "content": first_answer} for r in turn2[4:])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["score"] == 7.0 and summary["recipe_calls_per_query"] == 4
+    alpaca = tmp_path / "alpaca"
+    assert main(["eval", "alpacaeval", "--recipe", str(path), "--data", str(FIXTURES / "alpaca_eval_set.json"),
+                 "--out", str(alpaca), "--limit", "2"]) == 0  # fmt: skip
+    outputs = json.loads((alpaca / "model_outputs.json").read_text())
+    assert [o["output"] for o in outputs] == ["take 1", "take 1"] and outputs[0]["generator"] == "debate-lb"

@@ -47,7 +47,9 @@ def list_command(args: argparse.Namespace) -> int:
             rows.append((Path(source).stem, "-", "-", f"invalid: {reason.splitlines()[0]}", origin))
             continue
         models = _short_models(recipe.models)
-        rows.append((recipe.name, str(len(recipe.layers)), str(recipe.calls_per_query), models, origin))
+        calls = str(recipe.calls_per_query)
+        calls = f"up to {calls}" if any(layer.calls_vary for layer in recipe.layers) else calls
+        rows.append((recipe.name, str(len(recipe.layers)), calls, models, origin))
     print_columns(rows)
     return EXIT_OK
 
@@ -75,7 +77,8 @@ def show_command(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
     # Names, descriptions, models and prompts are the user's text: escaped, never read as markup.
     console.print(f"[bold]{escape(visible(recipe.name))}[/bold]: {escape(visible(recipe.description))}")
-    console.print(f"{len(recipe.layers)} layers, {recipe.calls_per_query} calls per query\n")
+    most = "at most " if any(layer.calls_vary for layer in recipe.layers) else ""
+    console.print(f"{len(recipe.layers)} layers, {most}{recipe.calls_per_query} calls per query\n")
     previous = 0
     for layer_plan, layer in zip(plan(recipe), recipe.layers, strict=True):
         quorum = layer.min_success if isinstance(layer, AgentLayer) else None
@@ -102,6 +105,10 @@ def show_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _calls(calls: int, layer: Layer) -> str:
     """Its call count; "at most" when repairs, escalations or extractions may not all happen."""
     words = f"{calls} call{'s' if calls != 1 else ''}"
@@ -117,7 +124,8 @@ def validate_command(args: argparse.Namespace) -> int:
     except RecipeError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILED
-    shape = f"{len(recipe.layers)} layers, {recipe.calls_per_query} calls"
+    most = "at most " if any(layer.calls_vary for layer in recipe.layers) else ""
+    shape = f"{_count(len(recipe.layers), 'layer')}, {most}{_count(recipe.calls_per_query, 'call')}"
     print(f"ok: {args.path}: recipe {recipe.name!r}, {shape}")
     return EXIT_OK
 
