@@ -211,9 +211,10 @@ def test_mt_bench_and_alpacaeval_run_a_debate_recipe_unchanged(script: Any, tmp_
     path = tmp_path / "debate.yaml"
     path.write_text(yaml.safe_dump({**loopback_recipe(server, layers), "name": "debate-lb"}))
     out = tmp_path / "mt"
-    assert main(["eval", "mt-bench", "--recipe", str(path), "--questions", str(FIXTURES / "mt_bench_questions.jsonl"),
-                 "--out", str(out), "--judge", "openai/gpt-4o", "--judge-prompts",
-                 str(FIXTURES / "mt_bench_judge_prompts.jsonl"), "--judge-set", f"api_base={server.base_url}"]) == 0  # fmt: skip
+    args = ["eval", "mt-bench", "--recipe", str(path), "--questions", str(FIXTURES / "mt_bench_questions.jsonl"),
+            "--out", str(out), "--judge", "openai/gpt-4o", "--judge-prompts",
+            str(FIXTURES / "mt_bench_judge_prompts.jsonl"), "--judge-set", f"api_base={server.base_url}"]  # fmt: skip
+    assert main(args) == 0
     answers = [json.loads(line) for line in next(out.glob("*.jsonl")).read_text().splitlines() if "choices" in line]
     assert len(answers) == 3 and all(len(a["choices"][0]["turns"]) == 2 for a in answers)
     # Turn 2: each debater's conversation carries turn 1's answer, then its own round-1 answer of turn 2.
