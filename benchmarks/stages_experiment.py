@@ -45,26 +45,41 @@ def main() -> int:
             done = subprocess.run(command, env=env, check=False)
             if done.returncode not in (0, 1):  # 1: some items failed, still reported
                 print(f"{name}: moa eval exited {done.returncode}", file=sys.stderr)
-    print(table(args.out, args.only))
+    print(table(args.out, args.only, args.data))
     return 0
 
 
-def table(out: Path, names: list[str]) -> str:
-    rows = ["| recipe | accuracy | calls / question | wall s / question | right->wrong | wrong->right | McNemar p |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
+def oracle(run: Path, data: Path) -> str:
+    """How often at least one first-stage answer was right: what a perfect selector could reach."""
+    from moa.eval.qa import is_correct, read_questions
+
+    rows = {str(row["id"]): row for row in read_questions(data)}
+    hits = total = 0
+    for line in (run / "items.jsonl").read_text().splitlines():
+        item = json.loads(line)
+        first = item["traces"][-1]["layers"][0]["outputs"] if item.get("traces") else []
+        texts = [call["text"] for call in first if call.get("text") and not call.get("error")]
+        total += 1
+        hits += any(is_correct(text, rows[str(item["id"])]) for text in texts)
+    return f"{hits}/{total}"
+
+
+def table(out: Path, names: list[str], data: Path) -> str:
+    rows = ["| recipe | accuracy | any first-stage answer right | calls / question | wall s / question | "
+            "right->wrong | wrong->right | McNemar p |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name in names:
         path = out / name / "summary.json"
-        if not path.exists():
-            rows.append(f"| {name} | not run | | | | | |")
+        summary = json.loads(path.read_text()) if path.exists() else {}
+        if "generation_wall_s" not in summary or "score" not in summary:
+            rows.append(f"| {name} | not run (or not finished) | | | | | | |")
             continue
-        summary = json.loads(path.read_text())
         comparison = summary.get("comparison") or {}
         wall = summary["generation_wall_s"] / max(1, summary["finished"])
         flips = [len(comparison[k]) if k in comparison else "" for k in ("right_to_wrong", "wrong_to_right")]
         p = comparison.get("mcnemar_p")
         rows.append(
             f"| {name} | {summary['correct']}/{summary['attempted']} ({summary['score']:.1f} %) | "
-            f"{summary['calls_per_item']:.2f} | {wall:.1f} | {flips[0]} | {flips[1]} | "
+            f"{oracle(out / name, data)} | {summary['calls_per_item']:.2f} | {wall:.1f} | {flips[0]} | {flips[1]} | "
             f"{'' if p is None else f'{p:.3g}'} |"
         )
     return "\n".join(rows)

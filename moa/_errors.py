@@ -19,6 +19,7 @@ MoAError
     ├── BudgetExceeded     the run's ``max_cost_usd`` would be passed (carries ``.partial``)
     ├── DeadlineExceeded   the run's ``deadline_s`` passed (carries ``.partial``)
     ├── VerificationError  a ``verify`` stage: nothing passed, repairs and fallbacks included (``.partial``)
+    ├── StageError         a stage raised something unexpected or passed on nothing (``.partial``)
     └── CallbackError      the caller's ``on_event`` / ``on_token`` raised (carries ``.partial``)
 ```
 
@@ -196,6 +197,7 @@ class QuorumError(RunError):
         planned: int,
         failures: Sequence[BaseException],
         outputs: Sequence[Any] = (),
+        where: str = "",
     ) -> None:
         self.layer = layer
         self.outputs = list(outputs)  # the layer's recorded calls (AgentOutput)
@@ -204,7 +206,8 @@ class QuorumError(RunError):
         self.succeeded = succeeded
         self.planned = planned
         self.failures = list(failures)
-        lines = [f"layer {layer} failed: {succeeded} of {planned} calls succeeded, min_success is {needed}; causes:"]
+        at = f"layer {layer}" + (f" ({where})" if where else "")
+        lines = [f"{at} failed: {succeeded} of {planned} calls succeeded, min_success is {needed}; causes:"]
         lines += [f"  - {type(err).__name__}: {err}" for err in self.failures]
         super().__init__("\n".join(lines))
 
@@ -232,14 +235,25 @@ class VerificationError(_Partial):
     def __init__(self, layer: int, checked: int, failures: Sequence[str]) -> None:
         super().__init__(
             f"layer {layer} (verify): none of the {checked} answers checked passed"
-            + "".join(f"\n  attempt {n}:\n" + _indent(why, "    ") for n, why in enumerate(failures, start=1))
+            + "".join("\n" + _indent(why, "  ") for why in failures)
         )
         self.layer = layer
         self.failures = list(failures)
+        self.considered: list[Any] = []  # every answer checked, with its verdicts (Candidate)
 
 
 def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + line for line in text.splitlines())
+
+
+class StageError(_Partial):
+    """A stage broke its contract: it raised an unexpected exception (a bug in a stage kind, often one
+    of your own; chained as ``__cause__``) or passed on no candidate."""
+
+    def __init__(self, layer: int, kind: str, problem: str) -> None:
+        super().__init__(f"layer {layer} ({kind}): {problem}")
+        self.layer = layer
+        self.kind = kind
 
 
 class DeadlineExceeded(_Partial):

@@ -166,7 +166,8 @@ def _message(error: Any) -> str:
         expected = str(ctx.get("expected_tags", "")).replace("'", "")
         got = ctx.get("tag")
         if got is not None:
-            return f"unknown {tag} {got!r}; known: {expected}"
+            broken = "".join(f"; {why}" for why in registry.failed().values()) if tag == "kind" else ""
+            return f"unknown {tag} {got!r}; known: {expected}{broken}"
         return f"`{tag}` is missing: every entry says which one it is"
     value = error.get("input")
     private = any(isinstance(part, str) and (part == "extra" or is_secret_name(part)) for part in error["loc"])

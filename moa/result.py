@@ -80,7 +80,8 @@ class Verdict(BaseModel):
 
     check: str = Field(description="What checked it, e.g. `regex`, `json_schema`, `llm`, `python`.")
     passed: bool
-    message: str = ""
+    message: str = Field("", description="Why it failed (cut to 300 characters, secrets masked).")
+    layer: int = Field(0, description="The 1-based layer whose check it is.")
 
 
 class Candidate(BaseModel):

@@ -13,7 +13,7 @@ def test_public_names_are_pinned() -> None:
             "RunError", "SelfMoA", "TemplateError", "UnpricedModelError", "Usage", "builtin_recipes",
             "load_recipe", "plan", "run", "run_sync",
             # stages: writing and registering a stage kind, and what stages find
-            "Candidate", "Estimate", "EstimateContext", "Outcome", "Stage", "StageContext", "Verdict",
+            "Candidate", "Estimate", "EstimateContext", "Outcome", "Stage", "StageContext", "StageError", "Verdict",
             "VerificationError", "register_stage",
         ]
     )  # fmt: skip

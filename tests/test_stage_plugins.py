@@ -150,8 +150,17 @@ def test_an_installed_package_adds_a_kind_through_its_entry_point(tmp_path: Path
     bad = subprocess.run([sys.executable, "-m", "moa", "recipes", "validate", str(recipe)], capture_output=True,
                          text=True, env=_env(env_path, broken=True), timeout=120)  # fmt: skip
     assert bad.returncode != 0
-    assert "the stage kind 'shout' (moa_shout:register) cannot be registered: ImportError: half installed" in bad.stderr
-    assert "Traceback" not in bad.stderr and bad.returncode == 2
+    broken = "the stage kind 'shout' (moa_shout:register) cannot be registered: ImportError: half installed"
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "layers[1].kind: unknown kind 'shout'; known: propose" in bad.stderr and broken in bad.stderr
+    # A broken plugin breaks only the recipes that use it: the others load, with one warning.
+    other = subprocess.run([sys.executable, "-m", "moa", "recipes", "show", "moa-lite"], capture_output=True,
+                           text=True, env=_env(env_path), timeout=120)  # fmt: skip
+    assert other.returncode == 0 and other.stderr.count(broken) == 1 and "Traceback" not in other.stderr
+    assert other.stderr.startswith("moa: ")
+    skipped = subprocess.run([sys.executable, "-m", "moa", "recipes", "show", "moa-lite"], capture_output=True,
+                             text=True, env={**_env(env_path), "MOA_NO_PLUGINS": "1"}, timeout=120)  # fmt: skip
+    assert skipped.returncode == 0 and skipped.stderr == ""
 
 
 def _env(path: str, broken: bool = False) -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Any
 from moa._call import Pricing, plan_layer, pricing_of
 from moa._loader import RecipeSource, load_recipe
 from moa._prompt import Message, normalize_prompt
-from moa._stages import EstimateContext, stage_of
+from moa._stages import EstimateContext, stage_of, writers_of
 from moa.recipe import CallParams, Recipe
 
 
@@ -52,9 +52,10 @@ def layer_worst_cases(
     unpriced: set[str] = set()
     inputs = list(reused_outputs)
     specs = [plan_layer(recipe, index, overrides) for index in range(len(recipe.layers))]
+    writers = writers_of(recipe.layers, specs)
     for index in range(start, len(recipe.layers)):
         layer = recipe.layers[index]
-        earlier = [spec for layer_specs in specs[:index] for spec in layer_specs]
+        earlier = [writer for (at, _, _), writer in writers.items() if at <= index]
         ctx = EstimateContext(index, layer, conversation, specs[index], pricing, earlier)
         estimate = stage_of(layer).estimate(ctx, inputs)
         costs.append(estimate.cost)

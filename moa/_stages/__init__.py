@@ -12,7 +12,7 @@ from moa.recipe import Layer, registry
 
 from .aggregate import Aggregate
 from .aggregate_seq import AggregateSeq
-from .base import Estimate, EstimateContext, Outcome, Stage, StageContext
+from .base import Estimate, EstimateContext, Outcome, Stage, StageContext, Writer, writers_of
 from .debate import Debate
 from .propose import Propose
 from .rank import Rank
@@ -34,11 +34,14 @@ def register_stage(config: type[Layer], stage: Stage, *, replace: bool = False) 
     """Add a stage kind: its config class (a ``moa.Layer`` subclass whose ``kind`` is ``Literal["name"]``)
     and its ``moa.Stage``; return its name.  Recipes can use it at once (its fields validate like a
     built-in kind's).  ``replace=True`` lets a kind be registered again (tests, reloading)."""
+    if not (isinstance(config, type) and issubclass(config, Layer)):
+        raise ConfigError(f"a stage config must be a subclass of moa.Layer, got {config!r}")
     if not isinstance(stage, Stage):
         raise ConfigError(f"a stage must be an instance of a moa.Stage subclass, got {stage!r}")
     name = registry.kind_name(config)
-    if name in STAGES and not replace and registry.kinds().get(name) is not config:
-        raise ConfigError(f"a stage kind named {name!r} is already registered")
+    same = registry.kinds().get(name) is config and STAGES.get(name) is stage
+    if name in STAGES and not replace and not same:
+        raise ConfigError(f"a stage kind named {name!r} is already registered (replace=True replaces it)")
     registry.register_kind(config, replace=True)
     STAGES[name] = stage
     return name
@@ -52,4 +55,15 @@ def stage_of(layer: Layer) -> Stage:
         raise ConfigError(f"no stage is registered for the kind {layer.kind!r}") from None
 
 
-__all__ = ["STAGES", "Estimate", "EstimateContext", "Outcome", "Stage", "StageContext", "register_stage", "stage_of"]
+__all__ = [
+    "STAGES",
+    "Estimate",
+    "EstimateContext",
+    "Outcome",
+    "Stage",
+    "StageContext",
+    "Writer",
+    "register_stage",
+    "stage_of",
+    "writers_of",
+]

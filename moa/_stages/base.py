@@ -34,6 +34,14 @@ from moa.result import AgentOutput, Candidate
 Factory = Callable[[], Awaitable[AgentOutput]]
 
 
+@dataclass(frozen=True)
+class Writer:
+    """The call that wrote an answer: its spec and its agent's system prompt."""
+
+    spec: CallSpec
+    system: str | None
+
+
 @dataclass
 class Outcome:
     """What a stage passes on (best first), and every candidate it looked at with its findings."""
@@ -53,21 +61,24 @@ class StageContext:
     caller: Caller
     on_token: TokenCallback | None = None  # set for the final stage only: its answer streams
     recorded: list[AgentOutput] = field(default_factory=list)  # finished calls, for partial traces
-    all_specs: Sequence[Sequence[CallSpec]] = ()  # every layer's specs (a repair goes back to a candidate's agent)
+    #: Every call site of this run so far, with the system prompt its agent has: who wrote a candidate
+    #: (a repair goes back to it).  Shared by the run's stages; ``remember`` adds a new site.
+    writers: dict[tuple[int, int, int], Writer] = field(default_factory=dict)
 
     @property
     def question(self) -> str:
         """The last user message: what the candidates answer."""
         return _question(self.conversation)
 
-    def spec_of(self, candidate: Candidate) -> CallSpec | None:
-        """The planned call that wrote a candidate (its model and settings), when it is known."""
-        if not 1 <= candidate.layer <= len(self.all_specs):
-            return None
-        for spec in self.all_specs[candidate.layer - 1]:
-            if (spec.site.agent, spec.site.sample) == (candidate.agent, candidate.sample):
-                return spec
-        return None
+    def writer_of(self, candidate: Candidate) -> Writer | None:
+        """The call that wrote a candidate (model, settings, system prompt); None when this run did not make
+        it (a reused layer's answer, when the recipe's agent there is another model)."""
+        writer = self.writers.get((candidate.layer, candidate.agent, candidate.sample))
+        return writer if writer is not None and writer.spec.model == candidate.model else None
+
+    def remember(self, spec: CallSpec, system: str | None) -> None:
+        """Make a new call site known (a repair's), so later stages can find who wrote its answer."""
+        self.writers[(spec.site.layer, spec.site.agent, spec.site.sample)] = Writer(spec, system)
 
     async def call(
         self,
@@ -93,14 +104,16 @@ class StageContext:
         *,
         min_success: int | None = None,
         quorum: bool = True,
+        where: str = "",
     ) -> list[AgentOutput]:
         """Run calls together under the layer's quorum and straggler cut-off; their outputs, in order.
 
         Raises ``BudgetExceeded`` when the budget refused a call, ``QuorumError``
         when fewer than ``min_success`` (default: the layer's) succeeded, calls
-        still running then cancelled; a failing callback stops everything at
-        once.  ``quorum=False`` settles every call and raises nothing for failures
-        (a judge's missing verdict counts as no information).
+        still running then cancelled (``where`` says which part of the stage:
+        "round 2"); a failing callback stops everything at once.
+        ``quorum=False`` settles every call and raises nothing for failures (a
+        judge's missing verdict counts as no information).
         """
         need = min_success if min_success is not None else getattr(self.layer, "min_success", None)
         outcomes = await settle(
@@ -121,7 +134,7 @@ class StageContext:
         succeeded = sum(output.ok for output in outputs)
         if quorum and succeeded < required:
             causes = [o.cause for o in outcomes if isinstance(o, CallFailed)]
-            raise QuorumError(self.index + 1, required, succeeded, len(calls), causes, list(self.recorded))
+            raise QuorumError(self.index + 1, required, succeeded, len(calls), causes, list(self.recorded), where)
         return outputs
 
 
@@ -153,7 +166,7 @@ class EstimateContext:
     conversation: list[Message]
     specs: list[CallSpec]
     pricing: Pricing
-    earlier: list[CallSpec] = field(default_factory=list)  # every earlier stage's calls (who wrote the inputs)
+    earlier: list[Writer] = field(default_factory=list)  # every earlier stage's calls (who wrote the inputs)
     costs: list[float] = field(default_factory=list)
     unpriced: list[str] = field(default_factory=list)
 
@@ -225,6 +238,17 @@ class Stage:
     def summary(self, outcome: Outcome, layer: int) -> str | None:
         """What the live view shows when the stage (1-based ``layer``) ends: its votes, ranks or verdicts."""
         return None
+
+
+def writers_of(layers: Sequence[Layer], specs: Sequence[Sequence[CallSpec]]) -> dict[tuple[int, int, int], Writer]:
+    """Every planned call site with its agent's system prompt (who wrote what a stage passes on)."""
+    found = {}
+    for layer, layer_specs in zip(layers, specs, strict=True):
+        agents = layer.call_agents()
+        for spec in layer_specs:
+            site = spec.site
+            found[(site.layer, site.agent, site.sample)] = Writer(spec, agents[site.agent].system)
+    return found
 
 
 def candidates(outputs: Sequence[AgentOutput]) -> list[Candidate]:

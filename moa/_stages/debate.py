@@ -6,7 +6,8 @@ user turn holding the other agents' latest answers, rendered by the layer's
 template; it answers again.  The last round's answers go on, in agent order;
 a ``vote`` or ``aggregate`` stage after the debate picks the final one.  An
 agent whose call fails drops out of later rounds; each round needs the layer's
-quorum (``min_success``, default every agent).
+quorum (``min_success``, default every agent); when fewer than two agents are
+left, the debate ends there.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Debate(Stage):
         latest: dict[int, Candidate] = {}
         shown: dict[int, list[Candidate]] = {n: [] for n in histories}  # answers quoted in each agent's history
         for round_number in range(1, layer.rounds + 1):
+            if round_number > 1 and len(latest) < 2:
+                break  # a lone survivor has no one to debate with: its answer stands
             calls, debaters = [], []
             for n, spec in enumerate(ctx.specs):
                 if n not in histories:
@@ -49,7 +52,9 @@ class Debate(Stage):
                     shown[n] += [latest[n], *others]
                 calls.append((spec, bind(ctx.call, spec, messages, step=round_number, embedded=quoted(shown[n]))))
                 debaters.append(n)
-            outputs = await ctx.fanout(calls, min_success=_quorum(layer, ctx.specs))
+            outputs = await ctx.fanout(
+                calls, min_success=_quorum(layer, ctx.specs), where=f"debate round {round_number}"
+            )
             latest = {n: Candidate.of(o) for n, o in zip(debaters, outputs, strict=True) if o.ok}
             for n, output in zip(debaters, outputs, strict=True):
                 if not output.ok:

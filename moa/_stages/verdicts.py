@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 
+from moa.recipe.selection import VERDICT_SETTINGS as VERDICT
 from moa.result import AgentOutput
 
-#: Settings of every verdict call: one token, no sampling, its alternatives when the provider gives them.
-VERDICT = {"temperature": 0.0, "max_tokens": 1}
+#: Every verdict call is one token at temperature 0 (``VERDICT``), with its alternatives when the provider
+#: gives them.
 LOGPROBS = {"logprobs": True, "top_logprobs": 5, "drop_params": True}
 
 

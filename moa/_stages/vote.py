@@ -12,13 +12,14 @@ from collections import Counter
 
 from moa._prompt import Message
 from moa.recipe import VoteLayer
+from moa.recipe.selection import EXTRACTOR_SETTINGS
 from moa.result import Candidate
 
 from .base import Estimate, EstimateContext, Outcome, Stage, StageContext, bind, quoted
 from .extract import extract, fold
 
 _EXTRACTOR_SYSTEM = "You read a response to a question and report only the final answer it gives."
-_EXTRACTOR_PARAMS = {"temperature": 0.0, "max_tokens": 32}
+_EXTRACTOR_PARAMS = EXTRACTOR_SETTINGS
 
 
 def extractor_messages(question: str, text: str) -> list[Message]:

@@ -73,14 +73,17 @@ class LiveView:
             calls = f"at most {calls}" if layer.calls_vary else calls
             entry = _Layer(f"Layer {layer_plan.index} · {layer_plan.kind} · {calls}", layer.step_name is not None)
             agents = layer.call_agents()
-            if not entry.steps_apart and agents:
-                # Calls made several times per agent (a judge's verdicts) share their agent's row.
-                single = len(agents) == 1 and agents[0].n == 1
-                per_agent = max(1, layer_plan.calls) if single else 1
-                for a, agent in enumerate(agents):
-                    for s in range(agent.n):
-                        label = agent.label if agent.n == 1 else f"{agent.label} #{s + 1}"
-                        entry.rows[(a, s, 0)] = _Row(label, agent.model, planned=per_agent)
+            single = len(agents) == 1 and agents[0].n == 1
+            for a, agent in enumerate(agents):
+                for sample in range(agent.n):
+                    label = agent.label if agent.n == 1 else f"{agent.label} #{sample + 1}"
+                    if not entry.steps_apart:
+                        # Calls made several times per agent (a judge's verdicts) share their agent's row.
+                        entry.rows[(a, sample, 0)] = _Row(
+                            label, agent.model, planned=max(1, layer_plan.calls) if single else 1
+                        )
+                    for step in range(1, (layer.planned_steps() or 0) + 1):
+                        entry.rows[(a, sample, step)] = _Row(f"{label} {layer.step_name} {step}", agent.model)
             self.layers.append(entry)
         self._live = Live(self, console=console, refresh_per_second=8, transient=False)
 
@@ -98,8 +101,11 @@ class LiveView:
         key = (site.agent, site.sample, step)
         row = layer.rows.get(key)
         if row is None:  # steps, repairs and escalations appear as they start
-            name = self._recipe.layers[site.layer - 1].step_name
-            label = f"{site.agent_name} {name} {event.step}" if step and name else site.agent_name
+            config = self._recipe.layers[site.layer - 1]
+            agents = config.call_agents()
+            several = site.agent < len(agents) and agents[site.agent].n > 1
+            label = f"{site.agent_name} #{site.sample + 1}" if several else site.agent_name
+            label = f"{label} {config.step_name} {event.step}" if step and config.step_name else label
             row = layer.rows[key] = _Row(label, site.model, planned=0)
         if event.kind == "call_started":
             if event.attempt == 1:

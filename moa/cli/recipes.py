@@ -33,6 +33,7 @@ def add_parser(commands: Any) -> None:
 def list_command(args: argparse.Namespace) -> int:
     from moa._errors import ConfigError, RecipeError
     from moa._loader import builtin_recipes, load_recipe
+    from moa.recipe.verification import without_imports
 
     sources: list[tuple[str, str]] = [(name, "built-in") for name in builtin_recipes()]
     local_dir = Path.cwd() / "recipes"
@@ -41,7 +42,8 @@ def list_command(args: argparse.Namespace) -> int:
     rows = [("recipe", "layers", "calls/query", "models", "source")]
     for source, origin in sources:
         try:
-            recipe = load_recipe(source)
+            with without_imports():  # listing runs no code a recipe names (its `python` checks' modules)
+                recipe = load_recipe(source)
         except ConfigError as exc:  # one bad file (recipe or template) is listed as such, not fatal
             reason = exc.problems[0][1] if isinstance(exc, RecipeError) else str(exc)
             rows.append((Path(source).stem, "-", "-", f"invalid: {reason.splitlines()[0]}", origin))
@@ -86,10 +88,11 @@ def show_command(args: argparse.Namespace) -> int:
             f"[bold cyan]Layer {layer_plan.index}[/bold cyan] · {layer.kind} · {_calls(layer_plan.calls, layer)}"
             + (f" · quorum {quorum}" if quorum else "")
         )
-        for agent in layer.call_agents():
+        for number, agent in enumerate(layer.call_agents()):
             settings = {
                 **recipe.defaults.model_dump(exclude_none=True, exclude={"extra"}),
                 **agent.model_dump(exclude_none=True, exclude={"model", "name", "system", "n", "extra"}),
+                **layer.fixed_settings(number),  # what its calls really get (a judge's one-token verdicts)
             }
             shown = " ".join(f"{k}={v}" for k, v in settings.items() if k != "api_key_env")
             times = f" x {agent.n}" if agent.n > 1 else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import (
+    ConfigDict,
     Field,
     SerializationInfo,
     SerializerFunctionWrapHandler,
@@ -130,8 +131,17 @@ class SelfMoA(_Strict):
         ]
 
 
+def _stages_in_schema(schema: dict[str, Any]) -> None:
+    """``stages`` is accepted as another name for ``layers``: editors validating with the schema accept it."""
+    properties = schema.get("properties", {})
+    if "layers" in properties:
+        properties["stages"] = {**properties["layers"], "title": "Stages", "description": "Another name for `layers`."}
+
+
 class Recipe(_Strict):
     """A whole pipeline: layers of agents, their defaults, limits and retry policy."""
+
+    model_config = ConfigDict(**_Strict.model_config, json_schema_extra=_stages_in_schema)
 
     name: str = Field(..., min_length=1, description="Short name, used in results and logs.")
     description: str = Field("", description="One or two sentences for `moa recipes list`.")
@@ -160,7 +170,7 @@ class Recipe(_Strict):
             data = {("layers" if key == "stages" else key): value for key, value in data.items()}
         if isinstance(data, dict) and data.get("self_moa") is not None:
             if data.get("layers"):
-                raise ValueError("give either `self_moa` or `layers`, not both")
+                raise ValueError("give either `self_moa` or `layers` (`stages`), not both")
             self_moa = data["self_moa"]
             try:
                 spec = self_moa if isinstance(self_moa, SelfMoA) else SelfMoA.model_validate(self_moa)

@@ -35,6 +35,9 @@ class DebateLayer(TemplatedLayer):
     def calls(self, inputs: int) -> int:
         return sum(agent.n for agent in self.agents) * self.rounds
 
+    def planned_steps(self) -> int | None:
+        return self.rounds
+
     def can_be_last(self) -> str | None:
         return "a `debate` passes on every agent's last answer: end with a `vote` or an `aggregate` stage after it"
 

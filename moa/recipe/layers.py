@@ -66,6 +66,21 @@ class Layer(_Strict):
         """Who gets which prompt, in plain words (``moa recipes show``)."""
         return []
 
+    def planned_steps(self) -> int | None:
+        """How many steps each agent takes, when the config alone says (``debate``: its rounds)."""
+        return None
+
+    def fixed_settings(self, agent: int) -> dict[str, Any]:
+        """Settings the stage gives every call of its ``agent``-th call agent, whatever the agent says
+        (a judge's one-token verdicts)."""
+        return {}
+
+
+def one_call(agent: Agent | None, field: str) -> None:
+    """An agent asked once per question (a judge, an extractor, a fallback) has ``n: 1``."""
+    if agent is not None and agent.n != 1:
+        raise ValueError(f"`{field}` is asked once each time: its `n` must be 1, got {agent.n}")
+
 
 class AgentLayer(Layer):
     """A stage whose agents answer: the quorum and straggler settings every such stage shares."""

@@ -9,7 +9,9 @@ group ``moa.stages``; they are loaded the first time a recipe is validated.
 
 from __future__ import annotations
 
+import os
 import typing
+import warnings
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Annotated, Any, Union
@@ -25,7 +27,7 @@ ENTRY_POINT_GROUP = "moa.stages"
 _kinds: dict[str, type[Layer]] = {}
 _listeners: list[Callable[[], None]] = []
 _entry_points_loaded = False
-_entry_point_error: ConfigError | None = None  # raised again on every later load: a broken plugin stays loud
+_failed: dict[str, str] = {}
 
 
 def kind_name(config: type[Layer]) -> str:
@@ -67,11 +69,14 @@ def layer_union() -> Any:
 
 
 def load_entry_points() -> list[str]:
-    """Register the kinds installed packages declare (group ``moa.stages``); return their names, once."""
-    global _entry_points_loaded, _entry_point_error
-    if _entry_point_error is not None:
-        raise _entry_point_error
-    if _entry_points_loaded:
+    """Register the kinds installed packages declare (group ``moa.stages``), once; return their names.
+
+    A package whose entry point fails is skipped with a warning (recipes that do not use its kind
+    still load; one that does is told why its kind is unknown: ``failed()``).  ``MOA_NO_PLUGINS=1``
+    loads none.
+    """
+    global _entry_points_loaded
+    if _entry_points_loaded or os.environ.get("MOA_NO_PLUGINS") == "1":
         return []
     _entry_points_loaded = True
     loaded = []
@@ -81,9 +86,15 @@ def load_entry_points() -> list[str]:
             register = entry.load()
             register()
         except Exception as exc:
-            _entry_point_error = ConfigError(
-                f"the stage kind {entry.name!r} ({entry.value}) cannot be registered: {type(exc).__name__}: {exc}"
-            )
-            raise _entry_point_error from exc
+            why = f"the stage kind {entry.name!r} ({entry.value}) cannot be registered: {type(exc).__name__}: {exc}"
+            _failed[entry.name] = why
+            warnings.warn(f"moa: {why}; recipes using it will not load (MOA_NO_PLUGINS=1 skips plugins)",
+                          RuntimeWarning, stacklevel=2)  # fmt: skip
+            continue
         loaded.append(entry.name)
     return loaded
+
+
+def failed() -> dict[str, str]:
+    """Plugins whose entry point failed, and why."""
+    return dict(_failed)

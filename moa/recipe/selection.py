@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .layers import Layer
+from .layers import Layer, one_call
 from .params import Agent
 
 #: How every one-token verdict is asked, whatever the judge agent's own settings say.
+VERDICT_SETTINGS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 1}
 VERDICT_NOTE = "verdicts are one token at temperature 0 (the judge's own temperature and max_tokens are not used)"
+#: How a `vote` extractor is asked.
+EXTRACTOR_SETTINGS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 32}
 
 Extract = Literal["number", "yesno", "choice", "phrase", "text", "regex", "llm"]
 
@@ -40,18 +43,27 @@ class VoteLayer(Layer):
         "first", description="On a tie: `first` keeps the answer given first; `all` passes every tied answer on."
     )
 
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"does not compile: {exc}") from None
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> VoteLayer:
         if (self.extract == "regex") != (self.pattern is not None):
             raise ValueError("`pattern` is needed with `extract: regex`, and only then")
         if (self.extract == "llm") != (self.extractor is not None):
             raise ValueError("`extractor` is needed with `extract: llm`, and only then")
-        if self.pattern is not None:
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ValueError(f"`pattern` does not compile: {exc}") from None
+        one_call(self.extractor, "extractor")
         return self
+
+    def fixed_settings(self, agent: int) -> dict[str, Any]:
+        return dict(EXTRACTOR_SETTINGS)
 
     def call_agents(self) -> list[Agent]:
         return [self.extractor] if self.extractor is not None else []
@@ -108,7 +120,11 @@ class RankLayer(Layer):
     def _bracket(self) -> RankLayer:
         if self.pairs == "knockout" and (self.mode != "pairwise" or self.top_k != 1):
             raise ValueError("`pairs: knockout` finds one winner: it needs `mode: pairwise` and `top_k: 1`")
+        one_call(self.judge, "judge")
         return self
+
+    def fixed_settings(self, agent: int) -> dict[str, Any]:
+        return dict(VERDICT_SETTINGS)
 
     def call_agents(self) -> list[Agent]:
         return [self.judge]

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from .layers import Layer
+from .layers import Layer, one_call
 from .params import Agent, _Strict
-from .selection import VERDICT_NOTE
+from .selection import VERDICT_NOTE, VERDICT_SETTINGS
 
 
 class RegexCheck(_Strict):
@@ -45,7 +48,20 @@ class JsonSchemaCheck(_Strict):
             jsonschema.validators.validator_for(value).check_schema(value)
         except jsonschema.SchemaError as exc:
             raise ValueError(f"is not a valid JSON Schema: {exc.message}") from None
+        remote = next((ref for ref in _refs(value) if not ref.startswith("#")), None)
+        if remote is not None:
+            raise ValueError(f"$ref {remote!r} is not in the schema itself: only local references (#/...) are used")
         return value
+
+
+def _refs(value: Any) -> list[str]:
+    """Every ``$ref`` in a JSON Schema."""
+    if isinstance(value, dict):
+        found = [value["$ref"]] if isinstance(value.get("$ref"), str) else []
+        return found + [ref for item in value.values() for ref in _refs(item)]
+    if isinstance(value, list):
+        return [ref for item in value for ref in _refs(item)]
+    return []
 
 
 class PythonCheck(_Strict):
@@ -61,7 +77,10 @@ class PythonCheck(_Strict):
     @field_validator("function")
     @classmethod
     def _importable(cls, value: str) -> str:
-        resolve_function(value)
+        if IMPORT_FUNCTIONS.get():
+            resolve_function(value)
+        else:
+            _split(value)
         return value
 
 
@@ -90,11 +109,31 @@ Check = Annotated[
 ]
 
 
-def resolve_function(reference: str) -> Any:
-    """The function named ``module:function`` (a ``ValueError`` saying why when it cannot be found)."""
+#: False while recipes are only listed: a `python` check's module is then not imported (importing runs its
+#: code), only its `module:function` form is checked.
+IMPORT_FUNCTIONS: ContextVar[bool] = ContextVar("moa_import_check_functions", default=True)
+
+
+@contextmanager
+def without_imports() -> Iterator[None]:
+    """Validate recipes without importing the modules their `python` checks name."""
+    token = IMPORT_FUNCTIONS.set(False)
+    try:
+        yield
+    finally:
+        IMPORT_FUNCTIONS.reset(token)
+
+
+def _split(reference: str) -> tuple[str, str]:
     module_name, sep, name = reference.partition(":")
     if not sep or not module_name or not name:
         raise ValueError(f"{reference!r} is not `module:function`")
+    return module_name, name
+
+
+def resolve_function(reference: str) -> Any:
+    """The function named ``module:function`` (a ``ValueError`` saying why when it cannot be found)."""
+    module_name, name = _split(reference)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
@@ -142,9 +181,16 @@ class VerifyLayer(Layer):
 
     @model_validator(mode="after")
     def _agents(self) -> VerifyLayer:
-        if any(agent.n != 1 for agent in self.fallback) or (self.repair_with and self.repair_with.n != 1):
-            raise ValueError("`fallback` and `repair_with` agents answer once each: `n` must be 1")
+        for number, agent in enumerate(self.fallback):
+            one_call(agent, f"fallback[{number}]")
+        one_call(self.repair_with, "repair_with")
+        for number, check in enumerate(self.checks):
+            if isinstance(check, LLMCheck):
+                one_call(check.judge, f"checks[{number}].judge")
         return self
+
+    def fixed_settings(self, agent: int) -> dict[str, Any]:
+        return dict(VERDICT_SETTINGS) if agent < len(self.judges()) else {}
 
     def judges(self) -> list[Agent]:
         return [check.judge for check in self.checks if isinstance(check, LLMCheck)]
