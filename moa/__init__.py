@@ -33,15 +33,18 @@ if TYPE_CHECKING:
         RecipeError,
         RequestRejectedError,
         RunError,
+        StageError,
         TemplateError,
         UnpricedModelError,
+        VerificationError,
     )
     from moa._limits import Limiter
     from moa._loader import builtin_recipes, load_recipe
     from moa._provider import Completion, Provider, Request
+    from moa._stages import Estimate, EstimateContext, Outcome, Stage, StageContext, register_stage
     from moa.events import Event
     from moa.recipe import Agent, CallParams, Layer, ProviderLimit, Recipe, RetryPolicy, SelfMoA
-    from moa.result import AgentOutput, CallError, LayerResult, MoAResult, Usage
+    from moa.result import AgentOutput, CallError, Candidate, LayerResult, MoAResult, Usage, Verdict
 
 __version__ = "0.1.0"
 
@@ -51,6 +54,7 @@ _EXPORTS = {
     "AgentOutput": "moa.result",
     "BadResponseError": "moa._errors",
     "Budget": "moa._call",
+    "Candidate": "moa.result",
     "BudgetExceeded": "moa._errors",
     "CallError": "moa.result",
     "CallParams": "moa.recipe",
@@ -60,6 +64,8 @@ _EXPORTS = {
     "Completion": "moa._provider",
     "ConfigError": "moa._errors",
     "DeadlineExceeded": "moa._errors",
+    "Estimate": "moa._stages",
+    "EstimateContext": "moa._stages",
     "Event": "moa.events",
     "Layer": "moa.recipe",
     "LayerPlan": "moa._engine",
@@ -68,6 +74,7 @@ _EXPORTS = {
     "MissingAPIKeyError": "moa._errors",
     "MoAError": "moa._errors",
     "MoAResult": "moa.result",
+    "Outcome": "moa._stages",
     "PromptError": "moa._errors",
     "Provider": "moa._provider",
     "ProviderError": "moa._errors",
@@ -82,12 +89,18 @@ _EXPORTS = {
     "RetryPolicy": "moa.recipe",
     "RunError": "moa._errors",
     "SelfMoA": "moa.recipe",
+    "Stage": "moa._stages",
+    "StageError": "moa._errors",
+    "StageContext": "moa._stages",
     "TemplateError": "moa._errors",
     "UnpricedModelError": "moa._errors",
     "Usage": "moa.result",
+    "Verdict": "moa.result",
+    "VerificationError": "moa._errors",
     "builtin_recipes": "moa._loader",
     "load_recipe": "moa._loader",
     "plan": "moa._engine",
+    "register_stage": "moa._stages",
     "run": "moa._engine",
     "run_sync": "moa._engine",
 }
@@ -106,6 +119,7 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
+# Kept literal for linters and IDEs; tests/test_public_api.py checks it, _EXPORTS and the imports agree.
 __all__ = [
     "Agent",
     "AgentOutput",
@@ -114,12 +128,15 @@ __all__ = [
     "BudgetExceeded",
     "CallError",
     "CallParams",
-    "CallbackError",
     "CallSite",
     "CallTimeoutError",
+    "CallbackError",
+    "Candidate",
     "Completion",
     "ConfigError",
     "DeadlineExceeded",
+    "Estimate",
+    "EstimateContext",
     "Event",
     "Layer",
     "LayerPlan",
@@ -128,6 +145,7 @@ __all__ = [
     "MissingAPIKeyError",
     "MoAError",
     "MoAResult",
+    "Outcome",
     "PromptError",
     "Provider",
     "ProviderError",
@@ -142,12 +160,18 @@ __all__ = [
     "RetryPolicy",
     "RunError",
     "SelfMoA",
+    "Stage",
+    "StageContext",
+    "StageError",
     "TemplateError",
     "UnpricedModelError",
     "Usage",
+    "Verdict",
+    "VerificationError",
     "builtin_recipes",
     "load_recipe",
     "plan",
+    "register_stage",
     "run",
     "run_sync",
 ]

@@ -18,6 +18,8 @@ MoAError
     ├── QuorumError        a layer had fewer successes than its ``min_success``
     ├── BudgetExceeded     the run's ``max_cost_usd`` would be passed (carries ``.partial``)
     ├── DeadlineExceeded   the run's ``deadline_s`` passed (carries ``.partial``)
+    ├── VerificationError  a ``verify`` stage: nothing passed, repairs and fallbacks included (``.partial``)
+    ├── StageError         a stage raised something unexpected or passed on nothing (``.partial``)
     └── CallbackError      the caller's ``on_event`` / ``on_token`` raised (carries ``.partial``)
 ```
 
@@ -195,6 +197,7 @@ class QuorumError(RunError):
         planned: int,
         failures: Sequence[BaseException],
         outputs: Sequence[Any] = (),
+        where: str = "",
     ) -> None:
         self.layer = layer
         self.outputs = list(outputs)  # the layer's recorded calls (AgentOutput)
@@ -203,7 +206,8 @@ class QuorumError(RunError):
         self.succeeded = succeeded
         self.planned = planned
         self.failures = list(failures)
-        lines = [f"layer {layer} failed: {succeeded} of {planned} calls succeeded, min_success is {needed}; causes:"]
+        at = f"layer {layer}" + (f" ({where})" if where else "")
+        lines = [f"{at} failed: {succeeded} of {planned} calls succeeded, min_success is {needed}; causes:"]
         lines += [f"  - {type(err).__name__}: {err}" for err in self.failures]
         super().__init__("\n".join(lines))
 
@@ -218,6 +222,38 @@ class _Partial(RunError):
 
 class BudgetExceeded(_Partial):
     """The run's budget would be passed: no new call started, calls in flight finished."""
+
+
+class VerificationError(_Partial):
+    """A ``verify`` stage ended with no answer passing its checks, repairs and fallbacks included.
+
+    ``failures`` holds, for each answer checked (and each repair or fallback
+    call that failed), in order, why it did not pass; ``partial`` is the trace
+    with every verdict.
+    """
+
+    def __init__(self, layer: int, checked: int, failures: Sequence[str]) -> None:
+        super().__init__(
+            f"layer {layer} (verify): none of the {checked} answers checked passed"
+            + "".join("\n" + _indent(why, "  ") for why in failures)
+        )
+        self.layer = layer
+        self.failures = list(failures)
+        self.considered: list[Any] = []  # every answer checked, with its verdicts (Candidate)
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+class StageError(_Partial):
+    """A stage broke its contract: it raised an unexpected exception (a bug in a stage kind, often one
+    of your own; chained as ``__cause__``) or passed on no candidate."""
+
+    def __init__(self, layer: int, kind: str, problem: str) -> None:
+        super().__init__(f"layer {layer} ({kind}): {problem}")
+        self.layer = layer
+        self.kind = kind
 
 
 class DeadlineExceeded(_Partial):

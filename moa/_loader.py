@@ -16,7 +16,7 @@ import yaml
 from moa._errors import RecipeError
 from moa._resources import builtin_names, data_dir
 from moa._secrets import is_secret_name
-from moa.recipe import Recipe
+from moa.recipe import Recipe, registry
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 MAX_RECIPE_BYTES = 1_000_000
@@ -113,6 +113,7 @@ def _check_size(data: Any, label: str) -> None:
 
 
 def _validate(data: dict[str, Any], label: str, base_dir: Path | None) -> Recipe:
+    registry.load_entry_points()  # kinds from installed packages, before the first recipe is validated
     try:
         return Recipe.model_validate(data, context={"base_dir": base_dir})
     except pydantic.ValidationError as exc:
@@ -122,16 +123,32 @@ def _validate(data: dict[str, Any], label: str, base_dir: Path | None) -> Recipe
 
 def error_lines(exc: pydantic.ValidationError) -> list[tuple[str, str]]:
     """(field path, message) for each problem, values shown only where they cannot be secrets."""
-    return [(_field_path(e["loc"]), _message(e)) for e in exc.errors()]
+    return [(_field_path(e["loc"]) + _tag_field(e), _message(e)) for e in exc.errors()]
+
+
+def _tag_field(error: Any) -> str:
+    """``.kind`` (or ``.type``) for an unknown tag: the path names the field that is wrong."""
+    if error["type"] != "union_tag_invalid":
+        return ""
+    return "." + _TAG_NAMES.get(str(error.get("ctx", {}).get("discriminator", "")).strip("'()"), "kind")
+
+
+_TAGGED = ("layers", "checks")
+_TAG_NAMES = {
+    "kind_of": "kind",
+    "_check_type": "type",
+}  # lists of a union told apart by a tag (`kind`, `type`) pydantic puts in paths
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
     path = ""
-    for part in loc:
+    for position, part in enumerate(loc):
         if isinstance(part, int):
             path += f"[{part}]"
         elif "[" in part or part.startswith("function-"):
             continue  # pydantic's internal validator labels
+        elif position >= 2 and isinstance(loc[position - 1], int) and loc[position - 2] in _TAGGED:
+            continue  # the union member's tag: `layers.0.vote.pattern` is `layers[0].pattern`
         else:
             path += f".{part}" if path else part
     return path
@@ -143,6 +160,15 @@ def _message(error: Any) -> str:
         return "unknown key (check its spelling; `moa schema` lists every field)"
     if error["type"] == "missing":
         return "required field is missing"
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        ctx = error.get("ctx", {})
+        tag = _TAG_NAMES.get(str(ctx.get("discriminator", "")).strip("'()"), "kind")
+        expected = str(ctx.get("expected_tags", "")).replace("'", "")
+        got = ctx.get("tag")
+        if got is not None:
+            broken = "".join(f"; {why}" for why in registry.failed().values()) if tag == "kind" else ""
+            return f"unknown {tag} {got!r}; known: {expected}{broken}"
+        return f"`{tag}` is missing: every entry says which one it is"
     value = error.get("input")
     private = any(isinstance(part, str) and (part == "extra" or is_secret_name(part)) for part in error["loc"])
     if not private and error["type"] not in {"value_error", "assertion_error"} and isinstance(value, str | int | float):

@@ -113,6 +113,8 @@ def _assign(data: dict[str, Any], path: str, value: Any, flag: str, create: bool
     parts: list[str | int] = []
     for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
         parts.append(int(index) if index else name)
+    if parts and parts[0] == "stages" and not create:
+        parts[0] = "layers"  # the recipe's other name for its layers
     if not parts:
         raise ConfigError(f"{flag} {path}=...: no field named")
     target: Any = data

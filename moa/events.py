@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from moa._errors import CallSite, ProviderError
-from moa.result import AgentOutput
+from moa.result import AgentOutput, LayerResult
 
 EventKind = Literal["layer_started", "call_started", "call_retried", "call_finished", "call_failed", "layer_finished"]
 
@@ -20,7 +20,9 @@ EventKind = Literal["layer_started", "call_started", "call_retried", "call_finis
 class Event:
     """Something happened to a layer or call.
 
-    - ``layer_started`` / ``layer_finished``: ``layer`` is set (1-based);
+    - ``layer_started``: ``layer`` is set (1-based);
+    - ``layer_finished``: ``layer``, and ``result``: the layer's calls and the candidates it passed on,
+      with their votes, scores or verdicts;
     - ``call_started``: ``site``, ``attempt``;
     - ``call_retried``: ``site``, ``attempt`` (the one that failed), ``error``, ``delay_s``;
     - ``call_finished`` / ``call_failed``: ``site``, ``output`` (with text or error).
@@ -29,11 +31,12 @@ class Event:
     kind: EventKind
     layer: int
     site: CallSite | None = None
-    step: int = 0  # 1-based step of an `aggregate_seq` layer, else 0
+    step: int = 0  # 1-based step of a stage that calls an agent several times (see `AgentOutput.step`), else 0
     attempt: int = 0
     error: ProviderError | None = None
     delay_s: float = 0.0
     output: AgentOutput | None = None
+    result: LayerResult | None = None
 
 
 EventCallback = Callable[[Event], None]

@@ -46,9 +46,16 @@ class AgentOutput(BaseModel):
     """One call: who made it, what it was sent, and what came back (text or error)."""
 
     layer: int = Field(description="1-based layer number.")
-    agent: int = Field(description="0-based index of the agent in its layer.")
+    agent: int = Field(
+        description="0-based index of the agent among those its layer calls (`Layer.call_agents()`); one past "
+        "them for a `verify` repair made by the model that wrote the answer."
+    )
     sample: int = Field(0, description="0-based sample of that agent (`n > 1`).")
-    step: int = Field(0, description="1-based step of an `aggregate_seq` layer, else 0.")
+    step: int = Field(
+        0,
+        description="1-based step of a stage that calls an agent several times (`aggregate_seq` steps, "
+        "`debate` rounds, judge and repair calls), else 0.",
+    )
     name: str
     model: str
     messages: list[dict[str, Any]] = Field(default_factory=list)
@@ -61,19 +68,85 @@ class AgentOutput(BaseModel):
     top_logprobs: dict[str, float] | None = Field(
         None, description="First token's top alternatives {token: logprob}, when requested."
     )
+    finish_reason: str | None = Field(None, description="Why the provider stopped (`stop`, `length`...), if said.")
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.text is not None
 
 
+class Verdict(BaseModel):
+    """One check of a candidate: a validator's, a judge's or a vote's finding."""
+
+    check: str = Field(description="What checked it, e.g. `regex`, `json_schema`, `llm`, `python`.")
+    passed: bool
+    message: str = Field("", description="Why it failed (cut to 300 characters, secrets masked).")
+    layer: int = Field(0, description="The 1-based layer whose check it is.")
+
+
+class Candidate(BaseModel):
+    """An answer one stage passes to the next, with what the stages learned about it."""
+
+    text: str
+    layer: int = Field(description="1-based layer of the call that wrote it.")
+    agent: int = 0
+    sample: int = 0
+    step: int = 0
+    model: str = ""
+    completion_tokens: int = Field(0, description="Its length in tokens, when known (budgets count it).")
+    finish_reason: str | None = Field(None, description="`length` when it was cut by `max_tokens`.")
+    answer: str | None = Field(None, description="The answer extracted from it (`vote`), if any.")
+    votes: int | None = Field(None, description="How many candidates gave the same answer (`vote`).")
+    score: float | None = Field(None, description="Its score (`rank`): higher is better.")
+    verdicts: list[Verdict] = Field(default_factory=list, description="Every check it went through (`verify`).")
+
+    @classmethod
+    def of(cls, output: AgentOutput) -> Candidate:
+        """The candidate a successful call makes."""
+        return cls.model_construct(
+            text=output.text or "",
+            layer=output.layer,
+            agent=output.agent,
+            sample=output.sample,
+            step=output.step,
+            model=output.model,
+            completion_tokens=output.usage.completion_tokens,
+            finish_reason=output.finish_reason,
+            answer=None,
+            votes=None,
+            score=None,
+            verdicts=[],
+        )
+
+
 class LayerResult(BaseModel):
-    """One layer: all of its calls, failed ones included, in agent order."""
+    """One layer: all of its calls, failed ones included, in agent order, and the candidates it passed on."""
 
     index: int = Field(description="1-based layer number.")
     kind: str
     outputs: list[AgentOutput]
     latency_s: float = 0.0
+    candidates: list[Candidate] = Field(
+        default_factory=list,
+        description="What the layer passed on to the next, best first, with scores, votes and verdicts "
+        "(empty in traces written before stages kept them: see `passed_on()`).",
+    )
+    considered: list[Candidate] = Field(
+        default_factory=list,
+        description="Every candidate a selecting stage looked at, in order, with its findings (`vote`: "
+        "answer and votes; `rank`: score; `verify`: verdicts, repairs and fallbacks included); empty for "
+        "stages that write answers.",
+    )
+
+    def passed_on(self) -> list[Candidate]:
+        """What the layer passed on: ``candidates``; for a trace written before stages kept them, the
+        successful outputs (of a stepped layer, the last successful step's)."""
+        if self.candidates:
+            return list(self.candidates)
+        succeeded = self.succeeded
+        if any(output.step for output in succeeded):
+            return [Candidate.of(max(succeeded, key=lambda output: output.step))]
+        return [Candidate.of(output) for output in succeeded]
 
     @property
     def succeeded(self) -> list[AgentOutput]:

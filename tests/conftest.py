@@ -68,3 +68,30 @@ def loopback_recipe(server: LoopbackServer, layers: list[dict[str, Any]], **fiel
 
 def agents(*models: str, **extra: Any) -> list[dict[str, Any]]:
     return [{"model": model, **extra} for model in models]
+
+
+def scripted(replies: dict[str, Any]) -> Any:
+    """A loopback responder answering by model name (without its provider prefix): a string, or a
+    function of the request's messages.  A model not listed answers ``<model> says hi``."""
+
+    def respond(body: dict[str, Any], index: int) -> str:
+        model = str(body.get("model", "")).split("/")[-1]
+        reply = replies.get(model, f"{model} says hi")
+        return reply(body["messages"]) if callable(reply) else str(reply)
+
+    return respond
+
+
+@pytest.fixture
+def script() -> Iterator[Any]:
+    """``script(replies, **server_options)``: a loopback server answering by model (see ``scripted``)."""
+    servers: list[LoopbackServer] = []
+
+    def start(replies: dict[str, Any], **options: Any) -> LoopbackServer:
+        server = LoopbackServer(responder=scripted(replies), **options).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

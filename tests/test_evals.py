@@ -369,6 +369,11 @@ def test_qa_scoring_rules() -> None:
     assert not is_correct("Eighteen", {"answers": ["eight"]})
     assert is_correct("The sum is 1,024.", {"answers": [1024]})
     assert is_correct("JUPITER!", {"regex": "(?i)jupiter"})
+    # A number counts as the output's last number: not the question's echoed back, not a step on the way.
+    assert not is_correct("144 divided by 12 is about 1.375", {"answers": [12]})
+    assert is_correct("6 x 7 = 42", {"answers": [42]}) and is_correct("42, since 6 x 7 = 42", {"answers": [42]})
+    assert not is_correct("3 + 4 = 7, doubled: 14", {"answers": [7]})
+    assert is_correct("3 + 4 = 7, doubled: 14\nAnswer: 14", {"answers": [14]})
 
 
 def test_qa_with_baseline_flips_and_mcnemar_then_report(

@@ -35,7 +35,7 @@ WRONG_VALUES: list[tuple[str, Any, str]] = [
     ("defaults.extra", ["x"], "defaults.extra"), ("defaults.extra", {"api_key": "sk-x"}, "defaults.extra"),
     ("defaults.extra", {"messages": []}, "defaults.extra"), ("defaults.extra", {"stream": True}, "defaults.extra"),
     ("layers", "all of them", "layers"), ("layers", [], "layers"), ("layers", {"a": 1}, "layers"),
-    ("layers.0", "propose", "layers[0]"), ("layers.0.kind", "debate", "layers[0].kind"),
+    ("layers.0", "propose", "layers[0]"), ("layers.0.kind", "judge", "layers[0].kind"),
     ("layers.0.kind", "aggregate", "layers[0]"), ("layers.1.kind", "propose", "layers[1]"),
     ("layers.0.agents", [], "layers[0]"), ("layers.0.agents", "openai/a", "layers[0].agents"),
     ("layers.0.agents.0", "openai/a", "layers[0].agents[0]"),

@@ -81,3 +81,30 @@ def test_eval_qa_and_report_on_the_real_model(tmp_path: Path) -> None:
     report = subprocess.run([sys.executable, "-m", "moa", "eval", "report", str(out), "--html", str(page)],
                             capture_output=True, text=True)  # fmt: skip
     assert report.returncode == 0 and "<svg" in page.read_text()
+
+
+STAGE_RECIPES = [name for name in moa.builtin_recipes() if name.startswith("local-")]
+
+
+def test_every_local_stage_recipe_is_built_in() -> None:
+    assert STAGE_RECIPES == ["local-blender", "local-debate", "local-self-consistency", "local-verify-escalate"]
+
+
+@pytest.mark.parametrize("name", STAGE_RECIPES)
+def test_eval_qa_runs_every_local_stage_recipe_end_to_end(name: str, tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "qa"
+    command = [sys.executable, "-m", "moa", "eval", "qa", "--recipe", name, "--limit", "2", "--out", str(out),
+               "--data", str(root / "evals" / "qa-sample.jsonl"), "--set", "max_tokens=24"]  # fmt: skip
+    env = {**os.environ, "MOA_LOG_DB": str(tmp_path / "runs.sqlite")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] == 2 and summary["failed"] == 0 and summary["cost_usd"] == 0.0
+    recipe = moa.load_recipe(name)
+    assert 0 < summary["calls_per_item"] <= recipe.calls_per_query
+    items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    for item in items:
+        (trace,) = item["traces"]
+        assert [layer["kind"] for layer in trace["layers"]] == [layer.kind for layer in recipe.layers]
+        assert trace["output"].strip() and trace["layers"][-1]["candidates"][0]["text"] == trace["output"]

@@ -12,10 +12,27 @@ def test_public_names_are_pinned() -> None:
             "RateLimitedError", "Recipe", "RecipeError", "Request", "RequestRejectedError", "RetryPolicy",
             "RunError", "SelfMoA", "TemplateError", "UnpricedModelError", "Usage", "builtin_recipes",
             "load_recipe", "plan", "run", "run_sync",
+            # stages: writing and registering a stage kind, and what stages find
+            "Candidate", "Estimate", "EstimateContext", "Outcome", "Stage", "StageContext", "StageError", "Verdict",
+            "VerificationError", "register_stage",
         ]
     )  # fmt: skip
     for name in moa.__all__:
         assert hasattr(moa, name), name
+
+
+def test_type_checking_imports_mirror_the_lazy_exports() -> None:
+    """Type checkers read the TYPE_CHECKING block, `import moa` the lazy map: they name the same things."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(moa.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    imported = {
+        alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names
+    }
+    assert imported == moa._EXPORTS
+    assert sorted(moa.__all__) == sorted(moa._EXPORTS)
 
 
 def test_error_tree_splits_config_from_runtime() -> None:

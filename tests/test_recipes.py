@@ -30,7 +30,11 @@ layers:
 
 
 def test_builtin_names() -> None:
-    assert moa.builtin_recipes() == ["local", "moa", "moa-gpt4o", "moa-lite", "self-moa", "self-moa-seq"]
+    assert moa.builtin_recipes() == [
+        "blender", "debate", "local", "local-blender", "local-debate", "local-self-consistency",
+        "local-verify-escalate", "moa", "moa-gpt4o", "moa-lite", "self-consistency", "self-moa", "self-moa-seq",
+        "verify-escalate",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -42,6 +46,14 @@ def test_builtin_names() -> None:
         ("self-moa", 7, [6, 1]),
         ("self-moa-seq", 9, [6, 3]),
         ("local", 4, [3, 1]),
+        ("self-consistency", 8, [8, 0]),
+        ("blender", 26, [5, 20, 1]),
+        ("debate", 6, [6, 0]),
+        ("verify-escalate", 6, [1, 5]),  # at most: 3 verdicts, 1 repair, 1 escalation
+        ("local-self-consistency", 5, [5, 0]),
+        ("local-blender", 10, [3, 6, 1]),
+        ("local-debate", 6, [6, 0]),
+        ("local-verify-escalate", 3, [1, 2]),
     ],
 )
 def test_builtin_recipes_plan_paper_counts(name: str, calls: int, per_layer: list[int]) -> None:
@@ -68,7 +80,7 @@ def test_paper_recipes_use_the_papers_models_and_sampling() -> None:
     assert seq.layers[1].kind == "aggregate_seq" and seq.layers[1].window == 3
 
 
-@pytest.mark.parametrize("name", ["local", "moa", "moa-gpt4o", "moa-lite", "self-moa", "self-moa-seq"])
+@pytest.mark.parametrize("name", moa.builtin_recipes())
 def test_model_dump_round_trips(name: str) -> None:
     recipe = moa.load_recipe(name)
     assert moa.load_recipe(recipe.model_dump()) == recipe
@@ -179,8 +191,10 @@ def test_literal_api_key_is_refused_without_echoing_it() -> None:
 
 
 def test_shape_rules() -> None:
-    assert "must be `propose`" in str(error_of(MINIMAL.replace("kind: propose", "kind: aggregate")))
-    assert "use `aggregate`" in str(error_of(MINIMAL.replace("kind: aggregate", "kind: propose")))
+    first = str(error_of(MINIMAL.replace("kind: propose", "kind: aggregate")))
+    assert "layers[0].kind is 'aggregate'" in first and "must write its own answers (`propose`, `debate`)" in first
+    later = str(error_of(MINIMAL.replace("kind: aggregate", "kind: propose")))
+    assert "layers[1].kind is 'propose'" in later and "can only come first" in later
     assert "exactly one" in str(
         error_of(MINIMAL.replace("agents: [{model: openai/c}]", "agents: [{model: openai/c, n: 2}]"))
     )

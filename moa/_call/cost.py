@@ -3,6 +3,9 @@
 - A prompt counts ~3 characters a token (English averages ~4: this errs high),
   plus 16 characters per message for the chat format; outputs of earlier calls
   embedded in it (an aggregator's references) count their own token counts.
+  Text that tokenizers split finer than that (one-letter words, digits, symbols,
+  CJK: each a token or more) counts at least one token per letter run, group of
+  up to three digits, and other character.
 - A call's output counts its ``max_tokens``, or the model's own output limit
   when unset.
 - Prices come from the provider (``Pricing``); a model without a price makes
@@ -18,11 +21,20 @@ limit) is the sum of its stages' worst cases (``moa._stages``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 CHARS_PER_TOKEN = 3
 MESSAGE_OVERHEAD_CHARS = 16
+# The fewest tokens a text can take: a run of ASCII letters, up to three digits, or any other character
+# that is not a space (a symbol, a CJK character, an accented letter) is at least one token.
+_PIECE = re.compile(r"[A-Za-z]+|\d{1,3}|[^\sA-Za-z\d]")
+
+
+def text_tokens(text: str) -> int:
+    """A high estimate of a text's tokens: ~3 characters a token, or its pieces when they are more."""
+    return max(-(-len(text) // CHARS_PER_TOKEN), len(_PIECE.findall(text)))
 
 
 @runtime_checkable
@@ -47,7 +59,10 @@ def prompt_tokens(messages: Sequence[Mapping[str, Any]], embedded: Sequence[tupl
     """Estimated prompt tokens of ``messages``; ``embedded`` holds (characters, tokens) of outputs quoted in them."""
     chars = sum(len(str(m.get("content", ""))) + MESSAGE_OVERHEAD_CHARS for m in messages)
     chars -= sum(c for c, _ in embedded)
-    return max(0, chars) // CHARS_PER_TOKEN + 1 + sum(t for _, t in embedded)
+    by_chars = max(0, chars) // CHARS_PER_TOKEN + 1 + sum(t for _, t in embedded)
+    overhead = len(messages) * MESSAGE_OVERHEAD_CHARS // CHARS_PER_TOKEN
+    by_pieces = sum(len(_PIECE.findall(str(m.get("content", "")))) for m in messages) + overhead + 1
+    return max(by_chars, by_pieces)
 
 
 def output_tokens(pricing: Pricing, model: str, params: Mapping[str, Any]) -> int:
@@ -61,7 +76,7 @@ def embedded(texts_and_tokens: Iterable[tuple[str | None, int]]) -> list[tuple[i
     result = []
     for text, tokens in texts_and_tokens:
         chars = len(text or "")
-        result.append((chars, tokens or -(-chars // CHARS_PER_TOKEN)))
+        result.append((chars, tokens or text_tokens(text or "")))
     return result
 
 

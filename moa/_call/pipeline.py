@@ -226,4 +226,5 @@ class Caller:
             record.paid + Usage(prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens),
             total([record.paid_cost, completion.cost_usd]),
             completion.top_logprobs,
+            completion.finish_reason,
         )

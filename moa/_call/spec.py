@@ -57,14 +57,15 @@ def call_params(
 
 
 def plan_layer(recipe: Recipe, layer_index: int, overrides: CallParams | None = None) -> list[CallSpec]:
-    """The calls of one layer (0-based index), in agent order, one per sample.
+    """The calls of one layer (0-based index): one per sample of each agent its stage may call
+    (``Layer.call_agents()``), in that order.
 
-    For ``aggregate_seq`` it plans the single agent's call once; the stage
-    repeats it per step.
+    A stage that calls an agent several times (``aggregate_seq`` steps, a
+    judge's verdicts, debate rounds) repeats its spec with a step number.
     """
     layer = recipe.layers[layer_index]
     specs = []
-    for agent_index, agent in enumerate(layer.agents):
+    for agent_index, agent in enumerate(layer.call_agents()):
         params, key_env = call_params(recipe.defaults, agent, overrides)
         for sample in range(agent.n):
             site = CallSite(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from moa._errors import CallbackError, ProviderError
 from moa.events import Event, EventCallback, EventKind
-from moa.result import AgentOutput, CallError, Usage
+from moa.result import AgentOutput, CallError, LayerResult, Usage
 
 from .spec import CallSpec
 
@@ -58,8 +58,8 @@ class Tracer:
     def layer_started(self, layer: int) -> None:
         self.emit("layer_started", layer)
 
-    def layer_finished(self, layer: int) -> None:
-        self.emit("layer_finished", layer)
+    def layer_finished(self, layer: int, result: LayerResult | None = None) -> None:
+        self.emit("layer_finished", layer, result=result)
 
     def started(self, record: CallRecord) -> None:
         record.attempts += 1
@@ -71,9 +71,17 @@ class Tracer:
         self.emit("call_retried", record.spec.site.layer, record, attempt=number, error=error, delay_s=delay)
 
     def finished(
-        self, record: CallRecord, text: str, usage: Usage, cost: float | None, logprobs: dict[str, float] | None
+        self,
+        record: CallRecord,
+        text: str,
+        usage: Usage,
+        cost: float | None,
+        logprobs: dict[str, float] | None,
+        finish_reason: str | None = None,
     ) -> AgentOutput:
-        output = output_of(record, record.attempts, text=text, usage=usage, cost=cost, top_logprobs=logprobs)
+        output = output_of(
+            record, record.attempts, text=text, usage=usage, cost=cost, top_logprobs=logprobs, finish=finish_reason
+        )
         self._keep(output)
         self.emit("call_finished", record.spec.site.layer, record, attempt=record.attempts, output=output)
         return output
@@ -111,6 +119,7 @@ def output_of(
     usage: Usage | None = None,
     cost: float | None = 0.0,
     top_logprobs: dict[str, float] | None = None,
+    finish: str | None = None,
 ) -> AgentOutput:
     """The trace entry of one call (failed calls cost what they paid: 0.0 unless an answer was refused)."""
     site = record.spec.site
@@ -127,6 +136,7 @@ def output_of(
         error=error,
         usage=usage or Usage(),
         top_logprobs=top_logprobs,
+        finish_reason=finish,
         cost_usd=cost,
         latency_s=record.elapsed,
         attempts=attempts,

@@ -16,7 +16,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from moa import _secrets
-from moa._call import Budget, BudgetRefused, Caller, CallSpec, Sleep, Tracer, embedded, plan_layer, pricing_of
+from moa._call import (
+    Budget,
+    BudgetRefused,
+    Caller,
+    CallFailed,
+    CallRefused,
+    CallSpec,
+    Sleep,
+    Tracer,
+    embedded,
+    plan_layer,
+    pricing_of,
+)
 from moa._errors import (
     BudgetExceeded,
     CallbackError,
@@ -24,15 +36,17 @@ from moa._errors import (
     DeadlineExceeded,
     MissingAPIKeyError,
     QuorumError,
+    StageError,
     UnpricedModelError,
+    VerificationError,
 )
 from moa._limits import Limiter
 from moa._prompt import Message
 from moa._provider import Preflight, Provider, TokenCallback
-from moa._stages import STAGES, StageContext
+from moa._stages import Outcome, StageContext, stage_of, writers_of
 from moa.events import EventCallback
 from moa.recipe import CallParams, Recipe
-from moa.result import AgentOutput, LayerResult, MoAResult, Usage
+from moa.result import AgentOutput, Candidate, LayerResult, MoAResult, Usage
 
 from .planning import run_worst_case
 
@@ -56,6 +70,7 @@ class Engine:
         self._pricing = pricing_of(self.provider)
         # Planned once: key checks, preflight and the stages all read the same specs.
         self._specs = [plan_layer(self.recipe, i, self.overrides) for i in range(len(self.recipe.layers))]
+        self._writers = writers_of(self.recipe.layers, self._specs)
         self._keys = self._resolve_keys()
         self._layers: list[LayerResult] = []  # finished layers, for partial traces
         self._tracer = Tracer(self.on_event, record=self._record)
@@ -103,8 +118,8 @@ class Engine:
         """The most this run can cost (every call at its limit); None when a model has no known price."""
         if self._pricing is None:
             return None
-        passed = STAGES[reuse[-1].kind].passed_on(reuse[-1]) if reuse else []
-        reused = embedded((o.text, o.usage.completion_tokens) for o in passed)
+        passed = reuse[-1].passed_on() if reuse else []
+        reused = embedded((c.text, c.completion_tokens) for c in passed)
         total, _ = run_worst_case(
             self._pricing, self.recipe, conversation, self.overrides, start=len(reuse), reused_outputs=reused
         )
@@ -163,24 +178,24 @@ class Engine:
         last = len(self.recipe.layers) - 1
         if len(reuse) > last:
             raise ConfigError(f"can reuse at most {last} layers of this recipe (the last must run), got {len(reuse)}")
-        inputs: list[AgentOutput] = []
-        for cached in reuse:  # layers answered before: their outputs feed the next layer, no calls
+        writers = dict(self._writers)  # who wrote what, shared by this run's stages (a repair adds its site)
+        inputs: list[Candidate] = []
+        for cached in reuse:  # layers answered before: what they passed on feeds the next layer, no calls
             layers.append(cached)
-            inputs = STAGES[cached.kind].passed_on(cached)
+            inputs = cached.passed_on()
         for index in range(len(reuse), last + 1):
             layer = self.recipe.layers[index]
-            stage = STAGES[layer.kind]
-            ctx = StageContext(
-                index, layer, conversation, self._specs[index], caller, self.on_token if index == last else None
-            )
+            on_token = self.on_token if index == last else None
+            ctx = StageContext(index, layer, conversation, self._specs[index], caller, on_token, writers=writers)
             self._stage = ctx
             self._tracer.layer_started(index + 1)
             layer_started = time.perf_counter()
             try:
-                outputs = await stage.run(ctx, inputs)
-            except (QuorumError, BudgetExceeded, CallbackError) as exc:
+                outcome = await self._stage_run(ctx, inputs)
+            except (QuorumError, BudgetExceeded, CallbackError, VerificationError, StageError) as exc:
                 recorded = exc.outputs if isinstance(exc, QuorumError) else ctx.recorded
-                layers.append(_layer(index, layer.kind, recorded, layer_started))
+                considered = exc.considered if isinstance(exc, VerificationError) else ()
+                layers.append(_layer(index, layer.kind, recorded, layer_started, considered=considered))
                 exc.partial = self._result(conversation, layers, started, output="")
                 raise
             except asyncio.CancelledError:  # the run's deadline, or the caller cancelled
@@ -188,10 +203,32 @@ class Engine:
                 raise
             finally:
                 self._stage = None
-            layers.append(_layer(index, layer.kind, outputs, layer_started))
-            self._tracer.layer_finished(index + 1)
-            inputs = stage.passed_on(layers[-1])
-        return self._result(conversation, layers, started, output=inputs[0].text or "")
+            layers.append(
+                _layer(index, layer.kind, ctx.recorded, layer_started, outcome.candidates, outcome.considered)
+            )
+            self._tracer.layer_finished(index + 1, layers[-1])
+            inputs = outcome.candidates
+        return self._result(conversation, layers, started, output=inputs[0].text)
+
+    async def _stage_run(self, ctx: StageContext, inputs: list[Candidate]) -> Outcome:
+        """The stage's outcome; a stage that raises something unexpected, or passes nothing on, is a
+        ``StageError`` (with the partial trace), never a bare exception that loses the paid calls."""
+        kind = ctx.layer.kind
+        try:
+            outcome = await stage_of(ctx.layer).run(ctx, inputs)
+        except (QuorumError, BudgetExceeded, CallbackError, VerificationError, StageError, asyncio.CancelledError):
+            raise
+        except CallRefused as exc:  # a stage's own ctx.call, not caught: the budget said no
+            raise BudgetExceeded(f"layer {ctx.index + 1}: {exc}") from None
+        except CallFailed as exc:
+            problem = f"a call failed and the stage did not handle it: {type(exc.cause).__name__}: {exc.cause}"
+            raise StageError(ctx.index + 1, kind, problem) from exc.cause
+        except Exception as exc:
+            raise StageError(ctx.index + 1, kind, f"the stage raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(outcome, Outcome) or not outcome.candidates:
+            problem = "passed on no candidate" if isinstance(outcome, Outcome) else f"returned {type(outcome).__name__}"
+            raise StageError(ctx.index + 1, kind, f"the stage {problem}; it must return an Outcome with candidates")
+        return outcome
 
     def _result(self, conversation: list[Message], layers: list[LayerResult], started: float, output: str) -> MoAResult:
         calls = [call for layer in layers for call in layer.outputs]
@@ -211,7 +248,19 @@ class Engine:
         )
 
 
-def _layer(index: int, kind: str, outputs: Sequence[AgentOutput], started: float) -> LayerResult:
+def _layer(
+    index: int,
+    kind: str,
+    outputs: Sequence[AgentOutput],
+    started: float,
+    candidates: Sequence[Candidate] = (),
+    considered: Sequence[Candidate] = (),
+) -> LayerResult:
     return LayerResult.model_construct(  # built from checked values: no re-validation
-        index=index + 1, kind=kind, outputs=list(outputs), latency_s=time.perf_counter() - started
+        index=index + 1,
+        kind=kind,
+        outputs=list(outputs),
+        latency_s=time.perf_counter() - started,
+        candidates=list(candidates),
+        considered=list(considered),
     )

@@ -15,7 +15,7 @@ from typing import Any
 from moa._call import Pricing, plan_layer, pricing_of
 from moa._loader import RecipeSource, load_recipe
 from moa._prompt import Message, normalize_prompt
-from moa._stages import STAGES, EstimateContext
+from moa._stages import EstimateContext, stage_of, writers_of
 from moa.recipe import CallParams, Recipe
 
 
@@ -26,9 +26,9 @@ class LayerPlan:
     index: int  # 1-based
     kind: str
     calls: int
-    agents: list[str]  # "label" or "label x n"
-    sees_previous: bool  # whether its prompts carry the previous layer's outputs
-    template: str | None
+    agents: list[str]  # every agent it may call: "label" or "label x n"
+    sees_previous: bool  # whether it works on the previous layer's outputs
+    template: str | None  # its prompt template's file, for stages that have one
     #: The most this layer can cost for the prompt given to ``moa.plan`` (every call at its token
     #: limit); None without a prompt, or when a model has no known price.
     worst_case_usd: float | None = None
@@ -51,10 +51,13 @@ def layer_worst_cases(
     costs: list[float | None] = []
     unpriced: set[str] = set()
     inputs = list(reused_outputs)
+    specs = [plan_layer(recipe, index, overrides) for index in range(len(recipe.layers))]
+    writers = writers_of(recipe.layers, specs)
     for index in range(start, len(recipe.layers)):
         layer = recipe.layers[index]
-        ctx = EstimateContext(index, layer, conversation, plan_layer(recipe, index, overrides), pricing)
-        estimate = STAGES[layer.kind].estimate(ctx, inputs)
+        earlier = [writer for (at, _, _), writer in writers.items() if at <= index]
+        ctx = EstimateContext(index, layer, conversation, specs[index], pricing, earlier)
+        estimate = stage_of(layer).estimate(ctx, inputs)
         costs.append(estimate.cost)
         unpriced.update(estimate.unpriced)
         inputs = estimate.outputs
@@ -102,7 +105,7 @@ def plan(
             costs, _ = layer_worst_cases(pricing, loaded, normalize_prompt(prompt), settings)
     plans = []
     for index, (layer, calls) in enumerate(zip(loaded.layers, loaded.calls_by_layer(), strict=True)):
-        labels = [a.label if a.n == 1 else f"{a.label} x {a.n}" for a in layer.agents]
-        template = layer.compiled_template.source if index else None
-        plans.append(LayerPlan(index + 1, layer.kind, calls, labels, index > 0, template, costs[index]))
+        labels = [a.label if a.n == 1 else f"{a.label} x {a.n}" for a in layer.call_agents()]
+        template = next(iter(layer.template_sources()), None)
+        plans.append(LayerPlan(index + 1, layer.kind, calls, labels, layer.takes_candidates, template, costs[index]))
     return plans

@@ -1,35 +1,33 @@
-"""``aggregate``: every agent answers the conversation with the previous outputs in its system message.
+"""``aggregate``: every agent answers with the previous candidates in its system message.
 
-The outputs are rendered by the layer's template (numbered ``1.``, ``2.``, one
-per line, by default) and appended to the system message after a blank line,
-or sent as a new system message at the front (Wang et al. 2024).
+The candidates are rendered by the layer's template (numbered ``1.``, ``2.``,
+one per line, by default) and appended to the system message after a blank
+line, or sent as a new system message at the front (Wang et al. 2024).
 """
 
 from __future__ import annotations
 
-from moa._call import embedded
 from moa._prompt import build_messages
-from moa.result import AgentOutput, LayerResult
+from moa.recipe import AggregateLayer
+from moa.result import Candidate
 
-from .base import Estimate, EstimateContext, StageContext, bind, successes
+from .base import Estimate, EstimateContext, Outcome, Stage, StageContext, bind, candidates, quoted
 
 
-class Aggregate:
-    async def run(self, ctx: StageContext, inputs: list[AgentOutput]) -> list[AgentOutput]:
-        block = ctx.layer.compiled_template.render(responses=[o.text or "" for o in inputs], layer=ctx.index + 1)
-        quoted = embedded((o.text, o.usage.completion_tokens) for o in inputs)
-        last = ctx.on_token is not None
+class Aggregate(Stage):
+    async def run(self, ctx: StageContext, inputs: list[Candidate]) -> Outcome:
+        assert isinstance(ctx.layer, AggregateLayer)
+        block = ctx.layer.compiled_template.render(responses=[c.text for c in inputs], layer=ctx.index + 1)
+        embedded, last = quoted(inputs), ctx.on_token is not None
         calls = []
         for spec in ctx.specs:
             agent = ctx.layer.agents[spec.site.agent]
             messages = build_messages(ctx.conversation, system=agent.system, references=block)
-            calls.append((spec, bind(ctx.call, spec, messages, stream=last, embedded=quoted)))
-        return await ctx.fanout(calls)
-
-    def passed_on(self, result: LayerResult) -> list[AgentOutput]:
-        return successes(result)
+            calls.append((spec, bind(ctx.call, spec, messages, stream=last, embedded=embedded)))
+        return Outcome(candidates(await ctx.fanout(calls)))
 
     def estimate(self, ctx: EstimateContext, inputs: list[tuple[int, int]]) -> Estimate:
+        assert isinstance(ctx.layer, AggregateLayer)
         block = ctx.layer.compiled_template.render(responses=[""] * len(inputs), layer=ctx.index + 1)
         outputs = []
         for spec in ctx.specs:

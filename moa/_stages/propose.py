@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 from moa._prompt import build_messages
-from moa.result import AgentOutput, LayerResult
+from moa.recipe import ProposeLayer
+from moa.result import Candidate
 
-from .base import Estimate, EstimateContext, StageContext, bind, successes
+from .base import Estimate, EstimateContext, Outcome, Stage, StageContext, bind, candidates
 
 
-class Propose:
-    async def run(self, ctx: StageContext, inputs: list[AgentOutput]) -> list[AgentOutput]:
+class Propose(Stage):
+    async def run(self, ctx: StageContext, inputs: list[Candidate]) -> Outcome:
+        assert isinstance(ctx.layer, ProposeLayer)
         last = ctx.on_token is not None
         calls = []
         for spec in ctx.specs:
             messages = build_messages(ctx.conversation, system=ctx.layer.agents[spec.site.agent].system)
             calls.append((spec, bind(ctx.call, spec, messages, stream=last)))
-        return await ctx.fanout(calls)
-
-    def passed_on(self, result: LayerResult) -> list[AgentOutput]:
-        return successes(result)
+        return Outcome(candidates(await ctx.fanout(calls)))
 
     def estimate(self, ctx: EstimateContext, inputs: list[tuple[int, int]]) -> Estimate:
+        assert isinstance(ctx.layer, ProposeLayer)
         outputs = []
         for spec in ctx.specs:
             messages = build_messages(ctx.conversation, system=ctx.layer.agents[spec.site.agent].system)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from moa.cli import eval as eval_command
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     from moa._errors import ConfigError, MoAError
 
+    warnings.formatwarning = _one_line  # moa's warnings (a broken plugin) read as messages, not source lines
     try:
         code: int = args.handler(args)
         return code
@@ -55,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MoAError as exc:
         error(str(exc))
         return EXIT_FAILED
+
+
+def _one_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    return f"{message}\n" if str(message).startswith("moa: ") else f"{category.__name__}: {message}\n"
 
 
 def entry() -> None:

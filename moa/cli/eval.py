@@ -341,9 +341,10 @@ def _dry_run(ctx: EvalContext, benchmark: Benchmark, rows: list[dict[str, Any]],
     runs = len(benchmark.run_keys(rows))
     turns = max(1, runs // max(1, len(rows)))
     calls = runs * recipe.calls_per_query
+    most = "at most " if any(layer.calls_vary for layer in recipe.layers) else ""
     judge_calls = runs if judged else 0
     print(
-        f"dry run: {len(rows)} items x {turns} turn(s) x {recipe.calls_per_query} calls = {calls} calls"
+        f"dry run: {len(rows)} items x {turns} turn(s) x {most}{recipe.calls_per_query} calls = {most}{calls} calls"
         + (f", plus {judge_calls} judge calls (not in the estimate below)" if judge_calls else "")
     )
     worst = [benchmark.worst_case(ctx, item) for _, item in benchmark.items(rows)]

@@ -6,9 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moa.cli._common import EXIT_FAILED, EXIT_OK, print_columns, visible
+
+if TYPE_CHECKING:
+    from moa.recipe import Layer
 
 
 def add_parser(commands: Any) -> None:
@@ -30,6 +33,7 @@ def add_parser(commands: Any) -> None:
 def list_command(args: argparse.Namespace) -> int:
     from moa._errors import ConfigError, RecipeError
     from moa._loader import builtin_recipes, load_recipe
+    from moa.recipe.verification import without_imports
 
     sources: list[tuple[str, str]] = [(name, "built-in") for name in builtin_recipes()]
     local_dir = Path.cwd() / "recipes"
@@ -38,13 +42,16 @@ def list_command(args: argparse.Namespace) -> int:
     rows = [("recipe", "layers", "calls/query", "models", "source")]
     for source, origin in sources:
         try:
-            recipe = load_recipe(source)
+            with without_imports():  # listing runs no code a recipe names (its `python` checks' modules)
+                recipe = load_recipe(source)
         except ConfigError as exc:  # one bad file (recipe or template) is listed as such, not fatal
             reason = exc.problems[0][1] if isinstance(exc, RecipeError) else str(exc)
             rows.append((Path(source).stem, "-", "-", f"invalid: {reason.splitlines()[0]}", origin))
             continue
         models = _short_models(recipe.models)
-        rows.append((recipe.name, str(len(recipe.layers)), str(recipe.calls_per_query), models, origin))
+        calls = str(recipe.calls_per_query)
+        calls = f"up to {calls}" if any(layer.calls_vary for layer in recipe.layers) else calls
+        rows.append((recipe.name, str(len(recipe.layers)), calls, models, origin))
     print_columns(rows)
     return EXIT_OK
 
@@ -66,22 +73,26 @@ def show_command(args: argparse.Namespace) -> int:
 
     from moa._engine import plan
     from moa._loader import load_recipe
+    from moa.recipe import AgentLayer
 
     recipe = load_recipe(args.name)
     console = Console(highlight=False)
     # Names, descriptions, models and prompts are the user's text: escaped, never read as markup.
     console.print(f"[bold]{escape(visible(recipe.name))}[/bold]: {escape(visible(recipe.description))}")
-    console.print(f"{len(recipe.layers)} layers, {recipe.calls_per_query} calls per query\n")
+    most = "at most " if any(layer.calls_vary for layer in recipe.layers) else ""
+    console.print(f"{len(recipe.layers)} layers, {most}{recipe.calls_per_query} calls per query\n")
     previous = 0
     for layer_plan, layer in zip(plan(recipe), recipe.layers, strict=True):
+        quorum = layer.min_success if isinstance(layer, AgentLayer) else None
         console.print(
-            f"[bold cyan]Layer {layer_plan.index}[/bold cyan] · {layer.kind} · {layer_plan.calls} calls"
-            + (f" · quorum {layer.min_success}" if layer.min_success else "")
+            f"[bold cyan]Layer {layer_plan.index}[/bold cyan] · {layer.kind} · {_calls(layer_plan.calls, layer)}"
+            + (f" · quorum {quorum}" if quorum else "")
         )
-        for agent in layer.agents:
+        for number, agent in enumerate(layer.call_agents()):
             settings = {
                 **recipe.defaults.model_dump(exclude_none=True, exclude={"extra"}),
                 **agent.model_dump(exclude_none=True, exclude={"model", "name", "system", "n", "extra"}),
+                **layer.fixed_settings(number),  # what its calls really get (a judge's one-token verdicts)
             }
             shown = " ".join(f"{k}={v}" for k, v in settings.items() if k != "api_key_env")
             times = f" x {agent.n}" if agent.n > 1 else ""
@@ -90,21 +101,21 @@ def show_command(args: argparse.Namespace) -> int:
             console.print(f"  - {label}{times}  [dim]{rest}[/dim]", soft_wrap=True)
             if agent.system:
                 console.print(f"    system prompt: {escape(visible(repr(agent.system)))}")
-        if layer_plan.index == 1:
-            console.print("  each gets: the conversation unchanged (after its own system prompt, if any)")
-        elif layer.kind == "aggregate_seq":
-            console.print(
-                f"  folds the {previous} previous outputs {layer.effective_window} at a time; each step's "
-                "system message carries the synthesis so far and the next outputs"
-            )
-        else:
-            console.print(
-                f"  each gets: the conversation, with the previous layer's {previous} outputs rendered "
-                f"by {escape(str(layer_plan.template))} appended to the system message; user turns unchanged"
-            )
-        previous = 1 if layer.kind == "aggregate_seq" else layer_plan.calls
+        for line in layer.describe(previous):
+            console.print(f"  {escape(visible(line))}", soft_wrap=True)
+        previous = layer.outputs(previous)
         console.print()
     return EXIT_OK
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _calls(calls: int, layer: Layer) -> str:
+    """Its call count; "at most" when repairs, escalations or extractions may not all happen."""
+    words = f"{calls} call{'s' if calls != 1 else ''}"
+    return f"at most {words}" if layer.calls_vary else words
 
 
 def validate_command(args: argparse.Namespace) -> int:
@@ -116,7 +127,8 @@ def validate_command(args: argparse.Namespace) -> int:
     except RecipeError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILED
-    shape = f"{len(recipe.layers)} layers, {recipe.calls_per_query} calls"
+    most = "at most " if any(layer.calls_vary for layer in recipe.layers) else ""
+    shape = f"{_count(len(recipe.layers), 'layer')}, {most}{_count(recipe.calls_per_query, 'call')}"
     print(f"ok: {args.path}: recipe {recipe.name!r}, {shape}")
     return EXIT_OK
 
@@ -124,7 +136,8 @@ def validate_command(args: argparse.Namespace) -> int:
 def schema_command(args: argparse.Namespace) -> int:
     import json
 
-    from moa.recipe import Recipe
+    from moa.recipe import Recipe, registry
 
+    registry.load_entry_points()  # kinds from installed packages are part of the schema
     print(json.dumps(Recipe.model_json_schema(), indent=2))
     return EXIT_OK

@@ -58,11 +58,7 @@ class Identity:
 
 def recipe_fingerprint(recipe: Recipe) -> str:
     """A digest of everything that decides a recipe's answers: every field and every template's text."""
-    templates = []
-    for layer in recipe.layers:
-        if layer.kind != "propose":
-            compiled = layer.compiled_template
-            templates.append((compiled.source, _file_digest(Path(compiled.source))))
+    templates = [(source, _file_digest(Path(source))) for layer in recipe.layers for source in layer.template_sources()]
     return _digest({"recipe": recipe.model_dump(mode="json"), "templates": templates})
 
 

@@ -201,7 +201,7 @@ async def judge(
             "output_2": row["output"],
             "generator_2": row.get("generator"),
             "dataset": row.get("dataset"),
-            "annotator": judge_ctx.recipe.layers[0].agents[0].model,
+            "annotator": judge_ctx.recipe.layers[0].call_agents()[0].model,
             "preference": preference,
             "is_switched_outputs": switched,
             "method": method,
@@ -230,7 +230,7 @@ async def judge(
     summary = update_summary(
         out,
         **metrics,
-        judge=judge_ctx.recipe.layers[0].agents[0].model,
+        judge=judge_ctx.recipe.layers[0].call_agents()[0].model,
         judged=len(annotations),
         judge_complete=stats.complete,
         judge_failures=[{"key": key, "error": error} for key, error in stats.errors[:100]],

@@ -83,19 +83,22 @@ def _good_answer(answer: Any) -> bool:
 
 
 def is_correct(output: str, row: dict[str, Any]) -> bool:
-    """A regex search; else any answer found: a number as the same number, a word as a whole word.
+    """A regex search; else any answer found: a number as the output's final number, a word as a whole word.
 
-    A numeric answer matches only a number of the same value (``1,024`` = ``1024`` =
-    ``1024.0``), never part of another one (``5`` is not in ``-5``, ``5.5`` or ``5,000``).
-    Other answers match as whole words, case-insensitive.
+    A numeric answer matches the *last* number of the output, by value (``1,024`` = ``1024`` =
+    ``1024.0``), never part of another one (``5`` is not in ``-5``, ``5.5`` or ``5,000``): an
+    answer ends on its result, and a number anywhere would count the question's own numbers echoed
+    back, or a chain of thought's intermediate steps, as right.  Other answers match as whole
+    words, case-insensitive.
     """
     if "regex" in row:
         return re.search(row["regex"], output) is not None
-    numbers = {_as_number(m) for m in _NUMBER.findall(output)}
+    numbers = _NUMBER.findall(output)
+    last = _as_number(numbers[-1]) if numbers else None
     for answer in row["answers"]:
         value = _as_number(str(answer))
         if value is not None:
-            if value in numbers:
+            if value == last:
                 return True
         elif re.search(rf"(?<!\w){re.escape(str(answer))}(?!\w)", output, re.IGNORECASE):
             return True

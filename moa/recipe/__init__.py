@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import (
+    ConfigDict,
     Field,
     SerializationInfo,
     SerializerFunctionWrapHandler,
@@ -19,19 +20,35 @@ from pydantic import (
 
 from moa._errors import TemplateError
 
-from .layers import Layer, LayerKind, seq_windows
+from . import registry
+from .debate import DebateLayer
+from .layers import AgentLayer, AggregateLayer, AggregateSeqLayer, Layer, ProposeLayer, TemplatedLayer, seq_windows
 from .params import MAX_SECONDS, Agent, CallParams, _Strict
+from .selection import RankLayer, VoteLayer
+from .verification import JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck, VerifyLayer
 
 __all__ = [
     "MAX_SECONDS",
+    "AgentLayer",
     "Agent",
+    "AggregateLayer",
+    "AggregateSeqLayer",
     "CallParams",
+    "DebateLayer",
+    "JsonSchemaCheck",
+    "LLMCheck",
     "Layer",
-    "LayerKind",
+    "PythonCheck",
+    "ProposeLayer",
     "ProviderLimit",
+    "RankLayer",
     "Recipe",
+    "RegexCheck",
     "RetryPolicy",
     "SelfMoA",
+    "TemplatedLayer",
+    "VerifyLayer",
+    "VoteLayer",
     "seq_windows",
 ]
 
@@ -108,26 +125,33 @@ class SelfMoA(_Strict):
         }
         return [
             {"kind": "propose", "agents": [proposer], "min_success": self.min_success},
-            {
-                "kind": "aggregate_seq" if self.window else "aggregate",
-                "agents": [aggregator],
-                "template": self.template,
-                "window": self.window,
-            },
+            {"kind": "aggregate_seq", "agents": [aggregator], "template": self.template, "window": self.window}
+            if self.window
+            else {"kind": "aggregate", "agents": [aggregator], "template": self.template},
         ]
+
+
+def _stages_in_schema(schema: dict[str, Any]) -> None:
+    """``stages`` is accepted as another name for ``layers``: editors validating with the schema accept it."""
+    properties = schema.get("properties", {})
+    if "layers" in properties:
+        properties["stages"] = {**properties["layers"], "title": "Stages", "description": "Another name for `layers`."}
 
 
 class Recipe(_Strict):
     """A whole pipeline: layers of agents, their defaults, limits and retry policy."""
+
+    model_config = ConfigDict(**_Strict.model_config, json_schema_extra=_stages_in_schema)
 
     name: str = Field(..., min_length=1, description="Short name, used in results and logs.")
     description: str = Field("", description="One or two sentences for `moa recipes list`.")
     defaults: CallParams = Field(default_factory=CallParams, description="Settings passed to every call.")
     layers: list[Layer] = Field(
         default_factory=list,
-        description="The stages, in order. Paper counting: a 3-layer MoA with 6 proposers is "
-        "propose(6) → aggregate(6) → aggregate(1) = 13 calls. The last layer must produce "
-        "exactly one output: the answer.",
+        description="The stages, in order. Each stage's `kind` says which fields it takes (`stages` is accepted "
+        "as another name for this key). Paper counting: a 3-layer MoA with 6 proposers is "
+        "propose(6) → aggregate(6) → aggregate(1) = 13 calls. The answer is the last stage's first "
+        "candidate; a last `propose` or `aggregate` stage must make exactly one call.",
     )
     self_moa: SelfMoA | None = Field(None, description="Self-MoA shorthand; give this or `layers`, not both.")
     limits: dict[str, ProviderLimit] = Field(
@@ -140,9 +164,13 @@ class Recipe(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _expand_self_moa(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "stages" in data:
+            if "layers" in data:
+                raise ValueError("give either `stages` or `layers` (two names for the same list), not both")
+            data = {("layers" if key == "stages" else key): value for key, value in data.items()}
         if isinstance(data, dict) and data.get("self_moa") is not None:
             if data.get("layers"):
-                raise ValueError("give either `self_moa` or `layers`, not both")
+                raise ValueError("give either `self_moa` or `layers` (`stages`), not both")
             self_moa = data["self_moa"]
             try:
                 spec = self_moa if isinstance(self_moa, SelfMoA) else SelfMoA.model_validate(self_moa)
@@ -156,27 +184,24 @@ class Recipe(_Strict):
         if not self.layers:
             raise ValueError("a recipe needs `layers` (at least one) or `self_moa`")
         for index, layer in enumerate(self.layers):
-            if index == 0 and layer.kind != "propose":
+            if index == 0 and layer.takes_candidates:
                 raise ValueError(
-                    f"layers[0].kind is {layer.kind!r}: the first layer has nothing to "
-                    "aggregate, so it must be `propose`"
+                    f"layers[0].kind is {layer.kind!r}: the first layer has no candidates to work on, so it "
+                    "must write its own answers (`propose`, `debate`)"
                 )
-            if index > 0 and layer.kind == "propose":
+            if index > 0 and not layer.takes_candidates:
                 raise ValueError(
-                    f"layers[{index}].kind is 'propose': later layers receive the previous "
-                    "layer's outputs, so use `aggregate` (or `aggregate_seq`)"
+                    f"layers[{index}].kind is {layer.kind!r}: it answers the conversation afresh, so it can only "
+                    "come first; later layers receive the previous layer's outputs (`aggregate`, `vote`, ...)"
                 )
-        last = self.layers[-1]
-        if last.kind != "aggregate_seq" and last.planned_calls_in() != 1:
-            raise ValueError(
-                f"the last layer makes {last.planned_calls_in()} calls; it must make exactly one "
-                "(a single aggregator, or a single agent with n = 1), whose output is the answer"
-            )
+        problem = self.layers[-1].can_be_last()
+        if problem is not None:
+            raise ValueError(problem)
         self._check_templates()
         return self
 
     def _check_templates(self) -> None:
-        """Trial-render every template with each number of responses its layer can really receive.
+        """Trial-render every template with each number of candidates its layer can really receive.
 
         A quorum below the previous layer's size means fewer responses than
         agents; a template that indexes ``responses[1]`` must fail here, when
@@ -184,25 +209,11 @@ class Recipe(_Strict):
         """
         fewest = most = 0
         for index, layer in enumerate(self.layers):
-            if index:
-                if layer.kind == "aggregate_seq":  # (responses, step) of every step, for every number of inputs
-                    cases = {
-                        (end - start + (step > 1), step)
-                        for inputs in range(max(fewest, 1), max(most, 1) + 1)
-                        for step, (start, end) in enumerate(seq_windows(inputs, layer.effective_window), start=1)
-                    }
-                else:
-                    cases = {(count, 0) for count in range(max(fewest, 1), max(most, 1) + 1)}
-                try:
-                    for count, step in sorted(cases):
-                        layer.compiled_template.check([count], [step], layer=index + 1)
-                except TemplateError as exc:
-                    raise ValueError(f"layers[{index}].template: {exc}") from None
-            calls = layer.planned_calls_in()
-            if layer.kind == "aggregate_seq" or calls is None:
-                fewest = most = 1
-            else:
-                fewest, most = layer.min_success or calls, calls
+            try:
+                layer.check_templates(fewest, most, index)
+            except TemplateError as exc:
+                raise ValueError(f"layers[{index}].template: {exc}") from None
+            fewest, most = layer.fewest_outputs(fewest), layer.outputs(most)
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
@@ -213,11 +224,11 @@ class Recipe(_Strict):
         return data
 
     def calls_by_layer(self) -> list[int]:
-        """Calls of each layer when every call succeeds."""
+        """The most calls of each layer (every call succeeding; repair and escalation loops at their maximum)."""
         counts, inputs = [], 0
         for layer in self.layers:
             counts.append(layer.calls(inputs))
-            inputs = layer.outputs()
+            inputs = layer.outputs(inputs)
         return counts
 
     @property
@@ -230,6 +241,21 @@ class Recipe(_Strict):
         """Distinct model strings, in order of first use."""
         seen: dict[str, None] = {}
         for layer in self.layers:
-            for agent in layer.agents:
+            for agent in layer.call_agents():
                 seen.setdefault(agent.model, None)
         return list(seen)
+
+
+for _config in (ProposeLayer, AggregateLayer, AggregateSeqLayer, VoteLayer, RankLayer, VerifyLayer, DebateLayer):
+    registry.register_kind(_config)
+
+
+def _rebuild() -> None:
+    """Make ``Recipe.layers`` a union of every registered kind, so each kind validates with its own fields."""
+    layers: Any = list.__class_getitem__(registry.layer_union())  # list[<the union>], built at run time
+    Recipe.model_fields["layers"].annotation = layers
+    Recipe.model_rebuild(force=True)
+
+
+_rebuild()
+registry.on_change(_rebuild)

@@ -108,7 +108,8 @@ class LoopbackServer:
     """Serve on 127.0.0.1 from a background thread.  Use as a context manager or start()/stop().
 
     ``latency_s`` delays every answer; ``latency_by_model`` overrides it per
-    model; ``responder(body, index)`` writes the answer text.
+    model; ``responder(body, index)`` writes the answer text, cut to ``max_tokens``
+    words (``finish_reason: length``) when the request sets it.
     """
 
     latency_s: float = 0.0
@@ -256,6 +257,10 @@ class LoopbackServer:
         if fault is not None and fault.kind != "stream_cut":
             return await self._fault(fault, writer, headers)
         text = self.responder(body, index)
+        finish = "stop"
+        limit = body.get("max_tokens")
+        if isinstance(limit, int) and len(text.split()) > limit:  # a word is a token here, as in `usage`
+            text, finish = " ".join(text.split()[:limit]), "length"
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -263,14 +268,14 @@ class LoopbackServer:
             "total_tokens": prompt_tokens + len(text.split()),
         }
         if body.get("stream"):
-            await self._stream(writer, model, text, usage, body, cut=fault is not None)
+            await self._stream(writer, model, text, usage, body, cut=fault is not None, finish=finish)
             return False
         payload = {
             "id": f"chatcmpl-{index}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
             "usage": usage,
         }
         if body.get("logprobs"):
@@ -341,6 +346,7 @@ class LoopbackServer:
         usage: dict[str, int],
         body: dict[str, Any],
         cut: bool,
+        finish: str = "stop",
     ) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
         words = text.split(" ")
@@ -363,7 +369,7 @@ class LoopbackServer:
             "object": "chat.completion.chunk",
             "created": 0,
             "model": model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
         }
         writer.write(f"data: {json.dumps(final)}\n\n".encode())
         if (body.get("stream_options") or {}).get("include_usage"):

@@ -114,7 +114,7 @@ async def judge(
     prompts = read_judge_prompts(prompts_file)
     references = read_reference_answers(reference_file) if reference_file else {}
     answered = Checkpoint(out / ITEMS_FILE).load()
-    judge_model = judge_ctx.recipe.layers[0].agents[0].model
+    judge_model = judge_ctx.recipe.layers[0].call_agents()[0].model
     model_name = _model_id(out) or judge_ctx.recipe.name
     graded = []
     # Only the answers of the questions as they are now: an answer to an edited question is never judged.
