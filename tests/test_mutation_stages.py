@@ -5,7 +5,8 @@ Written against the mutants of ``moa/_stages`` that survived the rest of the sui
 three characters each, so a wrong layer or step changes a prompt by a whole token.
 
 Token counts follow ``moa._call.cost``: (characters + 16 per message) // 3 + 1, plus the tokens of
-the earlier outputs quoted in the prompt (their characters are not counted).
+the earlier outputs quoted in the prompt (their characters are not counted), or the prompt's pieces (words,
+numbers of up to three digits, punctuation) + 16 // 3 per message + 1, whichever is more.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from moa._call import Budget, Caller, CallRefused, Tracer, plan_layer
 from moa._call.trace import CallRecord
 from moa._engine import run_worst_case
 from moa._stages import StageContext
+from moa._stages.base import candidates
 from moa.testing import FakeProvider
 
 #: The most tokens each model answers (the worst case of a call without ``max_tokens``).
@@ -138,11 +140,16 @@ def layer_context(recipe: dict[str, Any], index: int, provider: Any, **options: 
     return StageContext(index, loaded.layers[index], [USER], plan_layer(loaded, index), caller)
 
 
-def inputs(*texts: str) -> list[moa.AgentOutput]:
+def outputs(*texts: str) -> list[moa.AgentOutput]:
     spec = plan_layer(
         moa.load_recipe({"name": "p", "layers": [{"kind": "propose", "agents": [{"model": "openai/a"}]}]}), 0
     )[0]
     return [Tracer(None).finished(CallRecord(spec, []), text, Usage(completion_tokens=1), 0.0, None) for text in texts]
+
+
+def inputs(*texts: str) -> list[moa.Candidate]:
+    """What a first layer that wrote ``texts`` passes to the next stage."""
+    return candidates(outputs(*texts))
 
 
 async def test_a_refused_step_ends_the_layer_with_the_steps_so_far(templates: dict[str, str]) -> None:
@@ -189,7 +196,7 @@ async def test_a_refused_call_lets_the_calls_in_flight_finish() -> None:
 
     async def in_flight() -> moa.AgentOutput:
         await go.wait()
-        return inputs("done")[0]
+        return outputs("done")[0]
 
     async def refused() -> moa.AgentOutput:
         go.set()
@@ -215,7 +222,7 @@ def test_a_failing_callback_cancels_the_other_calls_at_once(monkeypatch: pytest.
             except asyncio.CancelledError:
                 cancelled.append("slow")
                 raise
-            return inputs("late")[0]
+            return outputs("late")[0]
 
         async def broken() -> moa.AgentOutput:
             raise CallbackError("on_token", ValueError("boom"))
@@ -232,19 +239,19 @@ def test_a_failing_callback_cancels_the_other_calls_at_once(monkeypatch: pytest.
 
 
 def test_the_plan_prices_every_call_at_its_longest(templates: dict[str, str]) -> None:
-    # Layer 1: a: (2 + 16 + 1 + 16) // 3 + 1 = 12; b: (1 + 16) // 3 + 1 = 6.
+    # Layer 1, by pieces (more than by characters here): a: 2 pieces + 2 * 16 // 3 + 1 = 13; b: 1 + 16 // 3 + 1 = 7.
     # Layer 2: f sees "SF\n\nLxxxxxx[][]" (15 characters) and a's 7 + b's 5 tokens: (15 + 16 + 17) // 3 + 1 + 12 = 29.
     # Layer 3: a sees "Lxxxxxxxxx[]" (12 characters) and f's 9 tokens: (12 + 16 + 17) // 3 + 1 + 9 = 25.
     plans = moa.plan(aggregate_recipe(templates), "Q", provider=PricedFake())
-    assert [p.worst_case_usd for p in plans] == [18.0, 29.0, 25.0]
+    assert [p.worst_case_usd for p in plans] == [20.0, 29.0, 25.0]
 
 
 def test_the_plan_prices_every_step_of_aggregate_seq(templates: dict[str, str]) -> None:
-    # Layer 1: a 12, b 6, f 6.  Layer 2, step 1: "SS\n\nLxxxxxxSyyy[][]" (19) with a's 7 + b's 5 tokens:
+    # Layer 1 (by pieces): a 13, b 7, f 7.  Layer 2, step 1: "SS\n\nLxxxxxxSyyy[][]" (19) with a's 7 + b's 5 tokens:
     # (19 + 16 + 17) // 3 + 1 + 12 = 30; step 2: "SS\n\nLxxxxxxSyyyyyy[][]" (22) with s's 11 + f's 9:
     # (22 + 16 + 17) // 3 + 1 + 20 = 39.  Layer 3: "Lxxxxxxxxx[]" (12) with the synthesis' 11: 15 + 1 + 11 = 27.
     plans = moa.plan(seq_recipe(templates), "Q", provider=PricedFake())
-    assert [p.worst_case_usd for p in plans] == [24.0, 69.0, 27.0]
+    assert [p.worst_case_usd for p in plans] == [27.0, 69.0, 27.0]
 
 
 def test_an_unpriced_model_makes_its_layer_and_the_run_unknown_and_is_named(templates: dict[str, str]) -> None:
