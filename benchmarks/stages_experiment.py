@@ -2,8 +2,10 @@
 
 Serve Qwen2.5-Coder-0.5B on 127.0.0.1:8765 first (evals/README.md, "Stages on two local models"),
 then:  OPENAI_API_KEY=any python benchmarks/stages_experiment.py [--out runs/stages] [--limit N]
-Each recipe of evals/recipes/ runs through `moa eval qa` with `--baseline qwen-single`; runs resume
-from their checkpoints, so the script can be stopped and started again.  It prints one table.
+Each recipe of evals/recipes/ runs through `moa eval qa` (qwen-rank re-uses qwen-blender's proposals);
+runs resume from their checkpoints, so the script can be stopped and started again.  It prints one
+table, scored from the runs' outputs with the current QA rule, against qwen-single (the best single
+model): accuracy, how often a perfect selector could have been right, calls, wall time, flips, McNemar.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = [
     "qwen-single", "smol-single", "qwen-moa", "qwen-self-moa", "qwen-self-consistency",
     "qwen-blender", "qwen-rank", "qwen-debate", "qwen-verify-escalate",
 ]  # fmt: skip
+#: Runs that re-use another run's first stage (`--reaggregate-from`): the same proposals, judged differently.
+REUSE = {"qwen-rank": "qwen-blender"}
+BASELINE = "qwen-single"
 
 
 def main() -> int:
@@ -37,8 +43,8 @@ def main() -> int:
                 sys.executable, "-m", "moa", "eval", "qa", "--recipe", str(ROOT / "evals" / "recipes" / f"{name}.yaml"),
                 "--data", str(args.data), "--out", str(args.out / name),
             ]  # fmt: skip
-            if name != "qwen-single":
-                command += ["--baseline", str(ROOT / "evals" / "recipes" / "qwen-single.yaml")]
+            if name in REUSE:
+                command += ["--reaggregate-from", str(args.out / REUSE[name])]
             if args.limit:
                 command += ["--limit", str(args.limit)]
             print(f"running {name} ...", file=sys.stderr, flush=True)
@@ -49,40 +55,54 @@ def main() -> int:
     return 0
 
 
-def oracle(run: Path, data: Path) -> str:
-    """How often at least one first-stage answer was right: what a perfect selector could reach."""
-    from moa.eval.qa import is_correct, read_questions
+def scored(run: Path, rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each finished item of a run, scored now (the current rule, the data file as it is)."""
+    from moa.eval.qa import is_correct
 
-    rows = {str(row["id"]): row for row in read_questions(data)}
-    hits = total = 0
+    items = {}
     for line in (run / "items.jsonl").read_text().splitlines():
         item = json.loads(line)
+        row = rows[str(item["id"])]
         first = item["traces"][-1]["layers"][0]["outputs"] if item.get("traces") else []
         texts = [call["text"] for call in first if call.get("text") and not call.get("error")]
-        total += 1
-        hits += any(is_correct(text, rows[str(item["id"])]) for text in texts)
-    return f"{hits}/{total}"
+        items[str(item["id"])] = {
+            "correct": item.get("output") is not None and is_correct(item["output"], row),
+            "oracle": any(is_correct(text, row) for text in texts),
+            "calls": item.get("calls", 0),
+        }
+    return items
 
 
 def table(out: Path, names: list[str], data: Path) -> str:
-    rows = ["| recipe | accuracy | any first-stage answer right | calls / question | wall s / question | "
-            "right->wrong | wrong->right | McNemar p |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    from moa.eval._stats import mcnemar_exact
+    from moa.eval.qa import read_questions
+
+    rows = {str(row["id"]): row for row in read_questions(data)}
+    lines = ["| recipe | accuracy | any first-stage answer right | calls / question | wall s / question | "
+             "right->wrong | wrong->right | McNemar p |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    base = scored(out / BASELINE, rows) if (out / BASELINE / "items.jsonl").exists() else {}
     for name in names:
         path = out / name / "summary.json"
         summary = json.loads(path.read_text()) if path.exists() else {}
-        if "generation_wall_s" not in summary or "score" not in summary:
-            rows.append(f"| {name} | not run (or not finished) | | | | | | |")
+        if not summary.get("complete"):
+            lines.append(f"| {name} | not run (or not finished) | | | | | | |")
             continue
-        comparison = summary.get("comparison") or {}
+        items = scored(out / name, rows)
+        right = sum(i["correct"] for i in items.values())
+        oracle = sum(i["oracle"] for i in items.values())
+        calls = sum(i["calls"] for i in items.values()) / len(items)
         wall = summary["generation_wall_s"] / max(1, summary["finished"])
-        flips = [len(comparison[k]) if k in comparison else "" for k in ("right_to_wrong", "wrong_to_right")]
-        p = comparison.get("mcnemar_p")
-        rows.append(
-            f"| {name} | {summary['correct']}/{summary['attempted']} ({summary['score']:.1f} %) | "
-            f"{oracle(out / name, data)} | {summary['calls_per_item']:.2f} | {wall:.1f} | {flips[0]} | {flips[1]} | "
-            f"{'' if p is None else f'{p:.3g}'} |"
+        flips = ["", "", ""]
+        if name != BASELINE and base:
+            shared = [q for q in items if q in base]
+            lost = sum(base[q]["correct"] and not items[q]["correct"] for q in shared)
+            won = sum(items[q]["correct"] and not base[q]["correct"] for q in shared)
+            flips = [str(lost), str(won), f"{mcnemar_exact(lost, won):.3g}"]
+        lines.append(
+            f"| {name} | {right}/{len(items)} ({100 * right / len(items):.1f} %) | {oracle}/{len(items)} | "
+            f"{calls:.2f} | {wall:.1f} | {' | '.join(flips)} |"
         )
-    return "\n".join(rows)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
