@@ -45,10 +45,24 @@ def _locked(db: Path) -> None:
     _locked.holder = holder  # type: ignore[attr-defined]
 
 
+def _read_only(db: Path) -> None:
+    """A readable log that SQLite itself refuses to write: no file modes (tests run as root, where they do not bind).
+
+    Byte 18 of the header is the file format's write version; SQLite opens a file whose write
+    version it does not know (above 2) read-only, and a write fails "attempt to write a readonly database".
+    """
+    RunLog(db).start("an earlier run", "{}", [])
+    header = bytearray(db.read_bytes())
+    header[18] = 3
+    db.write_bytes(bytes(header))
+    assert len(RunLog(db).recent()) == 1  # still readable: only writing fails
+
+
 BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {
     "corrupt": (_corrupt, "runs.sqlite"),
     "unmakeable folder": (_missing_folder, "blocker/runs.sqlite"),
     "locked": (_locked, "runs.sqlite"),
+    "read-only": (_read_only, "runs.sqlite"),
 }
 
 
@@ -73,6 +87,9 @@ def test_a_broken_run_log_costs_a_warning_never_the_answer(
     assert answer.startswith("agg reply")
     assert f"warning: the run log {db} cannot be used" in captured.err and "not logged" in captured.err
     assert captured.err.count("warning") == 1 and "Traceback" not in captured.err
+    if breakage == "read-only":
+        assert "attempt to write a readonly database" in captured.err
+        assert [run["recipe"] for run in RunLog(db).recent()] == ["an earlier run"]
     if breakage == "locked":
         _locked.holder.close()  # type: ignore[attr-defined]
 
