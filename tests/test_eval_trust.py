@@ -128,6 +128,79 @@ def test_a_changed_judge_or_judge_prompt_never_reuses_old_judgments(
         assert (next(out.glob("superseded-*")) / "annotations.json").exists()
 
 
+def mt_args(path: Path, out: Path, server: LoopbackServer, judge: str, *extra: str) -> list[str]:
+    return ["eval", "mt-bench", "--recipe", str(path), "--questions", str(MT), "--out", str(out), "--judge", judge,
+            "--judge-prompts", str(FIXTURES / "mt_bench_judge_prompts.jsonl"),
+            "--judge-set", f"api_base={server.base_url}", *extra]  # fmt: skip
+
+
+def mt_reply(body: dict[str, Any], index: int) -> str:
+    """Each judge rates every answer its own way (judge1: 3, judge2: 8), so a mixed score shows."""
+    if body["model"].startswith("judge"):
+        return "Rating: [[3]]" if body["model"] == "judge1" else "Rating: [[8]]"
+    return f"{body['model']} reply {index}: {body['messages'][-1]['content'][:60]}"
+
+
+def jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_mt_bench_resume_never_mixes_recipes_or_judges(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with LoopbackServer(responder=mt_reply) as server:
+        out = tmp_path / "out"
+        first, second = recipe(server, tmp_path / "a.yaml"), recipe(server, tmp_path / "b.yaml", name="b",
+                                                                    aggregator="openai/agg2")  # fmt: skip
+
+        def generated() -> int:
+            return len([r for r in server.completions() if not r.model.startswith("judge")])
+
+        assert main(mt_args(first, out, server, "openai/judge1", "--limit", "2")) == 0
+        assert generated() == 2 * 2 * 3 and len(server.completions("judge1")) == 2 * 2  # questions x turns
+        calls = len(server.completions())
+        capsys.readouterr()
+
+        # Another recipe: refused before any call, in one line naming the recipe.
+        assert main(mt_args(second, out, server, "openai/judge1")) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"moa: {out} already holds a generation made with a different recipe (was 'a' #")
+        assert ", now 'b' #" in err and "--force-new" in err and "\n" not in err
+        assert len(server.completions()) == calls
+
+        # --force-new: a clean run, every answer (and every judged answer) from recipe b, the old run kept whole.
+        before = generated()
+        assert main(mt_args(second, out, server, "openai/judge1", "--force-new")) == 0
+        assert generated() - before == 3 * 2 * 3 and len(server.completions("agg")) == 2 * 2  # agg: run a's only
+        (archive,) = out.glob("superseded-*")
+        assert {p.name for p in archive.iterdir()} >= {"a.jsonl", "items.jsonl", "model_judgment.jsonl"}
+        assert len(jsonl(archive / "items.jsonl")) == 2 and len(jsonl(archive / "model_judgment.jsonl")) == 4
+        assert not (out / "a.jsonl").exists()
+        records = items(out)
+        assert len(records) == 3 and {r["run"] for r in records} == {summary(out)["identity"]["generation"]["digest"]}
+        turns = [t for answer in jsonl(out / "b.jsonl") for t in answer["choices"][0]["turns"]]
+        assert len(turns) == 6 and all(t.startswith("agg2 reply") for t in turns)
+        judgments = jsonl(out / "model_judgment.jsonl")
+        assert len(judgments) == 6 and {j["model"] for j in judgments} == {"b"}
+        assert not [j for j in judgments if "agg reply" in j["user_prompt"]]  # no answer of run a was judged
+        calls = len(server.completions())
+        capsys.readouterr()
+
+        # Another judge: refused, naming it; --force-new redoes only the judgments.
+        assert main(mt_args(second, out, server, "openai/judge2")) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{out} already holds a judge made with a different judge (was 'judge:openai/judge1'" in err
+        assert "now 'judge:openai/judge2'" in err and "\n" not in err and len(server.completions()) == calls
+        generation = generated()
+        assert main(mt_args(second, out, server, "openai/judge2", "--force-new")) == 0
+        assert generated() == generation and len(server.completions("judge2")) == 6  # every turn judged again
+        judgments = jsonl(out / "model_judgment.jsonl")
+        assert len(judgments) == 6 and {j["judge"][0] for j in judgments} == {"openai/judge2"}
+        assert {j["score"] for j in judgments} == {8.0} and summary(out)["score"] == 8.0  # not one judge1 rating
+        assert len(jsonl(out / "b.jsonl")) == 3 and items(out) == records  # the generation kept as it was
+        (judge_archive,) = set(out.glob("superseded-*")) - {archive}
+        assert {j["judge"][0] for j in jsonl(judge_archive / "model_judgment.jsonl")} == {"openai/judge1"}
+        assert not (judge_archive / "items.jsonl").exists()
+
+
 def test_foreign_garbage_and_keyless_checkpoint_lines_are_named_not_skipped(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
