@@ -7,7 +7,7 @@ API keys are never part of it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
@@ -99,6 +99,14 @@ class Candidate(BaseModel):
     votes: int | None = Field(None, description="How many candidates gave the same answer (`vote`).")
     score: float | None = Field(None, description="Its score (`rank`): higher is better.")
     verdicts: list[Verdict] = Field(default_factory=list, description="Every check it went through (`verify`).")
+    agreement: int | None = Field(
+        None, description="How many independent candidates gave its answer (`verify` with an `agree` check)."
+    )
+    execution: dict[str, Any] | None = Field(
+        None,
+        description="The run of its program (`execute`): code, exit status, output (cut), time, the limit hit, "
+        "why it gave no answer, and the isolation in force.",
+    )
 
     @classmethod
     def of(cls, output: AgentOutput) -> Candidate:
@@ -116,6 +124,8 @@ class Candidate(BaseModel):
             votes=None,
             score=None,
             verdicts=[],
+            agreement=None,
+            execution=None,
         )
 
 
@@ -172,3 +182,13 @@ class MoAResult(BaseModel):
     @property
     def calls(self) -> list[AgentOutput]:
         return [output for layer in self.layers for output in layer.outputs]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def confidence(self) -> Literal["verified", "unverified"] | None:
+        """`verified`: the answer passed every check it went through (a validator, an agreement of independent
+        candidates); `unverified`: it went on without passing them (`if_none_pass: last`); None: nothing checked it."""
+        final = self.layers[-1].candidates[:1] if self.layers else []
+        if not final or not final[0].verdicts:
+            return None
+        return "verified" if all(v.passed for v in final[0].verdicts) else "unverified"

@@ -22,19 +22,22 @@ from moa._errors import TemplateError
 
 from . import registry
 from .debate import DebateLayer
+from .execution import ExecuteLayer, SandboxLimits
 from .layers import AgentLayer, AggregateLayer, AggregateSeqLayer, Layer, ProposeLayer, TemplatedLayer, seq_windows
 from .params import MAX_SECONDS, Agent, CallParams, _Strict
 from .selection import RankLayer, VoteLayer
-from .verification import JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck, VerifyLayer
+from .verification import AgreeCheck, JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck, VerifyLayer
 
 __all__ = [
     "MAX_SECONDS",
     "AgentLayer",
     "Agent",
+    "AgreeCheck",
     "AggregateLayer",
     "AggregateSeqLayer",
     "CallParams",
     "DebateLayer",
+    "ExecuteLayer",
     "JsonSchemaCheck",
     "LLMCheck",
     "Layer",
@@ -45,6 +48,7 @@ __all__ = [
     "Recipe",
     "RegexCheck",
     "RetryPolicy",
+    "SandboxLimits",
     "SelfMoA",
     "TemplatedLayer",
     "VerifyLayer",
@@ -246,7 +250,9 @@ class Recipe(_Strict):
         return list(seen)
 
 
-for _config in (ProposeLayer, AggregateLayer, AggregateSeqLayer, VoteLayer, RankLayer, VerifyLayer, DebateLayer):
+for _config in (
+    ProposeLayer, AggregateLayer, AggregateSeqLayer, VoteLayer, RankLayer, VerifyLayer, DebateLayer, ExecuteLayer,
+):  # fmt: skip
     registry.register_kind(_config)
 
 
