@@ -19,7 +19,7 @@ from moa.recipe.verification import resolve_function
 from moa.result import AgentOutput, Candidate, Verdict
 
 from . import verdicts
-from .extract import extract
+from .extract import extract, ran_without_answer
 
 _JSON_BLOCK = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 MESSAGE_CHARS = 300
@@ -132,7 +132,7 @@ def judge_unavailable(found: Verdict) -> bool:
 def answer_of(check: AgreeCheck, candidate: Candidate, question: str) -> str | None:
     """The answer a candidate gives, as ``check`` compares answers (an earlier stage's answer when it has
     one); None for an answer cut by ``max_tokens``."""
-    if candidate.finish_reason == "length":
+    if candidate.finish_reason == "length" or ran_without_answer(candidate):
         return None
     text = candidate.answer if candidate.answer is not None else candidate.text
     return extract(text, check.extract, question, check.pattern)

@@ -65,7 +65,15 @@ class Execute(Stage):
         limits = Limits(**layer.limits.model_dump())
         slots = asyncio.Semaphore(max(1, os.cpu_count() or 1))
 
+        def runs(candidate: Candidate) -> bool:
+            if layer.only is None:
+                return True
+            writer = ctx.writer_of(candidate)
+            return (writer.spec.site.agent_name if writer else candidate.model) in layer.only
+
         async def one(candidate: Candidate) -> Candidate:
+            if not runs(candidate):
+                return candidate
             if candidate.finish_reason == "length":
                 return _unanswered(candidate, "it was cut by max_tokens: its program may be incomplete")
             code = code_of(layer, candidate.text)

@@ -50,6 +50,11 @@ class ExecuteLayer(Layer):
         description="What of the program's standard output is the answer: its last number, its last non-empty "
         "line, or all of it (stripped).",
     )
+    only: list[str] | None = Field(
+        None,
+        description="Run only the candidates these agents wrote (their `name`, else their model); the others go on "
+        "as they were written (e.g. chain-of-thought answers beside the programs, for an `agree` check).",
+    )
     no_code: Literal["no_answer", "pass"] = Field(
         "no_answer",
         description="A candidate without code: `no_answer` (recorded as no answer) or `pass` (it goes on as it "
@@ -80,10 +85,17 @@ class ExecuteLayer(Layer):
     def describe(self, inputs: int) -> list[str]:
         where = "a container" if self.sandbox == "container" else "a sandboxed process"
         shown = {"last_number": "its last number", "last_line": "its last line", "stdout": "all it prints"}
+        whose = (
+            "of the previous outputs written by " + ", ".join(self.only)
+            if self.only
+            else f"of each of the {inputs} previous outputs"
+        )
         lines = [
-            f"runs the code of each of the {inputs} previous outputs in {where} (at most {self.limits.wall_s:g} s, "
-            f"{self.limits.memory_mb} MiB each); the answer is {shown[self.answer]}"
+            f"runs the code {whose} in {where} (at most {self.limits.wall_s:g} s, {self.limits.memory_mb} MiB "
+            f"each); the answer is {shown[self.answer]}"
         ]
+        if self.only:
+            lines.append("the other outputs go on as they were written")
         if self.no_code == "pass":
             lines.append("an output without code goes on as it was written")
         lines.append(
