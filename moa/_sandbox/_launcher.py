@@ -187,6 +187,7 @@ def _processes_of(uid: int) -> int:
 def _become_program(config: dict[str, Any], status_fd: int) -> None:
     """G: limits, privileges dropped, then the interpreter.  Never returns."""
     parent = os.getppid()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the launcher's handler is not the program's
     try:
         mode, uid, limits = config["mode"], config["uid"], config["limits"]
         os.chdir(config["workdir"])
@@ -258,6 +259,7 @@ def main() -> None:
     _report(status_fd, {"notes": notes})
     if config["mode"] not in NS_MODES:
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        signal.signal(signal.SIGTERM, _end_tree_and_exit)  # moa's way to stop the run: the tree, then this
     pid = os.fork()
     if pid == 0:
         if config["mode"] in NS_MODES:
@@ -266,7 +268,6 @@ def main() -> None:
     if config["mode"] in NS_MODES:
         os.waitpid(pid, 0)
         os._exit(0)
-    signal.signal(signal.SIGTERM, _end_tree_and_exit)  # moa's way to stop the run: the whole tree, then this
     _wait(pid, status_fd)
     _end_tree_and_exit()
 
