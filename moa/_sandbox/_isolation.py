@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from moa._sandbox._launcher import NESTED_UID, NS_MODES
+from moa._sandbox._launcher import NESTED_UID, NS_MODES, READ_ONLY
 from moa._sandbox._types import Limits
 
 # Never hidden, nor anything holding one of them: the program's interpreter and libraries live there.
@@ -118,7 +118,7 @@ def describe(
         lines.append("own PID namespace: the whole process tree dies with the run")
         shown = f" (shown again, read-only: {', '.join(kept)})" if kept else ""
         lines.append(f"private mounts: {', '.join(hidden)} hidden{shown}")
-        lines.append("read-only filesystem except the working directory")
+        lines.append(next((note for note in notes if note.startswith(READ_ONLY)), READ_ONLY))
     else:
         tried = any(refused.split(":")[0] in NS_MODES for refused in choice.refused)
         why = "no namespaces on this machine" if tried else "namespaces turned off (namespaces=False)"
@@ -127,7 +127,7 @@ def describe(
         lines.append(_tree_without_namespaces(mode))
     lines.append(_rlimits(mode, limits))
     lines += [f"could not use {refused}" for refused in choice.refused]
-    return (*lines, *notes)
+    return (*lines, *(note for note in notes if not note.startswith(READ_ONLY)))
 
 
 def _user(choice: Choice, uid: int | None) -> str:

@@ -38,6 +38,7 @@ PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1
 NESTED_UID = 1000  # the program's uid inside its own user namespace (user-ns mode)
 NS_MODES = ("root-ns", "user-ns")
+READ_ONLY = "read-only filesystem except the working directory"
 
 # Runs the program as __main__ from main.py, with exit() and quit() (site.py, skipped by -S, defines
 # them), and prints a traceback without this bootstrap's frame: what `python main.py` would print.
@@ -123,10 +124,13 @@ def _set_readonly(notes: list[str]) -> None:
             kept = now & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
             atime = MS_RELATIME if now & ST_RELATIME else 0
             _mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | kept | atime)
+        except FileNotFoundError:
+            continue  # under a hidden folder now: out of reach anyway
         except OSError:
             failed.append(target)
     if failed:
-        notes.append(f"still writable where any user may write: {', '.join(failed[:5])}")
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        notes.append(f"{READ_ONLY} but {shown} (could not be remounted read-only)")
 
 
 def _private_mounts(config: dict[str, Any], kept: dict[str, int], owner: int, code: bytes, notes: list[str]) -> None:

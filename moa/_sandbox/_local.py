@@ -80,8 +80,8 @@ class LocalSandbox:
     async def _execute(self, code: str, limits: Limits, stdin: str, choice: Choice) -> Execution:
         namespaces = choice.mode in _launcher.NS_MODES
         hidden, kept = (self.hidden, self.kept) if namespaces else ([], [])
-        uid = _take_uid() if choice.own_uid else None
         workdir = tempfile.mkdtemp(prefix="moa-sandbox-", dir=self.tmp_root)
+        uid = _take_uid() if choice.own_uid else None
         numbers = {"cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "processes": limits.processes}
         config: dict[str, Any] = {
             "mode": choice.mode,
