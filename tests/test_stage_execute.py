@@ -95,14 +95,17 @@ async def test_a_failed_program_kept_for_escalation_neither_votes_nor_agrees_wit
         "keep": "first", "if_none_pass": "last",
     }  # fmt: skip
     result = await moa.run("Q", recipe(server, proposers, verify, only=["program"], unanswered="keep"), api_key="k")
-    assert [c.agreement for c in result.layers[2].considered] == [None, 1, 1]
+    # execute passes the answered candidates first, then the unanswered one, marked
+    assert [(c.model, c.agreement) for c in result.layers[2].considered] == [
+        ("openai/thinker", 1), ("openai/coder", None), ("openai/strong", 1),
+    ]  # fmt: skip
     assert result.output == "Answer: 44" and result.confidence == "unverified"
 
 
 HOSTILE = {
     "every environment variable": ("import os\nprint(dict(os.environ))", None),
     "an infinite loop": ("while True:\n    pass", ("wall_time", "cpu_time")),
-    "100 MB of output": ("import sys\nsys.stdout.write('x' * 100_000_000)", ("output",)),
+    "100 MB of output": ("import sys\nfor _ in range(100):\n    sys.stdout.write('x' * 1_000_000)", ("output",)),
     "a non-UTF-8 byte stream": ("import sys\nsys.stdout.buffer.write(b'\\xff\\xfe 7 \\x80')", None),
 }
 
@@ -121,7 +124,7 @@ async def test_a_misbehaving_program_is_contained_and_the_run_goes_on(
     if limits is not None:
         assert bad["limit"] in limits and bad["no_answer"]
     if what == "every environment variable":
-        assert "OPENAI_API_KEY" not in bad["stdout"] and bad.get("answer") is None
+        assert "OPENAI_API_KEY" not in bad["stdout"] and "PATH" in bad["stdout"]
     if what == "a non-UTF-8 byte stream":
         assert bad["answer"] == "7"  # undecodable bytes are replaced, never an error
 
