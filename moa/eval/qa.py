@@ -3,10 +3,12 @@
 Input: JSONL, one object per line: ``id``, ``prompt``, and either ``answers``
 (a list; an answer counts when it appears as a whole word, or as the same
 number, in the output) or ``regex`` (a Python regular expression searched in
-the output).  With a baseline (say the best single model), the report lists
-the questions that flipped right->wrong and wrong->right, and the exact
-McNemar p-value of the difference: small models and weak aggregators often
-make MoA worse than its best member, and this is how to find out cheaply.
+the output).  ``Scoring`` says which part of the output is read (``--score``);
+an output cut by ``max_tokens`` has no answer.  With a baseline (say the best
+single model), both scored alike, the report lists the questions that flipped
+right->wrong and wrong->right, and the exact McNemar p-value of the
+difference: small models and weak aggregators often make MoA worse than its
+best member, and this is how to find out cheaply.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ from moa.eval._common import (
 from moa.eval._runner import RunStats
 from moa.eval._store import write_jsonl
 from moa.eval.benchmark import EvalOptions, JudgeSetup
+from moa.result import LayerResult
 
 RESULTS_FILE = "qa_results.jsonl"
 # A number as written in prose: an optional sign (not after a letter or digit: "5-3" is no -3), thousands
@@ -82,27 +87,115 @@ def _good_answer(answer: Any) -> bool:
     return isinstance(answer, str) and bool(answer.strip())
 
 
-def is_correct(output: str, row: dict[str, Any]) -> bool:
-    """A regex search; else any answer found: a number as the output's final number, a word as a whole word.
+MODES = ("last-number", "final-line", "anywhere")
+MODES_TEXT = "last-number, final-line, anywhere or regex:PATTERN"
 
-    A numeric answer matches the *last* number of the output, by value (``1,024`` = ``1024`` =
-    ``1024.0``), never part of another one (``5`` is not in ``-5``, ``5.5`` or ``5,000``): an
-    answer ends on its result, and a number anywhere would count the question's own numbers echoed
-    back, or a chain of thought's intermediate steps, as right.  Other answers match as whole
-    words, case-insensitive.
+
+@dataclass(frozen=True)
+class Scoring:
+    """Which part of an output holds its answer (``moa eval qa --score``).
+
+    Not part of the run's identity: a finished run re-scored another way needs no new call.
     """
+
+    mode: str = "last-number"
+    pattern: re.Pattern[str] | None = None  # mode "regex"
+
+    def __post_init__(self) -> None:
+        if self.mode not in (*MODES, "regex") or (self.mode == "regex") != (self.pattern is not None):
+            raise ValueError(f"no scoring {self.mode!r} with pattern {self.pattern!r}: use Scoring.parse()")
+
+    @classmethod
+    def parse(cls, text: str) -> Scoring:
+        """``last-number``, ``final-line``, ``anywhere`` or ``regex:PATTERN``; a ``ValueError`` says why not."""
+        if text in MODES:
+            return cls(text)
+        if not text.startswith("regex:"):
+            raise ValueError(f"{text!r} is not a scoring mode: use {MODES_TEXT}")
+        if not text.removeprefix("regex:"):
+            raise ValueError(f"{text!r}: the pattern is empty")
+        try:
+            return cls("regex", re.compile(text.removeprefix("regex:")))
+        except re.error as exc:
+            raise ValueError(f"{text!r}: the pattern does not compile: {exc}") from None
+
+    def __str__(self) -> str:
+        return f"regex:{self.pattern.pattern}" if self.pattern is not None else self.mode
+
+    def answer(self, output: str) -> str | None:
+        """Mode ``regex``: group 1 (without groups, the whole match) of the last match that gives a non-blank one."""
+        assert self.pattern is not None
+        found = None
+        for match in self.pattern.finditer(output):
+            text = match.group(1) if self.pattern.groups else match.group(0)
+            if text is not None and text.strip():  # `\d*` matches nothing at the end, after the answer
+                found = text
+        return found
+
+
+def is_correct(output: str, row: dict[str, Any], scoring: Scoring = Scoring()) -> bool:
+    """Whether the output's answer is one of the row's (``answers``) or matches its ``regex``, read as ``scoring`` says.
+
+    ``last-number`` (the default): a numeric answer is the output's *last* number, by value
+    (``1,024`` = ``1024`` = ``1024.0``), never part of another one (``5`` is not in ``-5``, ``5.5`` or
+    ``5,000``): an answer ends on its result, and a number anywhere would count the question's own
+    numbers echoed back, or a chain of thought's intermediate steps, as right.  Other answers match
+    as whole words, case-insensitive, and a row's regex is searched, anywhere in the output.
+    ``final-line``: the same, in the output's last non-empty line only.  ``anywhere``: a number
+    counts wherever it stands.  ``regex:PATTERN``: the answer is what ``Scoring.answer`` finds
+    (none: wrong), compared as its one number by value, or else as a word, case-insensitive, with
+    surrounding punctuation and quotes ignored; a row's regex is searched in it.
+    """
+    if scoring.pattern is not None:
+        found = scoring.answer(output)
+        if found is None:
+            return False
+        if "regex" in row:
+            return re.search(row["regex"], found) is not None
+        return any(_is_answer(found, answer) for answer in row["answers"])
+    text = _final_line(output) if scoring.mode == "final-line" else output
     if "regex" in row:
-        return re.search(row["regex"], output) is not None
-    numbers = _NUMBER.findall(output)
-    last = _as_number(numbers[-1]) if numbers else None
+        return re.search(row["regex"], text) is not None
+    numbers = [_as_number(number) for number in _NUMBER.findall(text)]
+    scored = numbers if scoring.mode == "anywhere" else numbers[-1:]
     for answer in row["answers"]:
         value = _as_number(str(answer))
         if value is not None:
-            if value == last:
+            if value in scored:
                 return True
-        elif re.search(rf"(?<!\w){re.escape(str(answer))}(?!\w)", output, re.IGNORECASE):
+        elif re.search(rf"(?<!\w){re.escape(str(answer))}(?!\w)", text, re.IGNORECASE):
             return True
     return False
+
+
+def finish_reason(record: Mapping[str, Any]) -> str | None:
+    """Why the call that wrote an item's output stopped (``length``: cut by ``max_tokens``), from its trace."""
+    traces = record.get("traces") or []
+    layers = traces[-1].get("layers") if traces else None
+    passed = LayerResult.model_validate(layers[-1]).passed_on() if layers else []
+    return passed[0].finish_reason if passed else None
+
+
+def score(record: Mapping[str, Any], row: dict[str, Any], scoring: Scoring) -> bool:
+    """An item's output is right, as ``scoring`` reads it; a cut one has no answer (it ends on a step, not a result)."""
+    return finish_reason(record) != "length" and is_correct(record["output"], row, scoring)
+
+
+def _final_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _is_answer(found: str, answer: Any) -> bool:
+    value = _as_number(str(answer))
+    if value is None:
+        return _bare(found).casefold() == _bare(str(answer)).casefold()
+    numbers = _NUMBER.findall(found)
+    return len(numbers) == 1 and _as_number(numbers[0]) == value
+
+
+def _bare(text: str) -> str:
+    return text.strip().strip(".,;:!?\"'*`").strip()
 
 
 def _as_number(text: str) -> float | None:
@@ -135,26 +228,23 @@ async def generate(
     concurrency: int = 8,
     run: str | None = None,
     show_progress: bool | None = None,
+    scoring: Scoring = Scoring(),
 ) -> tuple[dict[str, Any], RunStats]:
     """Answer and score every question (resumably); write ``qa_results.jsonl`` and ``summary.json``.
 
-    Accuracy counts every question that was tried: a question whose run failed
-    counts as wrong (it is in the denominator); questions not started (budget,
-    full disk) are left out and the summary says the run is incomplete.  Each
-    answer is scored against the data file as it is now, so a corrected answer
-    key re-scores finished items without a new call.
+    Accuracy counts every question that was tried: a question whose run failed,
+    or whose output was cut by ``max_tokens``, counts as wrong (it is in the
+    denominator); questions not started (budget, full disk) are left out and the
+    summary says the run is incomplete.  Each answer is scored against the data
+    file as it is now, and as ``scoring`` says, so a corrected answer key or
+    another scoring re-scores finished items without a new call.
     """
     rows = read_questions(data)[:limit]
 
     async def work(row: dict[str, Any]) -> dict[str, Any]:
         result = await ctx.answer(row["prompt"], _key(row))
-        return {
-            "id": row["id"],
-            "prompt": row["prompt"],
-            "output": result.output,
-            "correct": is_correct(result.output, row),
-            **trace_record([result]),
-        }
+        record = {"id": row["id"], "prompt": row["prompt"], "output": result.output, **trace_record([result])}
+        return {**record, "correct": score(record, row, scoring)}
 
     finished, stats = await run_in_order(
         ctx,
@@ -169,7 +259,8 @@ async def generate(
     )
     by_key = {_key(row): row for row in rows}
     for record in finished:
-        record["correct"] = is_correct(record["output"], by_key[record["key"]])
+        record["correct"] = score(record, by_key[record["key"]], scoring)
+        record["finish_reason"] = finish_reason(record)
     write_jsonl(out / RESULTS_FILE, [{k: v for k, v in r.items() if k not in ("traces", "run")} for r in finished])
     correct = sum(r["correct"] for r in finished)
     attempted = len(finished) + stats.failed
@@ -180,18 +271,28 @@ async def generate(
         stats,
         finished,
         {
-            "score_name": "accuracy",
+            "score_name": f"accuracy ({scoring})",
             "score": correct / attempted * 100 if attempted else None,
             "correct": correct,
             "attempted": attempted,
-            "score_note": "correct / questions tried; a question whose run failed counts as wrong",
+            "scoring": str(scoring),
+            "cut": sum(r["finish_reason"] == "length" for r in finished),
+            "score_note": "correct / questions tried; a question whose run failed, or whose output was cut by "
+            "max_tokens, counts as wrong",
         },
     )
     return summary, stats
 
 
 def compare(out: Path, baseline_out: Path) -> dict[str, Any]:
-    """Flips and the exact McNemar p-value between a run and its baseline, on the questions both answered."""
+    """Flips and the exact McNemar p-value between a run and its baseline, on the questions both answered.
+
+    Both must have been scored the same way (``moa eval qa`` scores both sides with its ``--score``).
+    """
+    scorings = read_summary(out).get("scoring"), read_summary(baseline_out).get("scoring")
+    if scorings[0] != scorings[1]:
+        raise DataError(f"{out} was scored by {scorings[0]} and its baseline {baseline_out} by {scorings[1]}: "
+                        "score both the same way to compare them")  # fmt: skip
     mine = {r["id"]: r["correct"] for r in read_jsonl(out / RESULTS_FILE)}
     base = {r["id"]: r["correct"] for r in read_jsonl(baseline_out / RESULTS_FILE)}
     shared = [qid for qid in mine if qid in base]
@@ -199,6 +300,7 @@ def compare(out: Path, baseline_out: Path) -> dict[str, Any]:
     wrong_to_right = [qid for qid in shared if not base[qid] and mine[qid]]
     comparison = {
         "baseline": read_summary(baseline_out).get("recipe"),
+        "scoring": scorings[0],
         "accuracy": sum(mine[q] for q in shared) / len(shared) * 100 if shared else None,
         "baseline_accuracy": sum(base[q] for q in shared) / len(shared) * 100 if shared else None,
         "compared": len(shared),
@@ -223,11 +325,14 @@ def read_summary(out: Path) -> dict[str, Any]:
 
 
 class QA:
-    """Your own question set: scored by answer match, no judge (``moa eval qa``)."""
+    """Your own question set: scored by answer match, no judge (``moa eval qa``), as ``scoring`` says."""
 
     name = "qa"
     judge_files: tuple[str, ...] = ()
     judge_summary_keys: tuple[str, ...] = ()
+
+    def __init__(self, scoring: Scoring = Scoring()) -> None:
+        self.scoring = scoring
 
     def read(self, options: EvalOptions) -> list[dict[str, Any]]:
         return read_questions(options.data)[: options.limit]
@@ -243,8 +348,9 @@ class QA:
 
     async def generate(self, ctx: EvalContext, options: EvalOptions, run: str) -> tuple[dict[str, Any], RunStats]:
         return await generate(
-            ctx, options.data, options.out, limit=options.limit, concurrency=options.concurrency, run=run
-        )
+            ctx, options.data, options.out, limit=options.limit, concurrency=options.concurrency, run=run,
+            scoring=self.scoring,
+        )  # fmt: skip
 
     def judge_setup(self, options: EvalOptions) -> JudgeSetup | None:
         return None
@@ -258,10 +364,12 @@ class QA:
         name = summary.get("recipe", "?")
         if summary["score"] is None:
             return [f"{name}: accuracy unknown (no question was tried)"]
+        cut = f"; {summary['cut']} cut by max_tokens, counted wrong" if summary.get("cut") else ""
         failed = f"; {stats.failed} failed, counted wrong" if stats.failed else ""
         missing = stats.not_started + stats.unsaved
         tail = f"; {missing} not run" if missing else ""
-        return [f"{name}: accuracy {summary['score']:.1f}% ({summary['correct']}/{summary['attempted']}{failed}{tail})"]
+        counts = f"{summary['correct']}/{summary['attempted']}{cut}{failed}{tail}"
+        return [f"{name}: accuracy {summary['score']:.1f}% ({counts}), scored by {summary.get('scoring', '?')}"]
 
     def output_file(self, summary: dict[str, Any]) -> str:
         return RESULTS_FILE
