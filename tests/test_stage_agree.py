@@ -110,3 +110,48 @@ def test_a_bad_agree_check_is_refused_naming_the_field(check: dict[str, Any], me
     with pytest.raises(moa.RecipeError) as info:
         moa.load_recipe({"name": "r", "layers": layers})
     assert str(info.value).startswith("invalid recipe <dict>:\n  layers[1].checks[0]" + message)
+
+
+def test_moa_eval_qa_reports_how_many_answers_were_verified_and_how_many_of_those_were_right(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import yaml
+    from conftest import scripted
+
+    from moa.cli import main
+    from moa.testing import LoopbackServer
+
+    # q1: both agree on the right 12; q2: both agree on a wrong 5; q3: they disagree, the second goes on (right).
+    answers = {"Question 1?": ("12", "12"), "Question 2?": ("5", "5"), "Question 3?": ("8", "9")}
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{n}", "prompt": f"Question {n}?", "answers": [a]}) + "\n"
+                            for n, a in ((1, 12), (2, 6), (3, 9))))  # fmt: skip
+
+    def first(messages: list[dict[str, Any]]) -> str:
+        return answers[messages[-1]["content"]][0]
+
+    def second(messages: list[dict[str, Any]]) -> str:
+        return answers[messages[-1]["content"]][1]
+
+    with LoopbackServer(responder=scripted({"p1": first, "p2": second})) as server:
+        layers = [
+            {"kind": "propose", "agents": agents("openai/p1", "openai/p2")},
+            {"kind": "verify", "checks": [AGREE], "keep": "first", "if_none_pass": "last"},
+        ]
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump(loopback_recipe(server, layers, name="agreeing")))
+        out = tmp_path / "out"
+        assert main(["eval", "qa", "--recipe", str(path), "--data", str(data), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "agreeing: accuracy 66.7% (2/3), scored by last-number\n" in printed
+    assert "agreeing: answers 2 verified (1 right, 50.0%), 1 unverified (1 right, 100.0%)\n" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["confidence"] == {
+        "verified": {"answers": 2, "correct": 1, "accuracy": 50.0},
+        "unverified": {"answers": 1, "correct": 1, "accuracy": 100.0},
+        "unchecked": 0,
+    }
+    rows = [json.loads(line) for line in (out / "qa_results.jsonl").read_text().splitlines()]
+    assert [r["confidence"] for r in rows] == ["verified", "verified", "unverified"]

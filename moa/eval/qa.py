@@ -261,6 +261,7 @@ async def generate(
     for record in finished:
         record["correct"] = score(record, by_key[record["key"]], scoring)
         record["finish_reason"] = finish_reason(record)
+        record["confidence"] = confidence_of(record)
     write_jsonl(out / RESULTS_FILE, [{k: v for k, v in r.items() if k not in ("traces", "run")} for r in finished])
     correct = sum(r["correct"] for r in finished)
     attempted = len(finished) + stats.failed
@@ -277,11 +278,35 @@ async def generate(
             "attempted": attempted,
             "scoring": str(scoring),
             "cut": sum(r["finish_reason"] == "length" for r in finished),
+            "confidence": confidence_summary(finished),
             "score_note": "correct / questions tried; a question whose run failed, or whose output was cut by "
             "max_tokens, counts as wrong",
         },
     )
     return summary, stats
+
+
+def confidence_of(record: Mapping[str, Any]) -> str | None:
+    """The confidence of an item's answer (``MoAResult.confidence``), read from its trace."""
+    traces = record.get("traces") or []
+    last = traces[-1] if traces and isinstance(traces[-1], Mapping) else {}
+    found = last.get("confidence")
+    return found if found in ("verified", "unverified") else None
+
+
+def confidence_summary(finished: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """For recipes whose answers are checked (``verify``: a validator, an agreement): how many answers were
+    verified or not, and how many of each were right (the precision of the check); None when none was."""
+    if not any(r["confidence"] for r in finished):
+        return None
+    found: dict[str, Any] = {}
+    for level in ("verified", "unverified"):
+        these = [r for r in finished if r["confidence"] == level]
+        right = sum(r["correct"] for r in these)
+        found[level] = {"answers": len(these), "correct": right,
+                        "accuracy": right / len(these) * 100 if these else None}  # fmt: skip
+    found["unchecked"] = sum(r["confidence"] is None for r in finished)
+    return found
 
 
 def compare(out: Path, baseline_out: Path) -> dict[str, Any]:
@@ -369,7 +394,16 @@ class QA:
         missing = stats.not_started + stats.unsaved
         tail = f"; {missing} not run" if missing else ""
         counts = f"{summary['correct']}/{summary['attempted']}{cut}{failed}{tail}"
-        return [f"{name}: accuracy {summary['score']:.1f}% ({counts}), scored by {summary.get('scoring', '?')}"]
+        lines = [f"{name}: accuracy {summary['score']:.1f}% ({counts}), scored by {summary.get('scoring', '?')}"]
+        checked = summary.get("confidence")
+        if checked:
+            parts = []
+            for level in ("verified", "unverified"):
+                found = checked[level]
+                right = f", {found['accuracy']:.1f}%" if found["accuracy"] is not None else ""
+                parts.append(f"{found['answers']} {level} ({found['correct']} right{right})")
+            lines.append(f"{name}: answers {', '.join(parts)}")
+        return lines
 
     def output_file(self, summary: dict[str, Any]) -> str:
         return RESULTS_FILE
