@@ -3,12 +3,16 @@ litellm and the loopback server: who counts as independent, escalation, the conf
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
-from conftest import agents, loopback_recipe
+import yaml
+from conftest import agents, loopback_recipe, scripted
 
 import moa
+from moa.cli import main
+from moa.testing import LoopbackServer
 
 AGREE = {"type": "agree"}
 
@@ -115,13 +119,6 @@ def test_a_bad_agree_check_is_refused_naming_the_field(check: dict[str, Any], me
 def test_moa_eval_qa_reports_how_many_answers_were_verified_and_how_many_of_those_were_right(
     tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
-    import yaml
-    from conftest import scripted
-
-    from moa.cli import main
-    from moa.testing import LoopbackServer
 
     # q1: both agree on the right 12; q2: both agree on a wrong 5; q3: they disagree, the second goes on (right).
     answers = {"Question 1?": ("12", "12"), "Question 2?": ("5", "5"), "Question 3?": ("8", "9")}
