@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ from moa._errors import (
 )
 from moa._local import PREFIX as LOCAL_PREFIX
 from moa._local import check_installed, ensure_server, is_local
-from moa._provider import Completion, Request, TokenCallback
+from moa._provider import Completion, Request, TokenCallback, ToolRequest
 from moa._secrets import redact
 
 # Seconds allowed beyond a call's own timeout before we cancel it ourselves
@@ -236,6 +237,9 @@ def _completion(litellm: ModuleType, response: Any, request: Request) -> Complet
         raise BadResponseError("the response has no choices", model=request.model)
     message = getattr(choices[0], "message", None)
     text = getattr(message, "content", None)
+    tool_calls = _tool_calls(message) if "tools" in request.params else ()
+    if text is None and tool_calls:
+        text = ""  # a model that only calls functions writes no text
     if not isinstance(text, str):
         raise BadResponseError("the response has no text content", model=request.model)
     usage = getattr(response, "usage", None)
@@ -246,7 +250,22 @@ def _completion(litellm: ModuleType, response: Any, request: Request) -> Complet
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         cost_usd=_cost(litellm, response, request.model),
         finish_reason=_finish_reason(choices[0]),
+        tool_calls=tool_calls,
     )
+
+
+def _tool_calls(message: Any) -> tuple[ToolRequest, ...]:
+    """The function calls of an answer (OpenAI's shape, which litellm gives for every provider)."""
+    found = []
+    for number, call in enumerate(getattr(message, "tool_calls", None) or []):
+        function = call.get("function") if isinstance(call, dict) else getattr(call, "function", None)
+        name = function.get("name") if isinstance(function, dict) else getattr(function, "name", None)
+        arguments = function.get("arguments") if isinstance(function, dict) else getattr(function, "arguments", None)
+        ident = call.get("id") if isinstance(call, dict) else getattr(call, "id", None)
+        if not isinstance(arguments, str):  # some providers send an object, not its JSON text
+            arguments = "" if arguments is None else json.dumps(arguments)
+        found.append(ToolRequest(ident if isinstance(ident, str) else f"call{number}", str(name or ""), arguments))
+    return tuple(found)
 
 
 def _finish_reason(choice: Any) -> str | None:

@@ -22,9 +22,9 @@ from moa._errors import TemplateError
 
 from . import registry
 from .debate import DebateLayer
-from .execution import ExecuteLayer, SandboxLimits
+from .execution import ExecuteLayer
 from .layers import AgentLayer, AggregateLayer, AggregateSeqLayer, Layer, ProposeLayer, TemplatedLayer, seq_windows
-from .params import MAX_SECONDS, Agent, CallParams, _Strict
+from .params import MAX_SECONDS, Agent, CallParams, SandboxLimits, Tool, _Strict
 from .selection import RankLayer, VoteLayer
 from .verification import AgreeCheck, JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck, VerifyLayer
 
@@ -51,6 +51,7 @@ __all__ = [
     "SandboxLimits",
     "SelfMoA",
     "TemplatedLayer",
+    "Tool",
     "VerifyLayer",
     "VoteLayer",
     "seq_windows",
