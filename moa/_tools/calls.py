@@ -119,11 +119,18 @@ def cut(text: str, limit: int = RESULT_CHARS) -> str:
 
 @dataclass
 class _Outcome:
-    """What running a tool gave: its text, or why it gave none, and the model calls it made."""
+    """What running a tool gave: its text, or why it gave none (in a line, then ``text`` may say more), and the
+    model calls it made."""
 
     text: str = ""
     error: str | None = None
     calls: list[AgentOutput] = field(default_factory=list)
+
+    @property
+    def result(self) -> str:
+        if self.error is None:
+            return self.text
+        return f"error: {self.error}" + (f"\n{self.text}" if self.text else "")
 
 
 async def run_tool(runtime: ToolRuntime, spec: CallSpec, step: int, ident: str, name: str, arguments: str) -> ToolCall:
@@ -153,7 +160,7 @@ async def run_tool(runtime: ToolRuntime, spec: CallSpec, step: int, ident: str, 
         id=ident,
         name=name,
         arguments=parsed,
-        result=cut(f"error: {outcome.error}" if outcome.error is not None else outcome.text),
+        result=cut(outcome.result),
         error=None if outcome.error is None else cut(outcome.error, 500),
         wall_s=time.perf_counter() - started,
         step=step,
@@ -204,13 +211,12 @@ async def _python(runtime: ToolRuntime, plan: ToolPlan, code: str) -> _Outcome:
     execution = await box.run(code, limits=importlib.import_module("moa._sandbox").Limits(**limits))
     if execution.ok:
         return _Outcome(text=execution.stdout if execution.stdout.strip() else "(the program printed nothing)")
-    reason = str(execution.reason or "the program failed")
-    parts = [reason]
+    parts = []
     if execution.stdout.strip():
         parts.append("stdout:\n" + cut(execution.stdout, RESULT_CHARS // 2))
     if execution.stderr.strip():
         parts.append("stderr (its end):\n" + execution.stderr[-STDERR_TAIL_CHARS:])
-    return _Outcome(error="\n".join(parts))
+    return _Outcome(text="\n".join(parts), error=str(execution.reason or "the program failed"))
 
 
 async def _ask(runtime: ToolRuntime, plan: ToolPlan, question: str) -> _Outcome:
