@@ -315,3 +315,43 @@ async def test_a_cancelled_run_cancels_the_tool_in_flight() -> None:
         with pytest.raises(asyncio.CancelledError):
             await run
     assert cancelled.is_set() and len(server.completions()) == 1
+
+
+async def test_aggregators_and_repairs_use_their_tools_too() -> None:
+    from moa import Completion
+    from moa._provider import ToolRequest
+    from moa.testing import FakeProvider
+
+    def asks(n: int) -> Completion:
+        return Completion("", 4, 2, tool_calls=(ToolRequest(f"t{n}", "add", f'{{"a": {n}, "b": 1}}'),))
+
+    fake = FakeProvider(
+        replies={
+            "openai/p": ["p says 5"],
+            "openai/agg": [asks(1), "fused: no answer line"],
+            "openai/fix": [asks(2), "Answer: 5"],
+        }
+    )
+    recipe = {
+        "name": "everywhere",
+        "layers": [
+            {"kind": "propose", "agents": [{"model": "openai/p"}]},
+            {"kind": "aggregate", "agents": [{"model": "openai/agg", "tools": ["add"]}]},
+            {
+                "kind": "verify",
+                "checks": [{"type": "regex", "pattern": "^Answer:"}],
+                "repairs": 1,
+                "repair_with": {"model": "openai/fix", "tools": ["add"]},
+            },
+        ],
+    }
+    result = await moa.run(QUESTION, recipe, provider=fake)
+    assert result.output == "Answer: 5"
+    first, second = fake.to_model("openai/agg")
+    assert first.messages[0]["role"] == "system" and "1. p says 5" in first.messages[0]["content"]
+    assert second.messages[-1] == {"role": "tool", "tool_call_id": "t1", "content": "2"}
+    assert [r.params["tool_choice"] for r in fake.to_model("openai/fix")] == ["auto", "auto"]
+    fused, repaired = result.layers[1].outputs[0], result.layers[2].outputs[0]
+    assert [(t.name, t.result) for t in fused.tool_calls] == [("add", "2")]
+    assert [(t.name, t.result) for t in repaired.tool_calls] == [("add", "3")]
+    assert fused.tool_steps == repaired.tool_steps == 2 and result.layers[0].outputs[0].tool_steps == 0

@@ -266,3 +266,44 @@ def test_plans_count_every_step_of_a_tool_loop_and_every_ask() -> None:
     # Two questions of 4,000 one-token characters each (less the shorter tool definition of `ask`, per step).
     assert asking is not None and python is not None and 2 * 4000 > asking - python > 2 * 4000 - 100
     assert worst(tools=[{"name": "ask", "agent": {"model": "openai/unpriced"}}]) is None
+
+
+def test_the_live_view_shows_a_tool_loop_as_one_call_with_its_steps() -> None:
+    import io
+
+    from rich.console import Console
+
+    from moa import Completion
+    from moa._provider import ToolRequest
+    from moa.cli.live import LiveView
+
+    moa.register_tool("weather", lookup)
+    asks = Completion("", 5, 3, cost_usd=0.001, tool_calls=(ToolRequest("w", "weather", '{"city": "Lyon"}'),))
+    fake = FakeProvider(replies={"openai/a": [asks, Completion("Rain.", 9, 2, cost_usd=0.002)]})
+    recipe = moa.load_recipe(agent_recipe(tools=["weather"]))
+    out = Console(file=io.StringIO(), width=140, color_system=None)
+    view = LiveView(recipe, out, stream=False)
+    seen: list[str] = []
+
+    def on_event(event: moa.Event) -> None:
+        view.on_event(event)
+        if event.kind == "tool_finished":
+            seen.append(_render(view.tree()))
+
+    result = moa.run_sync("Umbrella?", recipe, provider=fake, on_event=on_event)
+    assert result.output == "Rain." and len(fake.requests) == 2
+    assert "running step 1: weather" in seen[0]
+    (row,) = view.layers[0].rows.values()
+    assert (row.state, row.running, row.finished, row.planned) == ("done", 0, 1, 1)
+    assert row.tokens == 5 + 3 + 9 + 2 and row.cost == pytest.approx(0.003)
+    assert "calls 1/1" in _render(view.totals())
+
+
+def _render(renderable: object) -> str:
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=140, color_system=None)
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]

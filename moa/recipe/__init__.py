@@ -243,11 +243,20 @@ class Recipe(_Strict):
 
     @property
     def models(self) -> list[str]:
-        """Distinct model strings, in order of first use."""
+        """Distinct model strings, in order of first use (the agents and recipes `ask` tools ask included)."""
         seen: dict[str, None] = {}
+
+        def add(agent: Agent) -> None:
+            seen.setdefault(agent.model, None)
+            for tool in agent.tools:
+                if tool.agent is not None:
+                    add(tool.agent)
+                if isinstance(tool._loaded, Recipe):
+                    seen.update(dict.fromkeys(tool._loaded.models))
+
         for layer in self.layers:
             for agent in layer.call_agents():
-                seen.setdefault(agent.model, None)
+                add(agent)
         return list(seen)
 
 
