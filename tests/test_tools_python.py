@@ -1,15 +1,12 @@
 """The built-in `python` tool: what the model gets back from the sandbox (``moa._sandbox``).
 
-The sandbox is another branch's work; until it is merged here, these tests run the tool against a
-stand-in with the sandbox's interface (``sandbox(backend).run(code, limits=Limits(...))`` -> an
-``Execution``).  The last test runs real programs and is skipped while ``moa._sandbox`` is missing.
+Most tests run the tool against a stand-in with the sandbox's interface (``sandbox(backend).run(code,
+limits=Limits(...))`` -> an ``Execution``), so every kind of outcome is exact; the last ones run real
+programs in the real local sandbox.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +14,7 @@ import pytest
 from conftest import loopback_recipe
 
 import moa
+from moa._tools import calls
 from moa.testing import LoopbackServer
 
 
@@ -80,10 +78,8 @@ def sandboxes(monkeypatch: pytest.MonkeyPatch) -> dict[str, StandIn]:
         made[backend] = made.get(backend) or StandIn(backend, script)
         return made[backend]
 
-    module = types.ModuleType("moa._sandbox")
-    module.Limits = Limits  # type: ignore[attr-defined]
-    module.sandbox = sandbox  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "moa._sandbox", module)
+    monkeypatch.setattr(calls, "Limits", Limits)
+    monkeypatch.setattr(calls, "sandbox", sandbox)
     return made
 
 
@@ -134,12 +130,22 @@ async def test_the_tool_s_limits_and_backend_reach_the_sandbox(sandboxes: dict[s
     assert limits == Limits(wall_s=2.0, cpu_s=5, memory_mb=128, processes=16, output_bytes=4096)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("moa._sandbox") is None,
-    reason="moa._sandbox (branch `sandbox`) is not merged here yet: the python tool is tested against a stand-in",
-)
 async def test_the_python_tool_runs_real_programs_in_the_sandbox() -> None:
-    result, results = await run_python("python", "print(6 * 7)", "1/0")
-    assert results["p0"].strip() == "42"
-    assert results["p1"].startswith("error: ") and "ZeroDivisionError" in results["p1"]
+    programs = ["print(6 * 7)", "1/0", "import os; print(sorted(k for k in os.environ if 'KEY' in k))"]
+    result, results = await run_python("python", *programs)
+    assert results["p0"] == "42\n" and results["p2"] == "[]\n"  # no key of moa's reaches the program
+    assert results["p1"].startswith("error: ") and results["p1"].rstrip().endswith(
+        "ZeroDivisionError: division by zero"
+    )
+    (output,) = result.layers[0].outputs
+    assert output.tool_calls[1].error is not None and "stderr" not in output.tool_calls[1].error
     assert result.output == "done"
+
+
+async def test_a_program_past_its_limits_is_stopped_and_the_model_told_why() -> None:
+    tool = {"name": "python", "limits": {"wall_s": 1, "cpu_s": 1}}
+    result, results = await run_python(tool, "while True: pass")
+    (output,) = result.layers[0].outputs
+    (call,) = output.tool_calls
+    assert call.error is not None and results["p0"] == f"error: {call.error}"
+    assert "limit" in call.error and call.wall_s < 30

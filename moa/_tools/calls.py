@@ -10,7 +10,6 @@ model reads and may act on.  Results are masked of secrets and cut to
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import json
 import time
@@ -23,6 +22,7 @@ from jsonschema.validators import validator_for
 from moa._call import Caller, CallFailed, CallRefused, CallSpec, ToolPlan, total
 from moa._errors import MoAError
 from moa._prompt import Message, build_messages
+from moa._sandbox import Limits, Sandbox, sandbox
 from moa._secrets import redact
 from moa.recipe import Recipe, SandboxLimits
 from moa.recipe.tools import registered
@@ -69,13 +69,12 @@ class ToolRuntime:
     caller: Caller
     answer: Answerer
     run_recipe: RecipeRunner | None = None
-    _sandboxes: dict[str, Any] = field(default_factory=dict)
+    _sandboxes: dict[str, Sandbox] = field(default_factory=dict)
 
-    def sandbox(self, backend: str) -> Any:
+    def sandbox(self, backend: str) -> Sandbox:
         """The run's sandbox of this backend (made once)."""
         if backend not in self._sandboxes:
-            # Imported when a program first runs: the sandbox package is not needed by runs without one.
-            self._sandboxes[backend] = importlib.import_module("moa._sandbox").sandbox(backend)
+            self._sandboxes[backend] = sandbox(backend)
         return self._sandboxes[backend]
 
 
@@ -206,9 +205,8 @@ async def _run(runtime: ToolRuntime, plan: ToolPlan, arguments: dict[str, Any]) 
 
 
 async def _python(runtime: ToolRuntime, plan: ToolPlan, code: str) -> _Outcome:
-    limits = (plan.tool.limits or SandboxLimits()).model_dump()
-    box = runtime.sandbox(plan.tool.sandbox or "local")
-    execution = await box.run(code, limits=importlib.import_module("moa._sandbox").Limits(**limits))
+    limits = Limits(**(plan.tool.limits or SandboxLimits()).model_dump())
+    execution = await runtime.sandbox(plan.tool.sandbox or "local").run(code, limits=limits)
     if execution.ok:
         return _Outcome(text=execution.stdout if execution.stdout.strip() else "(the program printed nothing)")
     parts = []
