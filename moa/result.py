@@ -96,7 +96,8 @@ class AgentOutput(BaseModel):
     )
     tool_steps: int = Field(
         0,
-        description="Model calls its tool loop made (0: an agent without tools). With tools, `usage`, `cost_usd`, "
+        description="Model calls of its tool loop, a failed or refused last one included (0: an agent without "
+        "tools). With tools, `usage`, `cost_usd`, "
         "`attempts` and `latency_s` cover all of them and the calls its tools made, and `messages` are the last "
         "call's: the conversation with every earlier step's function calls and results.",
     )

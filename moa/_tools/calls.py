@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ class ToolRuntime:
     answer: Answerer
     run_recipe: RecipeRunner | None = None
     _sandboxes: dict[str, Sandbox] = field(default_factory=dict)
+    #: Programs run at most one per CPU at once (as in the `execute` stage): a step may ask for several.
+    programs: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(max(1, os.cpu_count() or 1)))
 
     def sandbox(self, backend: str) -> Sandbox:
         """The run's sandbox of this backend (made once)."""
@@ -206,7 +209,9 @@ async def _run(runtime: ToolRuntime, plan: ToolPlan, arguments: dict[str, Any]) 
 
 async def _python(runtime: ToolRuntime, plan: ToolPlan, code: str) -> _Outcome:
     limits = Limits(**(plan.tool.limits or SandboxLimits()).model_dump())
-    execution = await runtime.sandbox(plan.tool.sandbox or "local").run(code, limits=limits)
+    box = runtime.sandbox(plan.tool.sandbox or "local")
+    async with runtime.programs:
+        execution = await box.run(code, limits=limits)
     if execution.ok:
         return _Outcome(text=execution.stdout if execution.stdout.strip() else "(the program printed nothing)")
     parts = []

@@ -205,6 +205,7 @@ class Agent(CallParams):
 
     tools: list[Tool] = Field(
         default_factory=list,
+        json_schema_extra=lambda schema: schema.update(items={"anyOf": [{"type": "string"}, schema["items"]]}),
         description="Tools the agent may call, in a loop, before it answers: `python` (runs code in the sandbox), "
         "`ask` (asks another agent or a whole recipe), or a function registered with `moa.register_tool`. Each "
         'is a name, or a mapping with `name` and the tool\'s settings (README, "Tools").',
@@ -212,8 +213,8 @@ class Agent(CallParams):
     max_steps: int | None = Field(
         None,
         le=50,
-        description="With `tools`: the most model calls of the agent's tool loop (default 6). The last one is "
-        "made with `tool_choice: none`, so the model must answer then.",
+        description="With `tools`: the most model calls of the agent's tool loop (default 6, at least 2). The "
+        "last one is made with `tool_choice: none`, so the model must answer then.",
     )
     max_tool_calls: int | None = Field(
         None,
