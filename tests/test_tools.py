@@ -355,3 +355,20 @@ async def test_aggregators_and_repairs_use_their_tools_too() -> None:
     assert [(t.name, t.result) for t in fused.tool_calls] == [("add", "2")]
     assert [(t.name, t.result) for t in repaired.tool_calls] == [("add", "3")]
     assert fused.tool_steps == repaired.tool_steps == 2 and result.layers[0].outputs[0].tool_steps == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_loopback_server_answers_with_function_calls_plain_or_streamed(stream: bool) -> None:
+    from moa._litellm import LiteLLMProvider
+    from moa._provider import Request, ToolRequest
+
+    reply = {"content": None, "tool_calls": [{"id": "k", "name": "add", "arguments": '{"a": 1, "b"'}]}
+    with LoopbackServer(responder=steps(reply)) as server:
+        tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+        request = Request("openai/gpt-4o-mini", [{"role": "user", "content": "Q"}], {"api_base": server.base_url,
+                          "tools": tools, "tool_choice": "auto"}, api_key="k")  # fmt: skip
+        pieces: list[str] = []
+        completion = await LiteLLMProvider().complete(request, pieces.append if stream else None)
+    assert completion.tool_calls == (ToolRequest("k", "add", '{"a": 1, "b"'),)  # malformed JSON, as written
+    assert completion.text == "" and pieces == []
+    assert completion.finish_reason == "tool_calls" and completion.completion_tokens == 3 + 1  # words, one a call
