@@ -22,6 +22,7 @@ from typing import Any
 from moa._errors import (
     BadResponseError,
     CallTimeoutError,
+    ConfigError,
     MissingAPIKeyError,
     ProviderError,
     ProviderUnavailableError,
@@ -66,11 +67,17 @@ class LiteLLMProvider:
 
         ``calls`` holds (model, params, has_key) per planned call.  Local
         models need the ``[local]`` extra; provider models need their usual
-        API key variable unless a key is given or ``api_base`` points elsewhere.
+        API key variable unless a key is given or ``api_base`` points elsewhere;
+        an agent with tools (``tools`` in params) needs a provider litellm calls functions with.
         """
-        litellm_module()  # import now (~3 s), not inside the first call's measured latency
+        litellm = litellm_module()  # import now (~3 s), not inside the first call's measured latency
         missing: dict[str, list[str]] = {}
         for model, params, has_key in calls:
+            if params.get("tools") and not is_local(model) and not _calls_functions(litellm, model):
+                raise ConfigError(
+                    f"{model}: litellm sends no function calls (`tools`) to this provider, so this agent cannot "
+                    "use tools; give them to a model whose provider has function calling (Ollama: `ollama_chat/...`)"
+                )
             if is_local(model):
                 check_installed(model.removeprefix(LOCAL_PREFIX))
             elif not has_key and not params.get("api_base"):
@@ -170,6 +177,16 @@ class LiteLLMProvider:
             # A cut connection, or a body that was no event stream: never take a partial answer as whole.
             raise ProviderUnavailableError("the stream ended before the answer was finished", model=request.model)
         return litellm.stream_chunk_builder(chunks, messages=list(request.messages))
+
+
+def _calls_functions(litellm: ModuleType, model: str) -> bool:
+    """Whether litellm passes ``tools`` to this model's provider (True when it cannot tell)."""
+    try:
+        name, provider, _, _ = litellm.get_llm_provider(model)
+        supported = litellm.get_supported_openai_params(model=name, custom_llm_provider=provider)
+    except Exception:  # an unknown provider: let the call itself report it
+        return True
+    return supported is None or "tools" in supported
 
 
 def _max_output_tokens(litellm: ModuleType, model: str) -> int:

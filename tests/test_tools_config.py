@@ -307,3 +307,23 @@ def _render(renderable: object) -> str:
     console = Console(file=io.StringIO(), width=140, color_system=None)
     console.print(renderable)
     return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_an_agent_whose_provider_litellm_calls_no_functions_with_is_refused_before_any_call() -> None:
+    recipe = {
+        "name": "t",
+        "layers": [
+            {"kind": "propose", "agents": [{"model": "ollama/llama3"}, {"model": "openai/gpt-4o-mini"}]},
+            {"kind": "aggregate", "agents": [{"model": "ollama/llama3", "tools": ["python"]}]},
+        ],
+    }
+    with pytest.raises(moa.ConfigError) as info:
+        moa.run_sync("Q", recipe, api_key="k")
+    assert str(info.value).startswith("ollama/llama3: litellm sends no function calls (`tools`) to this provider")
+    recipe["layers"][1]["agents"][0]["model"] = "ollama_chat/llama3"  # type: ignore[index]
+    from moa._engine import Engine
+    from moa._limits import Limiter
+    from moa._litellm import LiteLLMProvider
+
+    loaded = moa.load_recipe(recipe)
+    Engine(loaded, LiteLLMProvider(), Limiter(loaded.limits), api_key="k").preflight()  # nothing to refuse

@@ -125,7 +125,9 @@ class Engine:
         calls = self.calls(start)
         if isinstance(self.provider, Preflight):
             has_key = self.api_key is not None
-            self.provider.preflight([(s.model, s.params, has_key or s.api_key_env is not None) for s in calls])
+            # An agent with tools says so (`tools` in its params): its provider must call functions.
+            planned = [(s.model, {**s.params, "tools": True} if s.tools else s.params, s.api_key_env) for s in calls]
+            self.provider.preflight([(model, params, has_key or env is not None) for model, params, env in planned])
         if self.budget is not None and not self.budget.allow_unpriced:
             pricing = self._pricing
             unpriced = [

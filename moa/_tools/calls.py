@@ -189,7 +189,9 @@ def _check(arguments: Any, schema: dict[str, Any]) -> str | None:
     if not errors:
         return None
     where = "".join(f"[{p!r}]" for p in errors[0].absolute_path)
-    return f"the arguments do not match the tool's schema: {errors[0].message}" + (f" (at {where})" if where else "")
+    message = errors[0].message  # it quotes the value: a question past its length would come back whole
+    message = message if len(message) <= 300 else message[:200] + " ... " + message[-60:]
+    return f"the arguments do not match the tool's schema: {message}" + (f" (at {where})" if where else "")
 
 
 async def _run(runtime: ToolRuntime, plan: ToolPlan, arguments: dict[str, Any]) -> _Outcome:
