@@ -372,3 +372,16 @@ async def test_the_loopback_server_answers_with_function_calls_plain_or_streamed
     assert completion.tool_calls == (ToolRequest("k", "add", '{"a": 1, "b"'),)  # malformed JSON, as written
     assert completion.text == "" and pieces == []
     assert completion.finish_reason == "tool_calls" and completion.completion_tokens == 3 + 1  # words, one a call
+
+
+async def test_calls_asked_for_once_the_tool_calls_are_spent_are_recorded_as_not_run() -> None:
+    one = {"tool_calls": [{"id": "a", "name": "add", "arguments": {"a": 1, "b": 1}}]}
+    late = {"content": "Two.", "tool_calls": [{"id": "b", "name": "add", "arguments": {"a": 2, "b": 2}}]}
+    with LoopbackServer(responder=steps(one, late)) as server:
+        result = await moa.run(QUESTION, one_agent(server, tools=["add"], max_tool_calls=1), api_key="k")
+    assert result.output == "Two." and request_of(server, 1)["tool_choice"] == "none"
+    (output,) = result.layers[0].outputs
+    assert [(t.id, t.error) for t in output.tool_calls] == [
+        ("a", None),
+        ("b", "not run: the agent's 1 tool calls are spent: this step must answer"),
+    ]

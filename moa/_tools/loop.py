@@ -152,7 +152,10 @@ async def run_loop(
                     caller.tracer.tool_finished(record, tool)
             continue
         for request in asked:  # the last step offered no more calls
-            why = f"not run: the last step (max_steps {spec.max_steps}) must answer"
+            if number < spec.max_steps:
+                why = f"not run: the agent's {spec.max_tool_calls} tool calls are spent: this step must answer"
+            else:
+                why = f"not run: the last step (max_steps {spec.max_steps}) must answer"
             tool = not_run(number, request.id, request.name, request.arguments, why)
             loop.ran(tool)
             caller.tracer.tool_finished(record, tool)
