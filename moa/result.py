@@ -7,6 +7,7 @@ API keys are never part of it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
@@ -42,6 +43,27 @@ class CallError(BaseModel):
     transient: bool = False
 
 
+class ToolCall(BaseModel):
+    """One function call an agent's tool loop ran (or refused to run), and what the model was given back."""
+
+    id: str = Field("", description="The call's id, as the model's answer gave it.")
+    name: str = Field(description="The function the model called (as it spelled it: it may be unknown).")
+    arguments: Any = Field(None, description="Its arguments: the parsed JSON, or the text when it was not JSON.")
+    result: str = Field("", description="What the model was given back (cut to 4,000 characters, secrets masked).")
+    error: str | None = Field(
+        None, description="Why the tool gave no result: unknown tool, bad arguments, an exception, a limit."
+    )
+    wall_s: float = Field(0.0, description="Seconds the tool ran.")
+    step: int = Field(0, description="1-based model call of the agent's tool loop that asked for it.")
+    usage: Usage = Field(default_factory=Usage, description="Tokens of the model calls the tool made (`ask`).")
+    cost_usd: float | None = Field(0.0, description="Their cost; None when a model's price is unknown.")
+    calls: list[AgentOutput] = Field(
+        default_factory=list,
+        description="The model calls the tool made (`ask`: the agent's call, or every call of the recipe it ran); "
+        "their usage and cost are counted in the agent's own.",
+    )
+
+
 class AgentOutput(BaseModel):
     """One call: who made it, what it was sent, and what came back (text or error)."""
 
@@ -69,10 +91,35 @@ class AgentOutput(BaseModel):
         None, description="First token's top alternatives {token: logprob}, when requested."
     )
     finish_reason: str | None = Field(None, description="Why the provider stopped (`stop`, `length`...), if said.")
+    tool_calls: list[ToolCall] = Field(
+        default_factory=list, description="Every function call of the agent's tool loop, in order (agents with tools)."
+    )
+    tool_steps: int = Field(
+        0,
+        description="Model calls of its tool loop, a failed or refused last one included (0: an agent without "
+        "tools). With tools, `usage`, `cost_usd`, "
+        "`attempts` and `latency_s` cover all of them and the calls its tools made, and `messages` are the last "
+        "call's: the conversation with every earlier step's function calls and results.",
+    )
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.text is not None
+
+
+ToolCall.model_rebuild()
+
+
+def unpriced_models(outputs: Iterable[AgentOutput]) -> set[str]:
+    """The models whose price is unknown among these calls and the calls their tools made."""
+    found: set[str] = set()
+    for output in outputs:
+        inner = unpriced_models(call for tool in output.tool_calls for call in tool.calls)
+        # An agent's cost is unknown when its own model's is, or a model its tools called is.
+        if output.cost_usd is None and not inner:
+            found.add(output.model)
+        found |= inner
+    return found
 
 
 class Verdict(BaseModel):

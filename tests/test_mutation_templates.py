@@ -76,7 +76,7 @@ def test_unknown_variables_are_listed_with_the_ones_available() -> None:
 def test_an_unknown_built_in_template_lists_the_built_in_ones() -> None:
     with pytest.raises(TemplateError) as info:
         load("nope")
-    assert str(info.value) == "no built-in template named 'nope' (built-in: aggregate, aggregate_seq)"
+    assert str(info.value) == "no built-in template named 'nope' (built-in: aggregate, aggregate_seq, debate)"
 
 
 @pytest.mark.parametrize(

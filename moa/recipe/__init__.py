@@ -22,9 +22,9 @@ from moa._errors import TemplateError
 
 from . import registry
 from .debate import DebateLayer
-from .execution import ExecuteLayer, SandboxLimits
+from .execution import ExecuteLayer
 from .layers import AgentLayer, AggregateLayer, AggregateSeqLayer, Layer, ProposeLayer, TemplatedLayer, seq_windows
-from .params import MAX_SECONDS, Agent, CallParams, _Strict
+from .params import MAX_SECONDS, Agent, CallParams, SandboxLimits, Tool, _Strict
 from .selection import RankLayer, VoteLayer
 from .verification import AgreeCheck, JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck, VerifyLayer
 
@@ -51,6 +51,7 @@ __all__ = [
     "SandboxLimits",
     "SelfMoA",
     "TemplatedLayer",
+    "Tool",
     "VerifyLayer",
     "VoteLayer",
     "seq_windows",
@@ -242,11 +243,20 @@ class Recipe(_Strict):
 
     @property
     def models(self) -> list[str]:
-        """Distinct model strings, in order of first use."""
+        """Distinct model strings, in order of first use (the agents and recipes `ask` tools ask included)."""
         seen: dict[str, None] = {}
+
+        def add(agent: Agent) -> None:
+            seen.setdefault(agent.model, None)
+            for tool in agent.tools:
+                if tool.agent is not None:
+                    add(tool.agent)
+                if isinstance(tool._loaded, Recipe):
+                    seen.update(dict.fromkeys(tool._loaded.models))
+
         for layer in self.layers:
             for agent in layer.call_agents():
-                seen.setdefault(agent.model, None)
+                add(agent)
         return list(seen)
 
 

@@ -8,19 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from .layers import Layer
-from .params import _Strict
-
-
-class SandboxLimits(_Strict):
-    """What one program may use before it is stopped (each limit hit is recorded with the run)."""
-
-    wall_s: float = Field(10.0, gt=0, le=600, description="Wall-clock seconds, then the program is killed.")
-    cpu_s: int = Field(5, ge=1, le=600, description="CPU seconds.")
-    memory_mb: int = Field(256, ge=16, le=65536, description="Memory (address space), in MiB.")
-    processes: int = Field(16, ge=1, le=4096, description="Processes and threads the program may have.")
-    output_bytes: int = Field(
-        65536, ge=1024, le=64 * 2**20, description="Bytes of stdout (and of stderr) kept; more kills the program."
-    )
+from .params import SandboxLimits
 
 
 class ExecuteLayer(Layer):
