@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         CallTimeoutError,
         ConfigError,
         DeadlineExceeded,
+        ExecutionError,
         MissingAPIKeyError,
         MoAError,
         PromptError,
@@ -43,8 +44,9 @@ if TYPE_CHECKING:
     from moa._provider import Completion, Provider, Request
     from moa._stages import Estimate, EstimateContext, Outcome, Stage, StageContext, register_stage
     from moa.events import Event
-    from moa.recipe import Agent, CallParams, Layer, ProviderLimit, Recipe, RetryPolicy, SelfMoA
-    from moa.result import AgentOutput, CallError, Candidate, LayerResult, MoAResult, Usage, Verdict
+    from moa.recipe import Agent, CallParams, Layer, ProviderLimit, Recipe, RetryPolicy, SelfMoA, Tool
+    from moa.recipe.tools import register_tool
+    from moa.result import AgentOutput, CallError, Candidate, LayerResult, MoAResult, ToolCall, Usage, Verdict
 
 __version__ = "0.1.0"
 
@@ -93,14 +95,18 @@ _EXPORTS = {
     "StageError": "moa._errors",
     "StageContext": "moa._stages",
     "TemplateError": "moa._errors",
+    "Tool": "moa.recipe",
+    "ToolCall": "moa.result",
     "UnpricedModelError": "moa._errors",
     "Usage": "moa.result",
     "Verdict": "moa.result",
     "VerificationError": "moa._errors",
+    "ExecutionError": "moa._errors",
     "builtin_recipes": "moa._loader",
     "load_recipe": "moa._loader",
     "plan": "moa._engine",
     "register_stage": "moa._stages",
+    "register_tool": "moa.recipe.tools",
     "run": "moa._engine",
     "run_sync": "moa._engine",
 }
@@ -164,14 +170,18 @@ __all__ = [
     "StageContext",
     "StageError",
     "TemplateError",
+    "Tool",
+    "ToolCall",
     "UnpricedModelError",
     "Usage",
     "Verdict",
     "VerificationError",
+    "ExecutionError",
     "builtin_recipes",
     "load_recipe",
     "plan",
     "register_stage",
+    "register_tool",
     "run",
     "run_sync",
 ]

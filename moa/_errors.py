@@ -242,6 +242,21 @@ class VerificationError(_Partial):
         self.considered: list[Any] = []  # every answer checked, with its verdicts (Candidate)
 
 
+class ExecutionError(VerificationError):
+    """An ``execute`` stage got no answer from any candidate's program (no code, an exception, a limit hit,
+    no output); ``failures`` says why for each, ``partial`` has every run in its trace."""
+
+    def __init__(self, layer: int, checked: int, failures: Sequence[str]) -> None:
+        _Partial.__init__(
+            self,
+            f"layer {layer} (execute): none of the {checked} candidates' programs gave an answer"
+            + "".join("\n" + _indent(why, "  ") for why in failures),
+        )
+        self.layer = layer
+        self.failures = list(failures)
+        self.considered = []
+
+
 def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 from moa._errors import (
     BadResponseError,
     CallTimeoutError,
+    ConfigError,
     MissingAPIKeyError,
     ProviderError,
     ProviderUnavailableError,
@@ -29,7 +31,7 @@ from moa._errors import (
 )
 from moa._local import PREFIX as LOCAL_PREFIX
 from moa._local import check_installed, ensure_server, is_local
-from moa._provider import Completion, Request, TokenCallback
+from moa._provider import Completion, Request, TokenCallback, ToolRequest
 from moa._secrets import redact
 
 # Seconds allowed beyond a call's own timeout before we cancel it ourselves
@@ -65,11 +67,17 @@ class LiteLLMProvider:
 
         ``calls`` holds (model, params, has_key) per planned call.  Local
         models need the ``[local]`` extra; provider models need their usual
-        API key variable unless a key is given or ``api_base`` points elsewhere.
+        API key variable unless a key is given or ``api_base`` points elsewhere;
+        an agent with tools (``tools`` in params) needs a provider litellm calls functions with.
         """
-        litellm_module()  # import now (~3 s), not inside the first call's measured latency
+        litellm = litellm_module()  # import now (~3 s), not inside the first call's measured latency
         missing: dict[str, list[str]] = {}
         for model, params, has_key in calls:
+            if params.get("tools") and not is_local(model) and not _calls_functions(litellm, model):
+                raise ConfigError(
+                    f"{model}: litellm sends no function calls (`tools`) to this provider, so this agent cannot "
+                    "use tools; give them to a model whose provider has function calling (Ollama: `ollama_chat/...`)"
+                )
             if is_local(model):
                 check_installed(model.removeprefix(LOCAL_PREFIX))
             elif not has_key and not params.get("api_base"):
@@ -171,6 +179,16 @@ class LiteLLMProvider:
         return litellm.stream_chunk_builder(chunks, messages=list(request.messages))
 
 
+def _calls_functions(litellm: ModuleType, model: str) -> bool:
+    """Whether litellm passes ``tools`` to this model's provider (True when it cannot tell)."""
+    try:
+        name, provider, _, _ = litellm.get_llm_provider(model)
+        supported = litellm.get_supported_openai_params(model=name, custom_llm_provider=provider)
+    except Exception:  # an unknown provider: let the call itself report it
+        return True
+    return supported is None or "tools" in supported
+
+
 def _max_output_tokens(litellm: ModuleType, model: str) -> int:
     """The model's own output limit from litellm's map (4096 when unknown)."""
     try:
@@ -236,6 +254,9 @@ def _completion(litellm: ModuleType, response: Any, request: Request) -> Complet
         raise BadResponseError("the response has no choices", model=request.model)
     message = getattr(choices[0], "message", None)
     text = getattr(message, "content", None)
+    tool_calls = _tool_calls(message) if "tools" in request.params else ()
+    if text is None and tool_calls:
+        text = ""  # a model that only calls functions writes no text
     if not isinstance(text, str):
         raise BadResponseError("the response has no text content", model=request.model)
     usage = getattr(response, "usage", None)
@@ -246,7 +267,22 @@ def _completion(litellm: ModuleType, response: Any, request: Request) -> Complet
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         cost_usd=_cost(litellm, response, request.model),
         finish_reason=_finish_reason(choices[0]),
+        tool_calls=tool_calls,
     )
+
+
+def _tool_calls(message: Any) -> tuple[ToolRequest, ...]:
+    """The function calls of an answer (OpenAI's shape, which litellm gives for every provider)."""
+    found = []
+    for number, call in enumerate(getattr(message, "tool_calls", None) or []):
+        function = call.get("function") if isinstance(call, dict) else getattr(call, "function", None)
+        name = function.get("name") if isinstance(function, dict) else getattr(function, "name", None)
+        arguments = function.get("arguments") if isinstance(function, dict) else getattr(function, "arguments", None)
+        ident = call.get("id") if isinstance(call, dict) else getattr(call, "id", None)
+        if not isinstance(arguments, str):  # some providers send an object, not its JSON text
+            arguments = "" if arguments is None else json.dumps(arguments)
+        found.append(ToolRequest(ident if isinstance(ident, str) else f"call{number}", str(name or ""), arguments))
+    return tuple(found)
 
 
 def _finish_reason(choice: Any) -> str | None:

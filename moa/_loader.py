@@ -6,7 +6,9 @@ else; every message names the source and the field path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,18 @@ import yaml
 from moa._errors import RecipeError
 from moa._resources import builtin_names, data_dir
 from moa._secrets import is_secret_name
-from moa.recipe import Recipe, registry
+from moa.recipe import Agent, Recipe, registry
+from moa.recipe import tools as tool_registry
+from moa.recipe.layers import agent_path
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 MAX_RECIPE_BYTES = 1_000_000
 MAX_RECIPE_NODES = 100_000
 
 RecipeSource = Recipe | Mapping[str, Any] | str | Path
+#: The recipe files being loaded, outermost first: a recipe that an `ask` tool runs is loaded with the recipe
+#: that names it, and one that comes back to a file already on this stack asks itself.
+_loading: ContextVar[tuple[str, ...]] = ContextVar("moa_recipes_loading", default=())
 
 
 def builtin_recipes() -> list[str]:
@@ -66,6 +73,25 @@ def load_recipe(source: RecipeSource, *, label: str | None = None) -> Recipe:
 
 def _load_file(path: Path, label: str | None = None) -> Recipe:
     label = label or str(path)
+    with _entered(path, label):
+        return _read_file(path, label)
+
+
+@contextmanager
+def _entered(path: Path, label: str) -> Iterator[None]:
+    identity = str(path.expanduser().resolve())
+    stack = _loading.get()
+    if identity in stack:
+        chain = " -> ".join([*stack[stack.index(identity) :], identity])
+        raise RecipeError(label, [("", f"the recipe is asked by an `ask` tool of its own, in a loop: {chain}")])
+    token = _loading.set((*stack, identity))
+    try:
+        yield
+    finally:
+        _loading.reset(token)
+
+
+def _read_file(path: Path, label: str) -> Recipe:
     try:
         if path.stat().st_size > MAX_RECIPE_BYTES:
             raise RecipeError(label, [("", f"file is larger than {MAX_RECIPE_BYTES} bytes")])
@@ -114,11 +140,31 @@ def _check_size(data: Any, label: str) -> None:
 
 def _validate(data: dict[str, Any], label: str, base_dir: Path | None) -> Recipe:
     registry.load_entry_points()  # kinds from installed packages, before the first recipe is validated
+    tool_registry.load_entry_points()  # and tools
     try:
-        return Recipe.model_validate(data, context={"base_dir": base_dir})
+        recipe = Recipe.model_validate(data, context={"base_dir": base_dir})
     except pydantic.ValidationError as exc:
         # Not chained: pydantic's message quotes every input value, secrets included.
         raise RecipeError(label, error_lines(exc)) from None
+    for index, layer in enumerate(recipe.layers):
+        for agent in layer.call_agents():
+            _load_asked(agent, f"layers[{index}].{agent_path(layer, agent)}", label)
+    return recipe
+
+
+def _load_asked(agent: Agent, path: str, label: str) -> None:
+    """Load the recipes the agent's `ask` tools run (and those of the agents they ask), now: a recipe that
+    does not load, or asks itself in a loop, fails with the recipe that names it, before any call."""
+    for number, tool in enumerate(agent.tools):
+        where = f"{path}.tools[{number}]"
+        if tool.agent is not None:
+            _load_asked(tool.agent, f"{where}.agent", label)
+        if tool.recipe is not None:
+            try:
+                tool._loaded = load_recipe(tool.recipe)
+            except RecipeError as exc:
+                problems = "; ".join(f"{inner}: {message}" if inner else message for inner, message in exc.problems)
+                raise RecipeError(label, [(f"{where}.recipe", f"{exc.source} does not load: {problems}")]) from None
 
 
 def error_lines(exc: pydantic.ValidationError) -> list[tuple[str, str]]:

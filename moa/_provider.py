@@ -27,6 +27,16 @@ class Request:
 
 
 @dataclass(frozen=True)
+class ToolRequest:
+    """A function call the model asked for: its id, the function's name and its arguments as the model wrote
+    them (JSON text, not yet parsed: malformed JSON is the tool loop's to report back to the model)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Completion:
     """What came back: the text, exact token counts when the provider gave them, and the cost.
 
@@ -42,6 +52,8 @@ class Completion:
     top_logprobs: dict[str, float] | None = None
     #: Why the provider stopped (``stop``, ``length``...), when it said.
     finish_reason: str | None = None
+    #: The functions the model asked to call (only when the request offered ``tools``); ``text`` may then be empty.
+    tool_calls: tuple[ToolRequest, ...] = ()
 
 
 class Provider(Protocol):

@@ -7,7 +7,8 @@ API keys are never part of it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
@@ -42,6 +43,27 @@ class CallError(BaseModel):
     transient: bool = False
 
 
+class ToolCall(BaseModel):
+    """One function call an agent's tool loop ran (or refused to run), and what the model was given back."""
+
+    id: str = Field("", description="The call's id, as the model's answer gave it.")
+    name: str = Field(description="The function the model called (as it spelled it: it may be unknown).")
+    arguments: Any = Field(None, description="Its arguments: the parsed JSON, or the text when it was not JSON.")
+    result: str = Field("", description="What the model was given back (cut to 4,000 characters, secrets masked).")
+    error: str | None = Field(
+        None, description="Why the tool gave no result: unknown tool, bad arguments, an exception, a limit."
+    )
+    wall_s: float = Field(0.0, description="Seconds the tool ran.")
+    step: int = Field(0, description="1-based model call of the agent's tool loop that asked for it.")
+    usage: Usage = Field(default_factory=Usage, description="Tokens of the model calls the tool made (`ask`).")
+    cost_usd: float | None = Field(0.0, description="Their cost; None when a model's price is unknown.")
+    calls: list[AgentOutput] = Field(
+        default_factory=list,
+        description="The model calls the tool made (`ask`: the agent's call, or every call of the recipe it ran); "
+        "their usage and cost are counted in the agent's own.",
+    )
+
+
 class AgentOutput(BaseModel):
     """One call: who made it, what it was sent, and what came back (text or error)."""
 
@@ -69,10 +91,35 @@ class AgentOutput(BaseModel):
         None, description="First token's top alternatives {token: logprob}, when requested."
     )
     finish_reason: str | None = Field(None, description="Why the provider stopped (`stop`, `length`...), if said.")
+    tool_calls: list[ToolCall] = Field(
+        default_factory=list, description="Every function call of the agent's tool loop, in order (agents with tools)."
+    )
+    tool_steps: int = Field(
+        0,
+        description="Model calls of its tool loop, a failed or refused last one included (0: an agent without "
+        "tools). With tools, `usage`, `cost_usd`, "
+        "`attempts` and `latency_s` cover all of them and the calls its tools made, and `messages` are the last "
+        "call's: the conversation with every earlier step's function calls and results.",
+    )
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.text is not None
+
+
+ToolCall.model_rebuild()
+
+
+def unpriced_models(outputs: Iterable[AgentOutput]) -> set[str]:
+    """The models whose price is unknown among these calls and the calls their tools made."""
+    found: set[str] = set()
+    for output in outputs:
+        inner = unpriced_models(call for tool in output.tool_calls for call in tool.calls)
+        # An agent's cost is unknown when its own model's is, or a model its tools called is.
+        if output.cost_usd is None and not inner:
+            found.add(output.model)
+        found |= inner
+    return found
 
 
 class Verdict(BaseModel):
@@ -99,6 +146,14 @@ class Candidate(BaseModel):
     votes: int | None = Field(None, description="How many candidates gave the same answer (`vote`).")
     score: float | None = Field(None, description="Its score (`rank`): higher is better.")
     verdicts: list[Verdict] = Field(default_factory=list, description="Every check it went through (`verify`).")
+    agreement: int | None = Field(
+        None, description="How many independent candidates gave its answer (`verify` with an `agree` check)."
+    )
+    execution: dict[str, Any] | None = Field(
+        None,
+        description="The run of its program (`execute`): code, exit status, output (cut), time, the limit hit, "
+        "why it gave no answer, and the isolation in force.",
+    )
 
     @classmethod
     def of(cls, output: AgentOutput) -> Candidate:
@@ -116,6 +171,8 @@ class Candidate(BaseModel):
             votes=None,
             score=None,
             verdicts=[],
+            agreement=None,
+            execution=None,
         )
 
 
@@ -172,3 +229,13 @@ class MoAResult(BaseModel):
     @property
     def calls(self) -> list[AgentOutput]:
         return [output for layer in self.layers for output in layer.outputs]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def confidence(self) -> Literal["verified", "unverified"] | None:
+        """`verified`: the answer passed every check it went through (a validator, an agreement of independent
+        candidates); `unverified`: it went on without passing them (`if_none_pass: last`); None: nothing checked it."""
+        final = self.layers[-1].candidates[:1] if self.layers else []
+        if not final or not final[0].verdicts:
+            return None
+        return "verified" if all(v.passed for v in final[0].verdicts) else "unverified"

@@ -71,13 +71,15 @@ def agents(*models: str, **extra: Any) -> list[dict[str, Any]]:
 
 
 def scripted(replies: dict[str, Any]) -> Any:
-    """A loopback responder answering by model name (without its provider prefix): a string, or a
-    function of the request's messages.  A model not listed answers ``<model> says hi``."""
+    """A loopback responder answering by model name (without its provider prefix): a string, a dict of
+    function calls (``moa.testing._toolcalls``), or a function of the request's messages giving one.  A model
+    not listed answers ``<model> says hi``."""
 
-    def respond(body: dict[str, Any], index: int) -> str:
+    def respond(body: dict[str, Any], index: int) -> str | dict[str, Any]:
         model = str(body.get("model", "")).split("/")[-1]
         reply = replies.get(model, f"{model} says hi")
-        return reply(body["messages"]) if callable(reply) else str(reply)
+        reply = reply(body["messages"]) if callable(reply) else reply
+        return reply if isinstance(reply, dict) else str(reply)
 
     return respond
 

@@ -14,7 +14,9 @@ def test_public_names_are_pinned() -> None:
             "load_recipe", "plan", "run", "run_sync",
             # stages: writing and registering a stage kind, and what stages find
             "Candidate", "Estimate", "EstimateContext", "Outcome", "Stage", "StageContext", "StageError", "Verdict",
-            "VerificationError", "register_stage",
+            "VerificationError", "register_stage", "ExecutionError",
+            # tools: agents that call functions
+            "Tool", "ToolCall", "register_tool",
         ]
     )  # fmt: skip
     for name in moa.__all__:

@@ -31,9 +31,9 @@ layers:
 
 def test_builtin_names() -> None:
     assert moa.builtin_recipes() == [
-        "blender", "debate", "local", "local-blender", "local-debate", "local-self-consistency",
-        "local-verify-escalate", "moa", "moa-gpt4o", "moa-lite", "self-consistency", "self-moa", "self-moa-seq",
-        "verify-escalate",
+        "blender", "debate", "local", "local-blender", "local-debate", "local-orchestrator", "local-pal",
+        "local-pal-cot-agree", "local-self-consistency", "local-verify-escalate", "moa", "moa-gpt4o", "moa-lite",
+        "orchestrator", "pal", "pal-cot-agree", "self-consistency", "self-moa", "self-moa-seq", "verify-escalate",
     ]  # fmt: skip
 
 

@@ -5,11 +5,20 @@ talks to a provider directly.
 """
 
 from .budget import Budget, BudgetRefused
-from .cost import Pricing, embedded, output_tokens, pricing_of, prompt_tokens, total
+from .cost import Pricing, embedded, output_tokens, pricing_of, prompt_tokens, tools_tokens, total
 from .pipeline import Caller, CallFailed, CallRefused
 from .retry import Sleep, with_retries
-from .spec import DEFAULT_TIMEOUT_S, CallSpec, call_params, plan_layer
-from .trace import Tracer, abandoned
+from .spec import (
+    DEFAULT_TIMEOUT_S,
+    CallSpec,
+    ToolPlan,
+    call_params,
+    every_spec,
+    nested_recipe,
+    nested_recipes,
+    plan_layer,
+)
+from .trace import CallRecord, Tracer, abandoned
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -17,18 +26,24 @@ __all__ = [
     "BudgetRefused",
     "CallFailed",
     "CallRefused",
+    "CallRecord",
     "CallSpec",
     "Caller",
     "Pricing",
     "Sleep",
+    "ToolPlan",
     "Tracer",
     "abandoned",
     "call_params",
     "embedded",
+    "every_spec",
+    "nested_recipe",
+    "nested_recipes",
     "output_tokens",
     "plan_layer",
     "pricing_of",
     "prompt_tokens",
+    "tools_tokens",
     "total",
     "with_retries",
 ]

@@ -21,6 +21,7 @@ limit) is the sum of its stages' worst cases (``moa._stages``).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -56,13 +57,48 @@ def pricing_of(provider: object) -> Pricing | None:
 
 
 def prompt_tokens(messages: Sequence[Mapping[str, Any]], embedded: Sequence[tuple[int, int]] = ()) -> int:
-    """Estimated prompt tokens of ``messages``; ``embedded`` holds (characters, tokens) of outputs quoted in them."""
-    chars = sum(len(str(m.get("content", ""))) + MESSAGE_OVERHEAD_CHARS for m in messages)
+    """Estimated prompt tokens of ``messages``; ``embedded`` holds (characters, tokens) of outputs quoted in them.
+
+    The function calls of an assistant message count their id, name and arguments, plus
+    ``TOOL_CALL_OVERHEAD_CHARS`` each for their JSON frame.
+    """
+    texts = [message_text(m) for m in messages]
+    chars = sum(len(text) + MESSAGE_OVERHEAD_CHARS + _framing(m) for text, m in zip(texts, messages, strict=True))
     chars -= sum(c for c, _ in embedded)
     by_chars = max(0, chars) // CHARS_PER_TOKEN + 1 + sum(t for _, t in embedded)
-    overhead = len(messages) * MESSAGE_OVERHEAD_CHARS // CHARS_PER_TOKEN
-    by_pieces = sum(len(_PIECE.findall(str(m.get("content", "")))) for m in messages) + overhead + 1
+    overhead = (len(messages) * MESSAGE_OVERHEAD_CHARS + sum(map(_framing, messages))) // CHARS_PER_TOKEN
+    by_pieces = sum(len(_PIECE.findall(text)) for text in texts) + overhead + 1
     return max(by_chars, by_pieces)
+
+
+#: What the JSON frame of one function call in an assistant message counts, beside its id, name and arguments.
+TOOL_CALL_OVERHEAD_CHARS = 48
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    """The text of a message as the estimate counts it: its content, then each function call's id, name and
+    arguments; a function's result, the id of its call, then its content."""
+    text = str(message.get("content", ""))
+    if message.get("tool_call_id") is not None:  # a function's result names the call it answers
+        return f"{message['tool_call_id']} {text}"
+    calls = message.get("tool_calls")
+    if not calls:
+        return text
+    parts = [] if message.get("content") is None else [text]
+    for call in calls:
+        function = call.get("function") or {}
+        parts += [str(call.get("id", "")), str(function.get("name", "")), str(function.get("arguments", ""))]
+    return " ".join(parts)
+
+
+def _framing(message: Mapping[str, Any]) -> int:
+    return TOOL_CALL_OVERHEAD_CHARS * len(message.get("tool_calls") or ())
+
+
+def tools_tokens(params: Mapping[str, Any]) -> int:
+    """Estimated prompt tokens of the function definitions a request offers (``tools``): 0 without them."""
+    tools = params.get("tools")
+    return text_tokens(json.dumps(tools, sort_keys=True)) if tools else 0
 
 
 def output_tokens(pricing: Pricing, model: str, params: Mapping[str, Any]) -> int:

@@ -28,7 +28,7 @@ from moa.recipe import RetryPolicy
 from moa.result import AgentOutput, Usage
 
 from .budget import Budget, BudgetRefused
-from .cost import Pricing, output_tokens, prompt_tokens, total
+from .cost import Pricing, output_tokens, prompt_tokens, tools_tokens, total
 from .retry import Sleep, with_retries
 from .spec import CallSpec
 from .trace import CallRecord, Tracer
@@ -98,11 +98,15 @@ def answers(inner: Handler) -> Handler:
     """An empty answer (nothing visible in it) is a failure: it fills no quorum and reaches no aggregator.
 
     Not retried: the same request would most likely be answered the same way.
-    Lone surrogates in an answer are replaced by U+FFFD.
+    Lone surrogates in an answer are replaced by U+FFFD.  An answer that calls
+    functions (to a request that offered them) may have no text.
     """
 
     async def handle(attempt: Attempt) -> Completion:
         completion = await inner(attempt)
+        if completion.tool_calls and "tools" in attempt.request.params:  # it calls functions: text is optional
+            text = clean_text(completion.text)
+            return completion if text is completion.text else replace(completion, text=text)
         if not is_blank(completion.text):
             text = clean_text(completion.text)  # half a character (a cut emoji) cannot be stored or printed
             return completion if text is completion.text else replace(completion, text=text)
@@ -186,6 +190,9 @@ class Caller:
         self.retry = retry
         self.sleep = sleep
         self.pricing = pricing
+        self.budget = budget
+        self._provider = provider
+        self._limiter = limiter
         self._keys = dict(keys or {})
         self._api_key = api_key
         attempt = provided(provider)
@@ -193,6 +200,47 @@ class Caller:
         attempt = traced(attempt, tracer)
         attempt = budgeted(attempt, budget, pricing)
         self._attempt = limited(attempt, limiter, pricing)
+
+    def quiet(self) -> Caller:
+        """A caller on the same provider, limits, budget, keys and retry policy that sends no events and
+        records nothing (the calls a tool makes: they are recorded with the tool call)."""
+        return Caller(
+            self._provider,
+            self._limiter,
+            Tracer(None),
+            self.retry,
+            pricing=self.pricing,
+            budget=self.budget,
+            keys=self._keys,
+            api_key=self._api_key,
+            sleep=self.sleep,
+        )
+
+    async def complete(
+        self,
+        record: CallRecord,
+        *,
+        on_token: TokenCallback | None = None,
+        embedded: Sequence[tuple[int, int]] = (),
+    ) -> Completion:
+        """One model call with its retries, limits, budget and ``call_started`` / ``call_retried`` events, but
+        nothing recorded: the caller records it (``call`` does; a tool loop records the whole answer once).
+
+        Raises ``BudgetRefused`` when the budget did not start it, ``ProviderError`` when it failed for good.
+        """
+        spec, messages = record.spec, record.messages
+        key = self._api_key if self._api_key is not None else self._keys.get(spec.api_key_env or "")
+        request = Request(model=spec.model, messages=messages, params=spec.params, api_key=key)
+        tokens = prompt_tokens(messages, embedded) + tools_tokens(spec.params)
+        attempt = Attempt(record, request, on_token, tokens)
+
+        def on_retry(number: int, error: ProviderError, delay: float) -> None:
+            self.tracer.retried(record, number, error, delay)
+
+        completion, _ = await with_retries(
+            lambda: self._attempt(attempt), self.retry, on_retry=on_retry, sleep=self.sleep
+        )
+        return completion
 
     async def call(
         self,
@@ -204,18 +252,9 @@ class Caller:
         embedded: Sequence[tuple[int, int]] = (),
     ) -> AgentOutput:
         """One call with its retries; its ``AgentOutput``, or ``CallFailed`` / ``CallRefused``."""
-        key = self._api_key if self._api_key is not None else self._keys.get(spec.api_key_env or "")
-        request = Request(model=spec.model, messages=messages, params=spec.params, api_key=key)
         record = CallRecord(spec=spec, messages=messages, step=step)
-        attempt = Attempt(record, request, on_token, prompt_tokens(messages, embedded))
-
-        def on_retry(number: int, error: ProviderError, delay: float) -> None:
-            self.tracer.retried(record, number, error, delay)
-
         try:
-            completion, _ = await with_retries(
-                lambda: self._attempt(attempt), self.retry, on_retry=on_retry, sleep=self.sleep
-            )
+            completion = await self.complete(record, on_token=on_token, embedded=embedded)
         except BudgetRefused as exc:
             raise CallRefused(self.tracer.refused(record, str(exc))) from None
         except ProviderError as exc:

@@ -9,12 +9,12 @@ caller's ``on_event`` runs synchronously; an exception it raises becomes
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from moa._errors import CallbackError, ProviderError
 from moa.events import Event, EventCallback, EventKind
-from moa.result import AgentOutput, CallError, LayerResult, Usage
+from moa.result import AgentOutput, CallError, LayerResult, ToolCall, Usage
 
 from .spec import CallSpec
 
@@ -26,6 +26,7 @@ class CallRecord:
     spec: CallSpec
     messages: list[dict[str, object]]
     step: int = 0
+    tool_step: int = 0  # which model call of an agent's tool loop (0: no tools)
     attempts: int = 0
     started: float = 0.0  # when the first attempt got past the limits: queueing is not latency
     paid: Usage = field(default_factory=Usage)  # tokens of answers that came back but were refused (empty)
@@ -49,6 +50,8 @@ class Tracer:
             return
         site = record.spec.site if record is not None else None
         step = record.step if record is not None else 0
+        if record is not None and record.tool_step:
+            fields["tool_step"] = record.tool_step
         event = Event(kind, layer, site, step, **fields)  # type: ignore[arg-type]
         try:
             self._on_event(event)
@@ -78,32 +81,45 @@ class Tracer:
         cost: float | None,
         logprobs: dict[str, float] | None,
         finish_reason: str | None = None,
+        tools: Sequence[ToolCall] = (),
     ) -> AgentOutput:
         output = output_of(
-            record, record.attempts, text=text, usage=usage, cost=cost, top_logprobs=logprobs, finish=finish_reason
+            record,
+            record.attempts,
+            text=text,
+            usage=usage,
+            cost=cost,
+            top_logprobs=logprobs,
+            finish=finish_reason,
+            tools=tools,
         )
         self._keep(output)
         self.emit("call_finished", record.spec.site.layer, record, attempt=record.attempts, output=output)
         return output
 
-    def failed(self, record: CallRecord, error: ProviderError) -> AgentOutput:
+    def failed(self, record: CallRecord, error: ProviderError, tools: Sequence[ToolCall] = ()) -> AgentOutput:
         error.site = record.spec.site
         problem = CallError(
             type=type(error).__name__, message=str(error), status_code=error.status_code, transient=error.transient
         )
-        output = output_of(record, error.attempts, error=problem, usage=record.paid, cost=record.paid_cost)
+        attempts = record.attempts if record.tool_step else error.attempts
+        output = output_of(record, attempts, error=problem, usage=record.paid, cost=record.paid_cost, tools=tools)
         self._keep(output)
         self.emit("call_failed", record.spec.site.layer, record, attempt=error.attempts, error=error, output=output)
         return output
 
-    def refused(self, record: CallRecord, reason: str) -> AgentOutput:
+    def refused(self, record: CallRecord, reason: str, tools: Sequence[ToolCall] = ()) -> AgentOutput:
         """A call the budget did not start (its last attempt never began)."""
         problem = CallError(type="BudgetExceeded", message=reason)
         attempts = max(0, record.attempts)
-        output = output_of(record, attempts, error=problem, usage=record.paid, cost=record.paid_cost)
+        output = output_of(record, attempts, error=problem, usage=record.paid, cost=record.paid_cost, tools=tools)
         self._keep(output)
         self.emit("call_failed", record.spec.site.layer, record, attempt=attempts + 1, output=output)
         return output
+
+    def tool_finished(self, record: CallRecord, tool: ToolCall) -> None:
+        """A function call of an agent's tool loop ran (``record``: the model call that asked for it)."""
+        self.emit("tool_finished", record.spec.site.layer, record, tool=tool)
 
     def _keep(self, output: AgentOutput) -> None:
         if self._record is not None:
@@ -120,6 +136,7 @@ def output_of(
     cost: float | None = 0.0,
     top_logprobs: dict[str, float] | None = None,
     finish: str | None = None,
+    tools: Sequence[ToolCall] = (),
 ) -> AgentOutput:
     """The trace entry of one call (failed calls cost what they paid: 0.0 unless an answer was refused)."""
     site = record.spec.site
@@ -140,6 +157,8 @@ def output_of(
         cost_usd=cost,
         latency_s=record.elapsed,
         attempts=attempts,
+        tool_calls=list(tools),
+        tool_steps=record.tool_step,
     )
 
 

@@ -26,6 +26,8 @@ from moa._call import (
     Sleep,
     Tracer,
     embedded,
+    every_spec,
+    nested_recipes,
     plan_layer,
     pricing_of,
 )
@@ -44,9 +46,10 @@ from moa._limits import Limiter
 from moa._prompt import Message
 from moa._provider import Preflight, Provider, TokenCallback
 from moa._stages import Outcome, StageContext, stage_of, writers_of
+from moa._tools import ToolRuntime, tool_runtime
 from moa.events import EventCallback
 from moa.recipe import CallParams, Recipe
-from moa.result import AgentOutput, Candidate, LayerResult, MoAResult, Usage
+from moa.result import AgentOutput, Candidate, LayerResult, MoAResult, Usage, unpriced_models
 
 from .planning import run_worst_case
 
@@ -72,6 +75,8 @@ class Engine:
         self._specs = [plan_layer(self.recipe, i, self.overrides) for i in range(len(self.recipe.layers))]
         self._writers = writers_of(self.recipe.layers, self._specs)
         self._keys = self._resolve_keys()
+        # The recipes `ask` tools may run, checked now (their keys too): each run of one is an Engine of its own.
+        self._asked = [self._nested(recipe) for recipe in nested_recipes(self.calls())]
         self._layers: list[LayerResult] = []  # finished layers, for partial traces
         self._tracer = Tracer(self.on_event, record=self._record)
         self._stage: StageContext | None = None  # the stage in progress
@@ -81,7 +86,7 @@ class Engine:
         if self.api_key is not None:
             return {}
         needed: dict[str, list[str]] = {}
-        for spec in (spec for specs in self._specs for spec in specs):
+        for spec in every_spec(spec for specs in self._specs for spec in specs):
             if spec.api_key_env:
                 needed.setdefault(spec.api_key_env, []).append(spec.model)
         keys = {}
@@ -98,14 +103,31 @@ class Engine:
             self._stage.recorded.append(output)
 
     def calls(self, start: int = 0) -> list[CallSpec]:
-        return [spec for specs in self._specs[start:] for spec in specs]
+        """Every planned call from layer ``start`` on, and the calls of the agents their tools ask."""
+        return list(every_spec(spec for specs in self._specs[start:] for spec in specs))
+
+    def _nested(self, recipe: Recipe) -> Engine:
+        """An engine for one run of a recipe an ``ask`` tool runs: same provider, limits, keys and settings;
+        its budget is this run's (set when it starts); no events of its own (its calls are in the tool call)."""
+        return Engine(recipe, self.provider, self.limiter, self.overrides, self.api_key, sleep=self.sleep)
+
+    async def _ask(self, recipe: Recipe, question: str) -> MoAResult:
+        nested = self._nested(recipe)
+        nested.budget = self.budget
+        return await nested.run([{"role": "user", "content": question}])
+
+    def tool_runtime(self, caller: Caller) -> ToolRuntime:
+        """What this run's tool calls need: a quiet copy of ``caller``, and this engine to run asked recipes."""
+        return tool_runtime(caller, self._ask)
 
     def preflight(self, start: int = 0) -> None:
         """Let the provider refuse unreachable models (missing key or extra) before any call."""
         calls = self.calls(start)
         if isinstance(self.provider, Preflight):
             has_key = self.api_key is not None
-            self.provider.preflight([(s.model, s.params, has_key or s.api_key_env is not None) for s in calls])
+            # An agent with tools says so (`tools` in its params): its provider must call functions.
+            planned = [(s.model, {**s.params, "tools": True} if s.tools else s.params, s.api_key_env) for s in calls]
+            self.provider.preflight([(model, params, has_key or env is not None) for model, params, env in planned])
         if self.budget is not None and not self.budget.allow_unpriced:
             pricing = self._pricing
             unpriced = [
@@ -113,6 +135,9 @@ class Engine:
             ]
             if unpriced:
                 raise UnpricedModelError(unpriced)
+        for asked in self._asked:
+            asked.budget = self.budget
+            asked.preflight()
 
     def worst_case(self, conversation: list[Message], reuse: Sequence[LayerResult] = ()) -> float | None:
         """The most this run can cost (every call at its limit); None when a model has no known price."""
@@ -179,6 +204,7 @@ class Engine:
         if len(reuse) > last:
             raise ConfigError(f"can reuse at most {last} layers of this recipe (the last must run), got {len(reuse)}")
         writers = dict(self._writers)  # who wrote what, shared by this run's stages (a repair adds its site)
+        tools = self.tool_runtime(caller)
         inputs: list[Candidate] = []
         for cached in reuse:  # layers answered before: what they passed on feeds the next layer, no calls
             layers.append(cached)
@@ -186,7 +212,9 @@ class Engine:
         for index in range(len(reuse), last + 1):
             layer = self.recipe.layers[index]
             on_token = self.on_token if index == last else None
-            ctx = StageContext(index, layer, conversation, self._specs[index], caller, on_token, writers=writers)
+            ctx = StageContext(
+                index, layer, conversation, self._specs[index], caller, on_token, writers=writers, tools=tools
+            )
             self._stage = ctx
             self._tracer.layer_started(index + 1)
             layer_started = time.perf_counter()
@@ -232,9 +260,9 @@ class Engine:
 
     def _result(self, conversation: list[Message], layers: list[LayerResult], started: float, output: str) -> MoAResult:
         calls = [call for layer in layers for call in layer.outputs]
-        usage = sum((call.usage for call in calls), Usage())
+        usage = sum((call.usage for call in calls), Usage())  # an agent's usage holds its tools' calls
         # Failed calls count too: an attempt that returned (an empty answer) was paid for.
-        unpriced = sorted({call.model for call in calls if call.cost_usd is None})
+        unpriced = sorted(unpriced_models(calls))
         cost = None if unpriced else sum(call.cost_usd or 0.0 for call in calls)
         return MoAResult.model_construct(
             recipe=self.recipe.name,

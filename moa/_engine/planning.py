@@ -16,6 +16,7 @@ from moa._call import Pricing, plan_layer, pricing_of
 from moa._loader import RecipeSource, load_recipe
 from moa._prompt import Message, normalize_prompt
 from moa._stages import EstimateContext, stage_of, writers_of
+from moa._tools import QUESTION_CHARS
 from moa.recipe import CallParams, Recipe
 
 
@@ -51,12 +52,18 @@ def layer_worst_cases(
     costs: list[float | None] = []
     unpriced: set[str] = set()
     inputs = list(reused_outputs)
+
+    def asked(nested: Recipe) -> tuple[float | None, list[str]]:
+        """One run of a recipe an `ask` tool runs, on the longest question the tool takes."""
+        question: list[Message] = [{"role": "user", "content": "?" * QUESTION_CHARS}]
+        return run_worst_case(pricing, nested, question, overrides)
+
     specs = [plan_layer(recipe, index, overrides) for index in range(len(recipe.layers))]
     writers = writers_of(recipe.layers, specs)
     for index in range(start, len(recipe.layers)):
         layer = recipe.layers[index]
         earlier = [writer for (at, _, _), writer in writers.items() if at <= index]
-        ctx = EstimateContext(index, layer, conversation, specs[index], pricing, earlier)
+        ctx = EstimateContext(index, layer, conversation, specs[index], pricing, earlier, recipe_cost=asked)
         estimate = stage_of(layer).estimate(ctx, inputs)
         costs.append(estimate.cost)
         unpriced.update(estimate.unpriced)

@@ -14,6 +14,7 @@ from .aggregate import Aggregate
 from .aggregate_seq import AggregateSeq
 from .base import Estimate, EstimateContext, Outcome, Stage, StageContext, Writer, writers_of
 from .debate import Debate
+from .execute import Execute
 from .propose import Propose
 from .rank import Rank
 from .verify import Verify
@@ -27,6 +28,7 @@ STAGES: dict[str, Stage] = {
     "rank": Rank(),
     "verify": Verify(),
     "debate": Debate(),
+    "execute": Execute(),
 }
 
 

@@ -28,6 +28,7 @@ from moa._errors import BudgetExceeded, CallbackError, QuorumError
 from moa._fanout import Abandoned, settle
 from moa._prompt import Message
 from moa._provider import TokenCallback
+from moa._tools import RecipeCost, ToolRuntime, answer_worst_case, run_loop, tool_runtime
 from moa.recipe import Layer
 from moa.result import AgentOutput, Candidate
 
@@ -64,6 +65,8 @@ class StageContext:
     #: Every call site of this run so far, with the system prompt its agent has: who wrote a candidate
     #: (a repair goes back to it).  Shared by the run's stages; ``remember`` adds a new site.
     writers: dict[tuple[int, int, int], Writer] = field(default_factory=dict)
+    #: What tool calls need from the run (its quiet caller, how to run a recipe); made on first use if unset.
+    tools: ToolRuntime | None = None
 
     @property
     def question(self) -> str:
@@ -91,9 +94,17 @@ class StageContext:
         params: dict[str, Any] | None = None,
     ) -> AgentOutput:
         """One call through the pipeline (``stream``: send its text to the run's ``on_token``; ``params``
-        override the spec's settings, e.g. a judge's one-token verdict)."""
+        override the spec's settings, e.g. a judge's one-token verdict).  An agent with tools answers in a tool
+        loop (``moa._tools``): several model calls, one ``AgentOutput``; its answer reaches ``on_token`` whole."""
         if params:
             spec = replace(spec, params={**spec.params, **params})
+        if spec.tools:
+            if self.tools is None:
+                self.tools = tool_runtime(self.caller)
+            on_token = self.on_token if stream else None
+            return await run_loop(
+                self.caller, spec, messages, runtime=self.tools, step=step, embedded=embedded, on_token=on_token
+            )
         return await self.caller.call(
             spec, messages, step=step, on_token=self.on_token if stream else None, embedded=embedded
         )
@@ -169,6 +180,8 @@ class EstimateContext:
     earlier: list[Writer] = field(default_factory=list)  # every earlier stage's calls (who wrote the inputs)
     costs: list[float] = field(default_factory=list)
     unpriced: list[str] = field(default_factory=list)
+    #: The worst case of a recipe an ``ask`` tool runs (the engine's planning gives it).
+    recipe_cost: RecipeCost | None = None
 
     @property
     def question(self) -> str:
@@ -182,14 +195,19 @@ class EstimateContext:
         params: dict[str, Any] | None = None,
         times: int = 1,
     ) -> int:
-        """Add a call's worst case (``times`` such calls); return the most tokens its answer can have."""
+        """Add a call's worst case (``times`` such calls); return the most tokens its answer can have.
+
+        A call of an agent with tools counts its whole tool loop (``moa._tools.loop_worst_case``)."""
         settings = {**spec.params, **(params or {})}
-        cost = self.pricing.worst_case_cost(spec.model, settings, prompt_tokens(messages, embedded))
+        cost, unpriced = self._worst(replace(spec, params=settings), prompt_tokens(messages, embedded))
         if cost is None:
-            self.unpriced.append(spec.model)
+            self.unpriced += unpriced
         else:
             self.costs.append(cost * times)
         return output_tokens(self.pricing, spec.model, settings)
+
+    def _worst(self, spec: CallSpec, tokens: int) -> tuple[float | None, list[str]]:
+        return answer_worst_case(self.pricing, spec, tokens, self.recipe_cost)
 
     def price_costliest(
         self, specs: Sequence[CallSpec], messages: list[Message], embedded: Sequence[tuple[int, int]], times: int = 1
@@ -199,9 +217,9 @@ class EstimateContext:
         worst: float | None = 0.0
         longest = 0
         for spec in specs:
-            cost = self.pricing.worst_case_cost(spec.model, spec.params, prompt_tokens(messages, embedded))
+            cost, unpriced = self._worst(spec, prompt_tokens(messages, embedded))
             if cost is None:
-                self.unpriced.append(spec.model)
+                self.unpriced += unpriced
             worst = None if cost is None or worst is None else max(worst, cost)
             longest = max(longest, output_tokens(self.pricing, spec.model, spec.params))
         if worst is not None and specs:

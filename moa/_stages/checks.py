@@ -1,4 +1,4 @@
-"""The checks of a ``verify`` stage: regex, JSON Schema, a Python function, a judge's yes/no.
+"""The checks of a ``verify`` stage: regex, JSON Schema, a Python function, a judge's yes/no, agreement.
 
 Every verdict's message is cut to ``MESSAGE_CHARS`` and scrubbed of secrets: it goes into the
 trace, the error, and the repair prompt sent to a model.
@@ -14,11 +14,12 @@ from typing import Any
 
 from moa._prompt import Message
 from moa._secrets import redact
-from moa.recipe import JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck
+from moa.recipe import AgreeCheck, JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck
 from moa.recipe.verification import resolve_function
-from moa.result import AgentOutput, Verdict
+from moa.result import AgentOutput, Candidate, Verdict
 
 from . import verdicts
+from .extract import extract, ran_without_answer
 
 _JSON_BLOCK = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 MESSAGE_CHARS = 300
@@ -126,3 +127,44 @@ def llm(check: LLMCheck, output: AgentOutput, layer: int) -> Verdict:
 
 def judge_unavailable(found: Verdict) -> bool:
     return found.check == "llm" and not found.passed and found.message.startswith(UNAVAILABLE)
+
+
+def answer_of(check: AgreeCheck, candidate: Candidate, question: str) -> str | None:
+    """The answer a candidate gives, as ``check`` compares answers (an earlier stage's answer when it has
+    one); None for an answer cut by ``max_tokens``."""
+    if candidate.finish_reason == "length" or ran_without_answer(candidate):
+        return None
+    text = candidate.answer if candidate.answer is not None else candidate.text
+    return extract(text, check.extract, question, check.pattern)
+
+
+def source(check: AgreeCheck, candidate: Candidate) -> tuple[int, ...]:
+    """What makes a candidate independent of another: its writer (layer and agent), or itself."""
+    site = (candidate.layer, candidate.agent)
+    return site if check.independent == "agents" else (*site, candidate.sample, candidate.step)
+
+
+def agree(
+    check: AgreeCheck, candidate: Candidate, pool: list[Candidate], question: str, layer: int
+) -> tuple[Verdict, int | None]:
+    """Whether at least ``check.k`` independent candidates of ``pool`` give ``candidate``'s answer; and how many."""
+    mine = answer_of(check, candidate, question)
+    if mine is None:
+        return verdict("agree", False, "no answer could be read from it", layer), None
+    by_answer: dict[str, set[tuple[int, ...]]] = {}
+    for other in pool:
+        answer = answer_of(check, other, question)
+        if answer is not None:
+            by_answer.setdefault(answer, set()).add(source(check, other))
+    by_answer.setdefault(mine, set()).add(source(check, candidate))
+    count = len(by_answer[mine])
+    if count >= check.k:
+        return verdict("agree", True, layer=layer), count
+    others = ", ".join(f"{_shown(a)} x{len(s)}" for a, s in sorted(by_answer.items(), key=lambda kv: -len(kv[1])))
+    unit = "agent" if check.independent == "agents" else "candidate"
+    message = f"{count} independent {unit}(s) gave {_shown(mine)}, {check.k} needed (answers: {others})"
+    return verdict("agree", False, message, layer), count
+
+
+def _shown(answer: str) -> str:
+    return repr(answer if len(answer) <= 24 else answer[:21] + "...")

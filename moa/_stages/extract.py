@@ -19,6 +19,8 @@ import re
 import unicodedata
 from fractions import Fraction
 
+from moa.result import Candidate
+
 # A number as prose writes it: sign, thousands grouped by commas in
 # threes, decimals, exponent, or a fraction a/b.  Units may follow at once ("5km"); letters may not precede.
 _GROUP = ","  # typographic thousands spaces are dropped first (numeric())
@@ -95,6 +97,11 @@ def extract(text: str, how: str, question: str = "", pattern: str | None = None)
     if how == "phrase":
         return phrase(final_part(text), question)
     return fold(text) or None
+
+
+def ran_without_answer(candidate: Candidate) -> bool:
+    """A candidate whose program was run (``execute``) and gave no answer: its text is code, not an answer."""
+    return candidate.execution is not None and candidate.answer is None
 
 
 def last_number(text: str) -> str | None:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from moa._call import CallSpec
 from moa._errors import CallSite, VerificationError
 from moa._prompt import Message, build_messages
-from moa.recipe import JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck, VerifyLayer
+from moa.recipe import AgreeCheck, JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck, VerifyLayer
 from moa.result import AgentOutput, Candidate, Verdict
 
 from . import checks, verdicts
@@ -32,7 +32,7 @@ class Verify(Stage):
     async def run(self, ctx: StageContext, inputs: list[Candidate]) -> Outcome:
         layer = ctx.layer
         assert isinstance(layer, VerifyLayer)
-        considered = await self._check(ctx, layer, inputs)
+        considered = await self._check(ctx, layer, inputs, inputs)
         passing = [c for c in considered if _passed(c, ctx.index + 1)]
         if passing:
             return Outcome(passing[:1] if layer.keep == "first" else passing, considered)
@@ -58,7 +58,7 @@ class Verify(Stage):
                     failures.append(f"repair {number} by {repairer.spec.site.agent_name}: the call failed "
                                     f"({_error(answer)})")  # fmt: skip
                     break
-                (checked,) = await self._check(ctx, layer, [Candidate.of(answer)])
+                (checked,) = await self._check(ctx, layer, [Candidate.of(answer)], considered)
                 considered.append(checked)
                 if _passed(checked, ctx.index + 1):
                     return Outcome([checked], considered)
@@ -72,7 +72,7 @@ class Verify(Stage):
             if not answer.ok:
                 failures.append(f"fallback {spec.site.agent_name}: the call failed ({_error(answer)})")
                 continue
-            (checked,) = await self._check(ctx, layer, [Candidate.of(answer)])
+            (checked,) = await self._check(ctx, layer, [Candidate.of(answer)], considered)
             considered.append(checked)
             if _passed(checked, ctx.index + 1):
                 return Outcome([checked], considered)
@@ -90,9 +90,13 @@ class Verify(Stage):
         (answer,) = await ctx.fanout([(spec, call)], quorum=False)
         return answer
 
-    async def _check(self, ctx: StageContext, layer: VerifyLayer, inputs: list[Candidate]) -> list[Candidate]:
+    async def _check(
+        self, ctx: StageContext, layer: VerifyLayer, inputs: list[Candidate], earlier: list[Candidate]
+    ) -> list[Candidate]:
         """Every candidate with this stage's verdicts added (judges are asked together; a failed judge call
-        is a failed check that says the judge could not be asked)."""
+        is a failed check that says the judge could not be asked).  An `agree` check counts the candidates
+        ``inputs`` and ``earlier`` (every answer this stage has seen) that give the same answer."""
+        pool = [*earlier, *(c for c in inputs if all(c is not e for e in earlier))]
         here = ctx.index + 1
         judged: dict[tuple[int, int], Verdict] = {}
         judges = [(n, check) for n, check in enumerate(layer.checks) if isinstance(check, LLMCheck)]
@@ -112,6 +116,7 @@ class Verify(Stage):
         checked: list[Candidate] = []
         for i, candidate in enumerate(inputs):
             found: list[Verdict] = []
+            agreement: int | None = candidate.agreement
             for n, check in enumerate(layer.checks):
                 if isinstance(check, RegexCheck):
                     found.append(checks.regex(check, candidate.text, here))
@@ -119,9 +124,13 @@ class Verify(Stage):
                     found.append(checks.json_schema(check, candidate.text, here))
                 elif isinstance(check, PythonCheck):
                     found.append(await checks.python(check, candidate.text, ctx.question, here))
+                elif isinstance(check, AgreeCheck):
+                    agreed, agreement = checks.agree(check, candidate, pool, ctx.question, here)
+                    found.append(agreed)
                 else:
                     found.append(judged[(i, n)])
-            checked.append(candidate.model_copy(update={"verdicts": [*candidate.verdicts, *found]}))
+            update = {"verdicts": [*candidate.verdicts, *found], "agreement": agreement}
+            checked.append(candidate.model_copy(update=update))
         return checked
 
     def _repairer(self, ctx: StageContext, layer: VerifyLayer, target: Candidate) -> Writer | None:

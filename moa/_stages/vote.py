@@ -16,7 +16,7 @@ from moa.recipe.selection import EXTRACTOR_SETTINGS
 from moa.result import Candidate
 
 from .base import Estimate, EstimateContext, Outcome, Stage, StageContext, bind, quoted
-from .extract import extract, fold
+from .extract import extract, fold, ran_without_answer
 
 _EXTRACTOR_SYSTEM = "You read a response to a question and report only the final answer it gives."
 _EXTRACTOR_PARAMS = EXTRACTOR_SETTINGS
@@ -48,7 +48,10 @@ class Vote(Stage):
             outputs = await ctx.fanout(calls, quorum=False)  # a failed extraction is a candidate without a vote
             answers = [_extracted(o.text) if o.ok else None for o in outputs]
         else:
-            answers = [extract(c.text, layer.extract, ctx.question, layer.pattern) for c in inputs]
+            answers = [
+                None if ran_without_answer(c) else extract(c.text, layer.extract, ctx.question, layer.pattern)
+                for c in inputs
+            ]
         answers = [None if c.finish_reason == "length" else a for c, a in zip(inputs, answers, strict=True)]
         counts = Counter(a for a in answers if a is not None)
         considered = [

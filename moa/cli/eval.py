@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported lazily: `moa --help` must not load pydantic or litellm
     from moa._call import Budget
     from moa.eval import Benchmark, EvalContext, EvalOptions, RunStats
+    from moa.eval.qa import QA, Scoring
 
 from moa.cli._common import error
 from moa.cli.args import non_negative_float, positive_int
@@ -86,6 +87,17 @@ def add_parser(commands: Any) -> None:
     _common(qa)
     qa.add_argument("--data", type=Path, required=True, help="JSONL: id, prompt, answers (list) or regex")
     qa.add_argument("--baseline", metavar="RECIPE", help="also run this recipe and compare (flips, McNemar)")
+    qa.add_argument(
+        "--score",
+        type=_scoring,
+        metavar="MODE",
+        help="which part of an output is scored (both sides of --baseline alike; not part of the run, so a "
+        "finished run is re-scored with no new call): last-number (default: a numeric answer must be the "
+        "last number; a word or the row's regex counts anywhere), final-line (the same, in the last "
+        "non-empty line only), anywhere (a number anywhere), regex:PATTERN (the answer is group 1, or the "
+        "whole match, of PATTERN's last match, compared by value or as a word; no match is wrong). An "
+        "output cut by max_tokens is always wrong",
+    )
     qa.set_defaults(handler=lambda args: _run(args, "qa"))
 
     report = sub.add_parser("report", help="HTML report and table comparing eval runs")
@@ -135,6 +147,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _scoring(text: str) -> Scoring:
+    from moa.eval.qa import Scoring
+
+    try:
+        return Scoring.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _qa(args: argparse.Namespace) -> QA:
+    """The qa benchmark scoring as ``--score`` says (its default when not given)."""
+    from moa.eval.qa import QA, Scoring
+
+    return QA(args.score or Scoring())
+
+
 def _budget(args: argparse.Namespace) -> Budget | None:
     from moa._call import Budget
 
@@ -172,7 +200,7 @@ def _run(args: argparse.Namespace, name: str) -> int:
     from moa.eval._out import OutDir
     from moa.eval._store import Checkpoint
 
-    benchmark, options, budget = BENCHMARKS[name], _options(args, name), _budget(args)
+    benchmark, options, budget = _qa(args) if name == "qa" else BENCHMARKS[name], _options(args, name), _budget(args)
     recipe, overrides = apply_sets(args.recipe, args.sets)
     rows = benchmark.read(options)
     if args.reaggregate_from and len(recipe.layers) < 2:
@@ -281,12 +309,13 @@ def _baseline(args: argparse.Namespace, options: EvalOptions, budget: Budget | N
 
     from moa._overrides import apply_sets
     from moa.cli import signals
-    from moa.eval import BENCHMARKS, EvalContext, qa
+    from moa.eval import EvalContext, qa
     from moa.eval._identity import generation_identity
     from moa.eval._out import OutDir
 
     recipe, overrides = apply_sets(args.baseline, args.sets)
     ctx = EvalContext(recipe=recipe, overrides=overrides, budget=budget)
+    benchmark = _qa(args)  # the same scoring as the run it is compared with
     folder = options.out / "baseline"
     with OutDir(folder, force_new=args.force_new) as out:
         identity = generation_identity("qa", recipe, overrides)
@@ -294,17 +323,18 @@ def _baseline(args: argparse.Namespace, options: EvalOptions, budget: Budget | N
         out.claim(identity, ITEMS_FILE, ["*"], [])
         ctx.preflight()
         try:
-            summary, stats = signals.run(lambda: BENCHMARKS["qa"].generate(ctx, replace(options, out=folder),
-                                                                           identity.digest))  # fmt: skip
+            summary, stats = signals.run(lambda: benchmark.generate(ctx, replace(options, out=folder),
+                                                                    identity.digest))  # fmt: skip
         except signals.Terminated:
             raise SystemExit(_terminated(folder)) from None
     complete = _report_stats(f"qa baseline {recipe.name}", stats, budget)
-    for line in BENCHMARKS["qa"].describe(summary, stats, judged=False):
+    for line in benchmark.describe(summary, stats, judged=False):
         print(f"baseline {line}")
     comparison = qa.compare(options.out, folder)
     if comparison["compared"]:
         print(
-            f"on the {comparison['compared']} questions both answered: {comparison['accuracy']:.1f}% vs baseline "
+            f"on the {comparison['compared']} questions both answered, scored by {comparison['scoring']}: "
+            f"{comparison['accuracy']:.1f}% vs baseline "
             f"{comparison['baseline_accuracy']:.1f}%; right->wrong {len(comparison['right_to_wrong'])}, "
             f"wrong->right {len(comparison['wrong_to_right'])}; exact McNemar p = {comparison['mcnemar_p']:.4g}"
         )

@@ -108,12 +108,16 @@ class LiveView:
             label = f"{label} {config.step_name} {event.step}" if step and config.step_name else label
             row = layer.rows[key] = _Row(label, site.model, planned=0)
         if event.kind == "call_started":
-            if event.attempt == 1:
+            if event.attempt == 1 and event.tool_step <= 1:  # a tool loop's later steps are the same answer
                 row.running += 1
                 row.planned = max(row.planned, row.running + row.finished + row.failed)
             row.state = "running" if event.attempt == 1 else "retrying"
             row.detail = "" if event.attempt == 1 else f"{event.attempt}/{self.max_attempts}"
+            if event.tool_step > 1:
+                row.detail = f"step {event.tool_step}" + (f", {row.detail}" if row.detail else "")
             row.started = row.started or time.perf_counter()
+        elif event.kind == "tool_finished" and event.tool is not None:
+            row.detail = f"step {event.tool_step}: {event.tool.name}" + (" failed" if event.tool.error else "")
         elif event.kind == "call_retried":
             if self.streaming:
                 self.console.print(Text("\n[the answer's stream broke off; retrying from the start]", style="dim"))

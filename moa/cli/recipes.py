@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from moa.cli._common import EXIT_FAILED, EXIT_OK, print_columns, visible
 
 if TYPE_CHECKING:
-    from moa.recipe import Layer
+    from moa.recipe import Agent, Layer
 
 
 def add_parser(commands: Any) -> None:
@@ -91,7 +91,7 @@ def show_command(args: argparse.Namespace) -> int:
         for number, agent in enumerate(layer.call_agents()):
             settings = {
                 **recipe.defaults.model_dump(exclude_none=True, exclude={"extra"}),
-                **agent.model_dump(exclude_none=True, exclude={"model", "name", "system", "n", "extra"}),
+                **agent.model_dump(exclude_none=True, exclude={"model", "name", "system", "n", "extra", *_TOOL_FIELDS}),
                 **layer.fixed_settings(number),  # what its calls really get (a judge's one-token verdicts)
             }
             shown = " ".join(f"{k}={v}" for k, v in settings.items() if k != "api_key_env")
@@ -101,11 +101,28 @@ def show_command(args: argparse.Namespace) -> int:
             console.print(f"  - {label}{times}  [dim]{rest}[/dim]", soft_wrap=True)
             if agent.system:
                 console.print(f"    system prompt: {escape(visible(repr(agent.system)))}")
+            if agent.tools:
+                console.print(f"    {escape(visible(_tools(agent)))}", soft_wrap=True)
         for line in layer.describe(previous):
             console.print(f"  {escape(visible(line))}", soft_wrap=True)
         previous = layer.outputs(previous)
         console.print()
     return EXIT_OK
+
+
+_TOOL_FIELDS = ("tools", "max_steps", "max_tool_calls")
+
+
+def _tools(agent: Agent) -> str:
+    """An agent's tools in a line: each by the name the model calls it, what it asks, and the loop's limits."""
+    names = []
+    for tool in agent.tools:
+        asked = tool.agent.label if tool.agent is not None else tool.recipe
+        names.append(tool.called + (f" ({tool.name} {asked})" if asked else ""))
+    return (
+        f"tools: {', '.join(names)}; at most {agent.steps} model calls and {agent.tool_call_limit} tool calls "
+        "per answer (the last call answers)"
+    )
 
 
 def _count(number: int, noun: str) -> str:

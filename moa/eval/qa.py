@@ -3,10 +3,12 @@
 Input: JSONL, one object per line: ``id``, ``prompt``, and either ``answers``
 (a list; an answer counts when it appears as a whole word, or as the same
 number, in the output) or ``regex`` (a Python regular expression searched in
-the output).  With a baseline (say the best single model), the report lists
-the questions that flipped right->wrong and wrong->right, and the exact
-McNemar p-value of the difference: small models and weak aggregators often
-make MoA worse than its best member, and this is how to find out cheaply.
+the output).  ``Scoring`` says which part of the output is read (``--score``);
+an output cut by ``max_tokens`` has no answer.  With a baseline (say the best
+single model), both scored alike, the report lists the questions that flipped
+right->wrong and wrong->right, and the exact McNemar p-value of the
+difference: small models and weak aggregators often make MoA worse than its
+best member, and this is how to find out cheaply.
 """
 
 from __future__ import annotations
@@ -31,15 +33,15 @@ from moa.eval._common import (
     write_summary,
 )
 from moa.eval._runner import RunStats
+from moa.eval._scoring import DEFAULT_SCORING, confidence_of, confidence_summary, finish_reason, score
+from moa.eval._scoring import MODES as MODES
+from moa.eval._scoring import MODES_TEXT as MODES_TEXT
+from moa.eval._scoring import Scoring as Scoring  # the QA scoring API, re-exported
+from moa.eval._scoring import is_correct as is_correct
 from moa.eval._store import write_jsonl
 from moa.eval.benchmark import EvalOptions, JudgeSetup
 
 RESULTS_FILE = "qa_results.jsonl"
-# A number as written in prose: an optional sign (not after a letter or digit: "5-3" is no -3), thousands
-# grouped by commas only in threes ("1,2,3" is three numbers), decimals, an exponent; not glued to letters.
-_NUMBER = re.compile(
-    r"(?<![\w.,])(?:(?<![\w-])[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?<=\d)(?:[eE][-+]?\d+)?(?![\w]|[.,]\d)"
-)
 
 
 def read_questions(path: Path) -> list[dict[str, Any]]:
@@ -82,36 +84,6 @@ def _good_answer(answer: Any) -> bool:
     return isinstance(answer, str) and bool(answer.strip())
 
 
-def is_correct(output: str, row: dict[str, Any]) -> bool:
-    """A regex search; else any answer found: a number as the output's final number, a word as a whole word.
-
-    A numeric answer matches the *last* number of the output, by value (``1,024`` = ``1024`` =
-    ``1024.0``), never part of another one (``5`` is not in ``-5``, ``5.5`` or ``5,000``): an
-    answer ends on its result, and a number anywhere would count the question's own numbers echoed
-    back, or a chain of thought's intermediate steps, as right.  Other answers match as whole
-    words, case-insensitive.
-    """
-    if "regex" in row:
-        return re.search(row["regex"], output) is not None
-    numbers = _NUMBER.findall(output)
-    last = _as_number(numbers[-1]) if numbers else None
-    for answer in row["answers"]:
-        value = _as_number(str(answer))
-        if value is not None:
-            if value == last:
-                return True
-        elif re.search(rf"(?<!\w){re.escape(str(answer))}(?!\w)", output, re.IGNORECASE):
-            return True
-    return False
-
-
-def _as_number(text: str) -> float | None:
-    try:
-        return float(text.replace(",", ""))
-    except ValueError:
-        return None
-
-
 def _key(row: dict[str, Any]) -> str:
     return f"{row['id']}:{hashlib.sha1(row['prompt'].encode()).hexdigest()[:10]}"
 
@@ -135,26 +107,23 @@ async def generate(
     concurrency: int = 8,
     run: str | None = None,
     show_progress: bool | None = None,
+    scoring: Scoring = DEFAULT_SCORING,
 ) -> tuple[dict[str, Any], RunStats]:
     """Answer and score every question (resumably); write ``qa_results.jsonl`` and ``summary.json``.
 
-    Accuracy counts every question that was tried: a question whose run failed
-    counts as wrong (it is in the denominator); questions not started (budget,
-    full disk) are left out and the summary says the run is incomplete.  Each
-    answer is scored against the data file as it is now, so a corrected answer
-    key re-scores finished items without a new call.
+    Accuracy counts every question that was tried: a question whose run failed,
+    or whose output was cut by ``max_tokens``, counts as wrong (it is in the
+    denominator); questions not started (budget, full disk) are left out and the
+    summary says the run is incomplete.  Each answer is scored against the data
+    file as it is now, and as ``scoring`` says, so a corrected answer key or
+    another scoring re-scores finished items without a new call.
     """
     rows = read_questions(data)[:limit]
 
     async def work(row: dict[str, Any]) -> dict[str, Any]:
         result = await ctx.answer(row["prompt"], _key(row))
-        return {
-            "id": row["id"],
-            "prompt": row["prompt"],
-            "output": result.output,
-            "correct": is_correct(result.output, row),
-            **trace_record([result]),
-        }
+        record = {"id": row["id"], "prompt": row["prompt"], "output": result.output, **trace_record([result])}
+        return {**record, "correct": score(record, row, scoring)}
 
     finished, stats = await run_in_order(
         ctx,
@@ -169,7 +138,9 @@ async def generate(
     )
     by_key = {_key(row): row for row in rows}
     for record in finished:
-        record["correct"] = is_correct(record["output"], by_key[record["key"]])
+        record["correct"] = score(record, by_key[record["key"]], scoring)
+        record["finish_reason"] = finish_reason(record)
+        record["confidence"] = confidence_of(record)
     write_jsonl(out / RESULTS_FILE, [{k: v for k, v in r.items() if k not in ("traces", "run")} for r in finished])
     correct = sum(r["correct"] for r in finished)
     attempted = len(finished) + stats.failed
@@ -180,18 +151,29 @@ async def generate(
         stats,
         finished,
         {
-            "score_name": "accuracy",
+            "score_name": f"accuracy ({scoring})",
             "score": correct / attempted * 100 if attempted else None,
             "correct": correct,
             "attempted": attempted,
-            "score_note": "correct / questions tried; a question whose run failed counts as wrong",
+            "scoring": str(scoring),
+            "cut": sum(r["finish_reason"] == "length" for r in finished),
+            "confidence": confidence_summary(finished),
+            "score_note": "correct / questions tried; a question whose run failed, or whose output was cut by "
+            "max_tokens, counts as wrong",
         },
     )
     return summary, stats
 
 
 def compare(out: Path, baseline_out: Path) -> dict[str, Any]:
-    """Flips and the exact McNemar p-value between a run and its baseline, on the questions both answered."""
+    """Flips and the exact McNemar p-value between a run and its baseline, on the questions both answered.
+
+    Both must have been scored the same way (``moa eval qa`` scores both sides with its ``--score``).
+    """
+    scorings = read_summary(out).get("scoring"), read_summary(baseline_out).get("scoring")
+    if scorings[0] != scorings[1]:
+        raise DataError(f"{out} was scored by {scorings[0]} and its baseline {baseline_out} by {scorings[1]}: "
+                        "score both the same way to compare them")  # fmt: skip
     mine = {r["id"]: r["correct"] for r in read_jsonl(out / RESULTS_FILE)}
     base = {r["id"]: r["correct"] for r in read_jsonl(baseline_out / RESULTS_FILE)}
     shared = [qid for qid in mine if qid in base]
@@ -199,6 +181,7 @@ def compare(out: Path, baseline_out: Path) -> dict[str, Any]:
     wrong_to_right = [qid for qid in shared if not base[qid] and mine[qid]]
     comparison = {
         "baseline": read_summary(baseline_out).get("recipe"),
+        "scoring": scorings[0],
         "accuracy": sum(mine[q] for q in shared) / len(shared) * 100 if shared else None,
         "baseline_accuracy": sum(base[q] for q in shared) / len(shared) * 100 if shared else None,
         "compared": len(shared),
@@ -223,11 +206,14 @@ def read_summary(out: Path) -> dict[str, Any]:
 
 
 class QA:
-    """Your own question set: scored by answer match, no judge (``moa eval qa``)."""
+    """Your own question set: scored by answer match, no judge (``moa eval qa``), as ``scoring`` says."""
 
     name = "qa"
     judge_files: tuple[str, ...] = ()
     judge_summary_keys: tuple[str, ...] = ()
+
+    def __init__(self, scoring: Scoring = DEFAULT_SCORING) -> None:
+        self.scoring = scoring
 
     def read(self, options: EvalOptions) -> list[dict[str, Any]]:
         return read_questions(options.data)[: options.limit]
@@ -243,8 +229,9 @@ class QA:
 
     async def generate(self, ctx: EvalContext, options: EvalOptions, run: str) -> tuple[dict[str, Any], RunStats]:
         return await generate(
-            ctx, options.data, options.out, limit=options.limit, concurrency=options.concurrency, run=run
-        )
+            ctx, options.data, options.out, limit=options.limit, concurrency=options.concurrency, run=run,
+            scoring=self.scoring,
+        )  # fmt: skip
 
     def judge_setup(self, options: EvalOptions) -> JudgeSetup | None:
         return None
@@ -258,10 +245,21 @@ class QA:
         name = summary.get("recipe", "?")
         if summary["score"] is None:
             return [f"{name}: accuracy unknown (no question was tried)"]
+        cut = f"; {summary['cut']} cut by max_tokens, counted wrong" if summary.get("cut") else ""
         failed = f"; {stats.failed} failed, counted wrong" if stats.failed else ""
         missing = stats.not_started + stats.unsaved
         tail = f"; {missing} not run" if missing else ""
-        return [f"{name}: accuracy {summary['score']:.1f}% ({summary['correct']}/{summary['attempted']}{failed}{tail})"]
+        counts = f"{summary['correct']}/{summary['attempted']}{cut}{failed}{tail}"
+        lines = [f"{name}: accuracy {summary['score']:.1f}% ({counts}), scored by {summary.get('scoring', '?')}"]
+        checked = summary.get("confidence")
+        if checked:
+            parts = []
+            for level in ("verified", "unverified"):
+                found = checked[level]
+                right = f", {found['accuracy']:.1f}%" if found["accuracy"] is not None else ""
+                parts.append(f"{found['answers']} {level} ({found['correct']} right{right})")
+            lines.append(f"{name}: answers {', '.join(parts)}")
+        return lines
 
     def output_file(self, summary: dict[str, Any]) -> str:
         return RESULTS_FILE

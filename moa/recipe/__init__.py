@@ -22,19 +22,22 @@ from moa._errors import TemplateError
 
 from . import registry
 from .debate import DebateLayer
+from .execution import ExecuteLayer
 from .layers import AgentLayer, AggregateLayer, AggregateSeqLayer, Layer, ProposeLayer, TemplatedLayer, seq_windows
-from .params import MAX_SECONDS, Agent, CallParams, _Strict
+from .params import MAX_SECONDS, Agent, CallParams, SandboxLimits, Tool, _Strict
 from .selection import RankLayer, VoteLayer
-from .verification import JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck, VerifyLayer
+from .verification import AgreeCheck, JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck, VerifyLayer
 
 __all__ = [
     "MAX_SECONDS",
     "AgentLayer",
     "Agent",
+    "AgreeCheck",
     "AggregateLayer",
     "AggregateSeqLayer",
     "CallParams",
     "DebateLayer",
+    "ExecuteLayer",
     "JsonSchemaCheck",
     "LLMCheck",
     "Layer",
@@ -45,8 +48,10 @@ __all__ = [
     "Recipe",
     "RegexCheck",
     "RetryPolicy",
+    "SandboxLimits",
     "SelfMoA",
     "TemplatedLayer",
+    "Tool",
     "VerifyLayer",
     "VoteLayer",
     "seq_windows",
@@ -238,15 +243,26 @@ class Recipe(_Strict):
 
     @property
     def models(self) -> list[str]:
-        """Distinct model strings, in order of first use."""
+        """Distinct model strings, in order of first use (the agents and recipes `ask` tools ask included)."""
         seen: dict[str, None] = {}
+
+        def add(agent: Agent) -> None:
+            seen.setdefault(agent.model, None)
+            for tool in agent.tools:
+                if tool.agent is not None:
+                    add(tool.agent)
+                if isinstance(tool._loaded, Recipe):
+                    seen.update(dict.fromkeys(tool._loaded.models))
+
         for layer in self.layers:
             for agent in layer.call_agents():
-                seen.setdefault(agent.model, None)
+                add(agent)
         return list(seen)
 
 
-for _config in (ProposeLayer, AggregateLayer, AggregateSeqLayer, VoteLayer, RankLayer, VerifyLayer, DebateLayer):
+for _config in (
+    ProposeLayer, AggregateLayer, AggregateSeqLayer, VoteLayer, RankLayer, VerifyLayer, DebateLayer, ExecuteLayer,
+):  # fmt: skip
     registry.register_kind(_config)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from moa import _templates
 from moa._errors import TemplateError
@@ -74,6 +74,35 @@ class Layer(_Strict):
         """Settings the stage gives every call of its ``agent``-th call agent, whatever the agent says
         (a judge's one-token verdicts)."""
         return {}
+
+    @model_validator(mode="after")
+    def _tools_where_agents_answer(self) -> Layer:
+        """A judge or an extractor answers in a token or a few, with settings the stage fixes: no tool loop."""
+        for index, agent in enumerate(self.call_agents()):
+            fixed = self.fixed_settings(index)
+            if agent.tools and fixed:
+                shown = ", ".join(f"{key} {value}" for key, value in fixed.items())
+                raise ValueError(
+                    f"`{agent_path(self, agent)}.tools`: this agent gives the stage's verdicts or extractions "
+                    f"({shown}), so it cannot use tools; give tools to the agents that answer (propose, aggregate, "
+                    "debate, a verify repair or fallback)"
+                )
+        return self
+
+
+def agent_path(model: BaseModel, agent: Agent, path: str = "") -> str:
+    """Where ``agent`` sits among ``model``'s fields: ``judge``, ``agents[1]``, ``checks[0].judge``."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        for key, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
+            where = f"{path}{'.' if path else ''}{name}{'' if key is None else f'[{key}]'}"
+            if item is agent:
+                return where
+            if isinstance(item, BaseModel) and not isinstance(item, Agent):
+                found = agent_path(item, agent, where)
+                if found:
+                    return found
+    return ""
 
 
 def one_call(agent: Agent | None, field: str) -> None:

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, get_args
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
+from moa._resources import builtin_names
 from moa._secrets import is_secret_name, looks_like_a_key, looks_like_a_key_not_a_name
+
+from . import tools as tool_registry
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Keys a recipe may not pass through ``extra``: moa sets them itself, or a field of its own covers them.
@@ -38,7 +44,13 @@ _RESERVED_EXTRA = {
     "api_base": "use the `api_base` field",
     "base_url": "use the `api_base` field",
     "mock_response": "a litellm testing switch: it would replace the provider's answers",
+    "tools": "give the agent `tools` (moa runs the tool loop)",
+    "tool_choice": "the tool loop sets it (`none` on the last step)",
+    "functions": "give the agent `tools` (moa runs the tool loop)",
 }
+#: Steps (model calls) of an agent's tool loop, and tool calls in all, unless the agent says otherwise.
+DEFAULT_MAX_STEPS = 6
+DEFAULT_MAX_TOOL_CALLS = 8
 #: Longest timeout, backoff or wait a recipe may ask for (one day): beyond it a number is a mistake.
 MAX_SECONDS = 86_400.0
 
@@ -88,6 +100,18 @@ class _Strict(BaseModel):
             if bool not in kinds and kinds & {int, float}:
                 raise ValueError("must be a number, not true/false")
         return value
+
+
+class SandboxLimits(_Strict):
+    """What one program may use before it is stopped (each limit hit is recorded with the run)."""
+
+    wall_s: float = Field(10.0, gt=0, le=600, description="Wall-clock seconds, then the program is killed.")
+    cpu_s: int = Field(5, ge=1, le=600, description="CPU seconds.")
+    memory_mb: int = Field(256, ge=16, le=65536, description="Memory (address space), in MiB.")
+    processes: int = Field(16, ge=1, le=4096, description="Processes and threads the program may have.")
+    output_bytes: int = Field(
+        65536, ge=1024, le=64 * 2**20, description="Bytes of stdout (and of stderr) kept; more kills the program."
+    )
 
 
 class CallParams(_Strict):
@@ -179,6 +203,146 @@ class Agent(CallParams):
     )
     n: int = Field(1, ge=1, le=64, description="How many independent samples to draw from this agent.")
 
+    tools: list[Tool] = Field(
+        default_factory=list,
+        json_schema_extra=lambda schema: schema.update(items={"anyOf": [{"type": "string"}, schema["items"]]}),
+        description="Tools the agent may call, in a loop, before it answers: `python` (runs code in the sandbox), "
+        "`ask` (asks another agent or a whole recipe), or a function registered with `moa.register_tool`. Each "
+        'is a name, or a mapping with `name` and the tool\'s settings (README, "Tools").',
+    )
+    max_steps: int | None = Field(
+        None,
+        le=50,
+        description="With `tools`: the most model calls of the agent's tool loop (default 6, at least 2). The "
+        "last one is made with `tool_choice: none`, so the model must answer then.",
+    )
+    max_tool_calls: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="With `tools`: the most tool calls the loop runs in all (default 8). Calls asked for beyond "
+        "it are not run (the model is told), and the next model call must answer.",
+    )
+
     @property
     def label(self) -> str:
         return self.name or self.model
+
+    @property
+    def steps(self) -> int:
+        """The most model calls one answer of this agent takes (1 without tools)."""
+        return (self.max_steps or DEFAULT_MAX_STEPS) if self.tools else 1
+
+    @property
+    def tool_call_limit(self) -> int:
+        """The most tool calls one answer of this agent runs (0 without tools)."""
+        return (self.max_tool_calls or DEFAULT_MAX_TOOL_CALLS) if self.tools else 0
+
+    @field_validator("max_steps")
+    @classmethod
+    def _room_for_a_tool(cls, value: int | None) -> int | None:
+        if value is not None and value < 2:
+            raise ValueError(f"must be at least 2: the last step answers without tools (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _check_tools(self) -> Agent:
+        if not self.tools:
+            for field in ("max_steps", "max_tool_calls"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"`{field}` bounds a tool loop: it needs `tools`")
+            return self
+        seen: dict[str, int] = {}
+        for index, tool in enumerate(self.tools):
+            if tool.called in seen:
+                raise ValueError(
+                    f"tools[{seen[tool.called]}] and tools[{index}] are both called {tool.called!r} by the model: "
+                    "give one a `function` name of its own"
+                )
+            seen[tool.called] = index
+        return self
+
+
+class Tool(_Strict):
+    """One tool of an agent: a name (`python`, `ask`, a registered function), or a mapping with its settings."""
+
+    name: str = Field(
+        ...,
+        description="`python`, `ask`, or the name of a function registered with `moa.register_tool` (or by an "
+        "installed package, entry point group `moa.tools`).",
+    )
+    function: str | None = Field(
+        None,
+        description="The name the model calls it by (default: `name`; 1-64 letters, digits, `_`, `-`). Two tools "
+        "of one kind (two `ask` tools) need different ones.",
+    )
+    description: str | None = Field(
+        None, min_length=1, description="What the tool does, as the model reads it (default: the tool's own)."
+    )
+    limits: SandboxLimits | None = Field(
+        None, description="`python` only: each program's limits (default: 10 s, 5 s CPU, 256 MiB, 16 processes)."
+    )
+    sandbox: Literal["local", "container"] | None = Field(
+        None, description="`python` only: `local` (a separate process; the default) or `container`."
+    )
+    agent: Agent | None = Field(None, description="`ask` only: the agent asked; its answer is the tool's result.")
+    recipe: str | None = Field(
+        None,
+        description="`ask` only, instead of `agent`: a recipe asked (a built-in name, or a path relative to this "
+        "recipe); its answer is the tool's result. It runs under the same limits and budget.",
+    )
+    _loaded: Any = PrivateAttr(default=None)  # the `recipe`, loaded and checked with the recipe that asks it
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        known = tool_registry.known_tools()
+        if value not in known:
+            broken = "".join(f"; {why}" for name, why in tool_registry.failed().items() if name == value)
+            raise ValueError(
+                f"unknown tool {value!r}; tools: {', '.join(known)} (register functions with moa.register_tool "
+                f"before loading the recipe){broken}"
+            )
+        return value
+
+    @field_validator("function")
+    @classmethod
+    def _function_name(cls, value: str | None) -> str | None:
+        if value is not None and not tool_registry.NAME.match(value):
+            raise ValueError(f"must be 1-64 letters, digits, `_` or `-` (got {value!r})")
+        return value
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe_reference(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value in builtin_names("recipes", ".yaml"):
+            return value
+        path = Path(value).expanduser()
+        base_dir = (info.context or {}).get("base_dir")
+        return str(path if path.is_absolute() or base_dir is None else Path(base_dir) / path)
+
+    @model_validator(mode="after")
+    def _settings_of_its_kind(self) -> Tool:
+        own = {"python": ("limits", "sandbox"), "ask": ("agent", "recipe")}
+        for kind, fields in own.items():
+            for field in fields:
+                if self.name != kind and getattr(self, field) is not None:
+                    raise ValueError(f"`{field}` is a setting of the `{kind}` tool, not of `{self.name}`")
+        if self.name == "ask" and (self.agent is None) == (self.recipe is None):
+            raise ValueError("the `ask` tool asks an `agent` or a `recipe`: give exactly one of them")
+        if self.agent is not None and self.agent.n != 1:
+            raise ValueError(f"`agent` is asked once per question: its `n` must be 1, got {self.agent.n}")
+        return self
+
+    @property
+    def called(self) -> str:
+        """The name the model calls it by."""
+        return self.function or self.name
+
+
+Agent.model_rebuild()

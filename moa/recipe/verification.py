@@ -94,6 +94,45 @@ class LLMCheck(_Strict):
     )
 
 
+class AgreeCheck(_Strict):
+    """Passes when at least ``k`` independent candidates give the same answer: agreement of methods as closure.
+
+    Two methods that fail differently (a program that was run and a chain of
+    thought, two models, two prompts) rarely agree on the same wrong answer; samples
+    of one method repeat its errors, so by default samples of one agent count once.
+    """
+
+    type: Literal["agree"] = Field(..., description="`agree`.")
+    k: int = Field(2, ge=2, le=100, description="How many independent candidates must give the answer.")
+    extract: Literal["number", "yesno", "choice", "phrase", "text", "regex"] = Field(
+        "number",
+        description="How answers are compared: as in `vote` (`number`: the last number, 1,024 = 1024; ...). "
+        "A candidate's answer from an earlier stage (`execute`, `vote`) is used when it has one.",
+    )
+    pattern: str | None = Field(None, description="`extract: regex`: the regular expression.")
+    independent: Literal["agents", "candidates"] = Field(
+        "agents",
+        description="What counts as independent: `agents` (the samples of one agent, or of one fallback, count "
+        "once) or `candidates` (every candidate counts).",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"does not compile: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AgreeCheck:
+        if (self.extract == "regex") != (self.pattern is not None):
+            raise ValueError("`pattern` is needed with `extract: regex`, and only then")
+        return self
+
+
 def _check_type(value: Any) -> str | None:
     return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
 
@@ -104,6 +143,7 @@ Check = Annotated[
         Annotated[JsonSchemaCheck, Tag("json_schema")],
         Annotated[PythonCheck, Tag("python")],
         Annotated[LLMCheck, Tag("llm")],
+        Annotated[AgreeCheck, Tag("agree")],
     ],
     Discriminator(_check_type),
 ]

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from moa.testing._toolcalls import stream_delta, tool_message
+
 FAULT_KINDS = (
     "429",
     "500",
@@ -54,7 +56,8 @@ _REASONS = {
     503: "Service Unavailable",
 }
 
-Responder = Callable[[dict[str, Any], int], str]
+#: Writes the answer to a request: text, or a dict of function calls (``moa.testing._toolcalls``).
+Responder = Callable[[dict[str, Any], int], "str | dict[str, Any]"]
 #: Top alternatives of the first token for requests with ``logprobs: true``: {token: logprob}.
 LogprobsFn = Callable[[dict[str, Any], str], dict[str, float]]
 
@@ -108,7 +111,7 @@ class LoopbackServer:
     """Serve on 127.0.0.1 from a background thread.  Use as a context manager or start()/stop().
 
     ``latency_s`` delays every answer; ``latency_by_model`` overrides it per
-    model; ``responder(body, index)`` writes the answer text, cut to ``max_tokens``
+    model; ``responder(body, index)`` writes the answer text (or a dict of function calls), cut to ``max_tokens``
     words (``finish_reason: length``) when the request sets it.
     """
 
@@ -256,26 +259,30 @@ class LoopbackServer:
         await asyncio.sleep(self.latency_by_model.get(model, self.latency_s))
         if fault is not None and fault.kind != "stream_cut":
             return await self._fault(fault, writer, headers)
-        text = self.responder(body, index)
-        finish = "stop"
+        reply = self.responder(body, index)
+        message: dict[str, Any] | None = None
+        if isinstance(reply, dict):
+            message, words = tool_message(reply, index)
+            text, finish = str(message["content"] or ""), "tool_calls" if message.get("tool_calls") else "stop"
+        else:
+            text, finish = reply, "stop"
         limit = body.get("max_tokens")
-        if isinstance(limit, int) and len(text.split()) > limit:  # a word is a token here, as in `usage`
+        if message is None and isinstance(limit, int) and len(text.split()) > limit:  # a word is a token here
             text, finish = " ".join(text.split()[:limit]), "length"
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(text.split()),
-            "total_tokens": prompt_tokens + len(text.split()),
-        }
+        written = words if message is not None else len(text.split())
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": written, "total_tokens": prompt_tokens + written}
         if body.get("stream"):
-            await self._stream(writer, model, text, usage, body, cut=fault is not None, finish=finish)
+            await self._stream(writer, model, text, usage, body, cut=fault is not None, finish=finish, message=message)
             return False
         payload = {
             "id": f"chatcmpl-{index}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "choices": [
+                {"index": 0, "message": message or {"role": "assistant", "content": text}, "finish_reason": finish}
+            ],
             "usage": usage,
         }
         if body.get("logprobs"):
@@ -347,9 +354,14 @@ class LoopbackServer:
         body: dict[str, Any],
         cut: bool,
         finish: str = "stop",
+        message: dict[str, Any] | None = None,
     ) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
-        words = text.split(" ")
+        words = text.split(" ") if message is None else []
+        if message is not None:  # function calls stream in one piece
+            chunk = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 0, "model": model,
+                     "choices": [{"index": 0, "delta": stream_delta(message), "finish_reason": None}]}  # fmt: skip
+            writer.write(f"data: {json.dumps(chunk)}\n\n".encode())
         for position, word in enumerate(words):
             piece = word if position == len(words) - 1 else word + " "
             chunk = {
