@@ -15,7 +15,7 @@ import jinja2
 import pytest
 
 from moa import TemplateError
-from moa._templates import CompiledTemplate, compile_text, is_file_reference, load
+from moa._templates import CompiledTemplate, _explain, compile_text, is_file_reference, load
 from moa._templates.sandbox import _BoundedEnvironment
 from moa._templates.sizes import _filler_size, _TooLarge
 
@@ -236,6 +236,11 @@ def test_a_refusal_names_the_estimate_and_the_cap(text: str, message: str) -> No
             # Thousands separators make 10 ** 4000 longer (5,334) than its estimate (4,002): the work counts them.
             "{% set a = 'x' * 1000040 %}" * 3 + "{% set d = 'x' * 995040 %}{{ '{:,}'.format(10 ** 4000) }}",
             "`.format()` would take the characters made by this render past 4,000,160",
+        ),
+        # `+` does not check ints: a number one bit past the cap is refused even to the power 1.
+        (
+            "{{ ((2 ** 14284 + 2 ** 14284) ** 1) > 0 }}",
+            "`**` would make a number of about 4,300 digits; the cap is 4,300",
         ),
         ("{{ range(10001) }}", "range(10001) would give more than 10,000 items"),
         ("{{ range(0, 10 ** 30) }}", "range(0, 1000000000000000000000000000000) would give more than 10,000 items"),
@@ -493,3 +498,103 @@ def test_joins_sums_and_keyword_sizes_are_refused_before_they_are_made(text: str
     finally:
         tracemalloc.stop()
     assert peak < 1.6 * 2**20  # the 1 MB operand, never the 2 MB or more result
+
+
+# --- what a failure says, whatever raised it ------------------------------------------------------------------
+
+
+def test_a_syntax_error_names_its_own_line_and_a_python_one_names_none() -> None:
+    # Jinja gives a syntax error a traceback with no template frame: its line comes from the error itself.
+    assert _explain(jinja2.TemplateSyntaxError("bad", lineno=7)) == "failed to render at line 7: bad\n  line 7"
+    # A Python SyntaxError has a line too, but of Python source, not of the template.
+    assert _explain(SyntaxError("bad", ("f.py", 3, 1, "x"))) == "failed to render: SyntaxError: bad (f.py, line 3)"
+
+
+def test_values_folded_while_compiling_share_one_budget() -> None:
+    # Jinja folds constant filter calls while compiling; with a fresh budget for each, all five 1M values would
+    # be folded into the code and escape the render's count.  Sharing one, they are made (and refused) there.
+    text = "{% set a = 'x'|center(1000000) %}" * 5
+    assert refusal(text) == "filter `center` would take the characters made by this render past 4,000,160"
+
+
+# --- to the last character: a render with none, or one, left to make -------------------------------------------
+
+#: Values of exactly the cap, four times: all the work the trial render may do (4 x 1,000,040).
+SPENT = "{% set a = 'x' * 1000040 %}" * 4
+#: All of it but one character.
+ONE_LEFT = "{% set a = 'x' * 1000040 %}" * 3 + "{% set a = 'x' * 1000039 %}"
+PAST = "would take the characters made by this render past 4,000,160"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # The estimate without the argument: `replace` with no `new` still makes its one character ...
+        (SPENT + "{{ 'a'.replace('a') }}", f"`.replace()` {PAST}"),
+        # ... and `to_bytes` with no length its one byte, refused before Python says it cannot.
+        (SPENT + "{{ (256).to_bytes() }}", f"`.to_bytes()` {PAST}"),
+        # Python's own refusal once the estimate fits: `center` without a width makes 0 characters, `replace`
+        # without `new` 1, and 1 is left.
+        (SPENT + "{{ ''.center() }}", "TypeError: center expected at least 1 argument, got 0"),
+        (ONE_LEFT + "{{ 'a'.replace('a') }}", "TypeError: replace expected at least 2 arguments, got 1"),
+        # An invalid slice makes nothing: indexing says why.
+        (SPENT + "{{ 'abc'['a':] }}", "str object has no element slice('a', None, None)"),
+        # A block's output is counted once it ends: the work done after its last piece counts first.
+        (
+            "{% if false %}{% block b %}{{ 'x' * 1000000 }}"
+            + "{% set y = 'y' * 1000000 %}" * 3
+            + "{% endblock %}{% endif %}{{ self.b()|length }}",
+            f"a block's output {PAST}",
+        ),
+    ],
+)
+def test_the_last_characters_are_refused_by_the_estimate_that_names_them(text: str, message: str) -> None:
+    assert refusal(text) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "output"),
+    [
+        (SPENT + "{{ (5).bit_length() }}", "23"),  # an int's other methods make no text
+        (ONE_LEFT + "{{ (1).to_bytes() }}", "2b'\\x01'"),  # one byte, by default
+        ("{{ [layer] ~ 'x' }}", "2[2]x"),  # a list joined by `~` is measured as it prints
+    ],
+)
+def test_the_last_characters_are_made(text: str, output: str) -> None:
+    assert (
+        compile_text("{{ responses|length }}" + text, "<t>").render(responses=["<answer 1>", "<answer 2>"], layer=2)
+        == output
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Escaping makes a Markup join four times longer than its operands: the result counts.
+        (
+            "{% autoescape true %}{{ (responses[0]|safe) ~ ('<' * 600000) }}{% endautoescape %}",
+            f"`~` would make 2,400,010 characters; {CAP}",
+        ),
+        # `%r` doubles a newline: the result counts, past the estimate of the value as printed.
+        ("{{ '%r' % ('\\n' * 600000) }}", f"`%` would make 1,200,002 characters; {CAP}"),
+    ],
+)
+def test_results_longer_than_their_estimate_are_refused_as_they_are_counted(text: str, message: str) -> None:
+    assert refusal(text) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "method", "args"),
+    [
+        ("{:>2000000}", "format", ("x",)),
+        ("{a:>2000000}", "format_map", ({"a": "x"},)),
+    ],
+)
+def test_a_str_format_method_handed_in_as_a_value_is_sized_like_one_looked_up(
+    text: str, method: str, args: tuple[Any, ...]
+) -> None:
+    # A template looks `format` up through the sandbox, which wraps it; a caller can hand in the bare method.
+    environment = _BoundedEnvironment(undefined=jinja2.StrictUndefined)
+    with pytest.raises(_TooLarge) as info:
+        environment.from_string("{{ f(*args) }}").render(f=getattr(text, method), args=args)
+    assert str(info.value) == "`.format()` would make 2,000,001 characters; the cap is 1,000,000"

@@ -148,18 +148,19 @@ def test_straggler_needs_a_quorum_below_the_layer() -> None:
         moa.load_recipe(bad)
 
 
-async def test_cancelling_a_run_cancels_every_call_within_a_second(loopback: LoopbackServer) -> None:
+async def test_cancelling_a_run_cancels_every_call_at_once(loopback: LoopbackServer) -> None:
+    # Every call would hang for an hour: the run ends with the cancel only if it cancels them, not waits.
     loopback.add_fault("hang", times=10)
     layers = [{"kind": "propose", "agents": agents("openai/p0", "openai/p1", "openai/p2")},
               {"kind": "aggregate", "agents": agents("openai/agg")}]  # fmt: skip
-    task = asyncio.create_task(moa.run("Q", loopback_recipe(loopback, layers), api_key="k"))
-    deadline = time.monotonic() + 10
-    while len(loopback.completions()) < 3 and time.monotonic() < deadline:  # noqa: ASYNC110
+    recipe = loopback_recipe(loopback, layers, defaults={"timeout": 3600})
+    task = asyncio.create_task(moa.run("Q", recipe, api_key="k"))
+    deadline = time.monotonic() + 600  # a bound against a hang only
+    while len(loopback.completions()) < 3:  # the server runs in its own thread
+        assert time.monotonic() < deadline and not task.done()
         await asyncio.sleep(0.02)
-    cancelled_at = time.perf_counter()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
-    assert time.perf_counter() - cancelled_at < 1.0
+        await asyncio.wait_for(task, timeout=600)  # an hour if the calls were awaited, not cancelled
     await asyncio.sleep(0)
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []

@@ -458,7 +458,7 @@ def test_processes_opening_an_old_log_at_once_migrate_it_once(tmp_path: Path) ->
         )
         for i in range(4)
     ]
-    errors = [child.communicate(b"go", timeout=120)[1].decode() for child in children]
+    errors = [child.communicate(b"go", timeout=600)[1].decode() for child in children]
     assert [child.returncode for child in children] == [0, 0, 0, 0], errors
     after = dump(path)
     assert len(after["migrated"]) == 1 and user_version(path) == 2

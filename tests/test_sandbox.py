@@ -462,7 +462,7 @@ def _as_nobody(argv: list[str]) -> subprocess.CompletedProcess[str]:
         "PATH=/usr/bin:/bin",
         "HOME=/",
     ]
-    return subprocess.run([*setpriv, *argv], capture_output=True, text=True, timeout=120, cwd="/")
+    return subprocess.run([*setpriv, *argv], capture_output=True, text=True, timeout=600, cwd="/")
 
 
 @slow
@@ -475,7 +475,7 @@ def test_the_other_modes_contain_it_too(who: str) -> None:
     if who == "an unprivileged user":
         done = _as_nobody([python, "-c", script])
     else:
-        done = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=120, env={}, cwd="/")
+        done = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=600, env={}, cwd="/")
     assert done.returncode == 0, done.stderr
     runs = json.loads(done.stdout)
     isolation = runs["hello"][3]

@@ -5,6 +5,7 @@ clear reason, and the run goes on with the other candidates."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,31 +103,80 @@ async def test_a_failed_program_kept_for_escalation_neither_votes_nor_agrees_wit
     assert result.output == "Answer: 44" and result.confidence == "unverified"
 
 
+SECRET = "the-users-private-note-4471"
+
 HOSTILE = {
-    "every environment variable": ("import os\nprint(dict(os.environ))", None),
-    "an infinite loop": ("while True:\n    pass", ("wall_time", "cpu_time")),
-    "100 MB of output": ("import sys\nfor _ in range(100):\n    sys.stdout.write('x' * 1_000_000)", ("output",)),
-    "a non-UTF-8 byte stream": ("import sys\nsys.stdout.buffer.write(b'\\xff\\xfe 7 \\x80')", None),
+    "every environment variable": "import os\nprint(dict(os.environ))",
+    "the user's home": "import pathlib\nprint(pathlib.Path(HOME_FILE).read_text())",
+    "a file outside its folder": "open(OUTSIDE, 'w').write('escaped')\nprint('wrote it')",
+    "a network connection": "import socket\nsocket.create_connection(('127.0.0.1', PORT), 5)\nprint('connected')",
+    "an infinite loop": "while True:\n    pass",
+    "a fork bomb": "import os\nwhile True:\n    os.fork()",
+    "a memory bomb": "blocks = []\nwhile True:\n    blocks.append(bytearray(2**24))",
+    "100 MB of output": "import sys\nfor _ in range(100):\n    sys.stdout.write('x' * 1_000_000)",
+    "sys.exit(0) before printing": "import sys\nsys.exit(0)\nprint(7)",
+    "a non-UTF-8 byte stream": "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe 7 \\x80')",
+}
+#: How each misbehaviour must end (the limit hit, or why it gave no answer), where the isolation claims it.
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "the user's home": ("No such file", "Permission denied"),
+    "a file outside its folder": ("No such file", "Permission denied", "Read-only file system"),
+    "a network connection": ("Network is unreachable", "Connection refused", "unreachable", "OSError"),
+    "an infinite loop": ("wall_time", "cpu_time"),
+    "a fork bomb": ("processes", "wall_time", "cpu_time", "memory"),
+    "a memory bomb": ("memory",),
+    "100 MB of output": ("output",),
+    "sys.exit(0) before printing": ("printed nothing",),
+}
+#: What the isolation statement says when a protection is not in force on this machine (then it is not asserted).
+NOT_IN_FORCE = {
+    "the user's home": "files not isolated",
+    "a file outside its folder": "files not isolated",
+    "a network connection": "network not isolated",
+    "a fork bomb": "process limit not enforced",
 }
 
 
 @pytest.mark.parametrize("what", list(HOSTILE))
 async def test_a_misbehaving_program_is_contained_and_the_run_goes_on(
-    what: str, script: Any, monkeypatch: pytest.MonkeyPatch
+    what: str, script: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    from moa._sandbox import LocalSandbox
+
+    isolation = " ".join(await LocalSandbox().isolation())
+    if what == "a fork bomb" and NOT_IN_FORCE[what] in isolation:
+        pytest.skip(f"not contained on this machine, and the sandbox says so: {isolation}")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-live-do-not-leak-0123456789")
-    code, limits = HOSTILE[what]
-    server = script({"good": GOOD, "bad": fenced(code)})
-    result = await moa.run("Q", recipe(server, agents("openai/good", "openai/bad")), api_key="k")
-    assert result.output == "12"
+    home_file = Path.home() / f".moa-test-{tmp_path.name}"
+    home_file.write_text(SECRET)
+    outside = tmp_path / "escaped.txt"
+    try:
+        code = HOSTILE[what].replace("HOME_FILE", repr(str(home_file))).replace("OUTSIDE", repr(str(outside)))
+        port: list[int] = []  # the program connects to the server that serves it
+
+        def bad(messages: list[dict[str, Any]]) -> str:
+            return fenced(code.replace("PORT", str(port[0])))
+
+        server = script({"good": GOOD, "bad": bad})
+        port.append(server.port)
+        result = await moa.run("Q", recipe(server, agents("openai/good", "openai/bad")), api_key="k")
+    finally:
+        home_file.unlink()
+    assert result.output == "12"  # the run went on with the other candidate
     bad = executions(result)[1]
     assert "sk-live-do-not-leak" not in json.dumps(result.model_dump())
-    if limits is not None:
-        assert bad["limit"] in limits and bad["no_answer"]
+    assert bad["isolation"]
     if what == "every environment variable":
         assert "OPENAI_API_KEY" not in bad["stdout"] and "PATH" in bad["stdout"]
-    if what == "a non-UTF-8 byte stream":
+    elif what == "a non-UTF-8 byte stream":
         assert bad["answer"] == "7"  # undecodable bytes are replaced, never an error
+    elif what in NOT_IN_FORCE and NOT_IN_FORCE[what] in " ".join(bad["isolation"]):
+        pass  # not isolated here, and the trace says so
+    else:
+        assert bad.get("answer") is None
+        found = f"{bad.get('limit')} {bad['no_answer']}"
+        assert any(reason in found for reason in EXPECTED[what]), found
+        assert SECRET not in json.dumps(bad) and not outside.exists()
 
 
 @pytest.mark.parametrize(

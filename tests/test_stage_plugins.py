@@ -144,22 +144,22 @@ def test_an_installed_package_adds_a_kind_through_its_entry_point(tmp_path: Path
     env_path = str(tmp_path)
     run = [sys.executable, "-c", "import sys, moa; r = moa.run_sync('hi', sys.argv[1], provider=__import__("
            "'moa.testing', fromlist=['x']).FakeProvider()); print(r.output)", str(recipe)]  # fmt: skip
-    done = subprocess.run(run, capture_output=True, text=True, env=_env(env_path), timeout=120)
+    done = subprocess.run(run, capture_output=True, text=True, env=_env(env_path), timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("!!!") and done.stdout.strip() == done.stdout.strip().upper()
     bad = subprocess.run([sys.executable, "-m", "moa", "recipes", "validate", str(recipe)], capture_output=True,
-                         text=True, env=_env(env_path, broken=True), timeout=120)  # fmt: skip
+                         text=True, env=_env(env_path, broken=True), timeout=600)  # fmt: skip
     assert bad.returncode != 0
     broken = "the stage kind 'shout' (moa_shout:register) cannot be registered: ImportError: half installed"
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "layers[1].kind: unknown kind 'shout'; known: propose" in bad.stderr and broken in bad.stderr
     # A broken plugin breaks only the recipes that use it: the others load, with one warning.
     other = subprocess.run([sys.executable, "-m", "moa", "recipes", "show", "moa-lite"], capture_output=True,
-                           text=True, env=_env(env_path), timeout=120)  # fmt: skip
+                           text=True, env=_env(env_path), timeout=600)  # fmt: skip
     assert other.returncode == 0 and other.stderr.count(broken) == 1 and "Traceback" not in other.stderr
     assert other.stderr.startswith("moa: ")
     skipped = subprocess.run([sys.executable, "-m", "moa", "recipes", "show", "moa-lite"], capture_output=True,
-                             text=True, env={**_env(env_path), "MOA_NO_PLUGINS": "1"}, timeout=120)  # fmt: skip
+                             text=True, env={**_env(env_path), "MOA_NO_PLUGINS": "1"}, timeout=600)  # fmt: skip
     assert skipped.returncode == 0 and skipped.stderr == ""
 
 

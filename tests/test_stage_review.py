@@ -266,7 +266,7 @@ def test_recipes_list_imports_no_module_a_check_names(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "moa", "recipes", "list"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0 and "r " in done.stdout
     assert not (tmp_path / "sideeffect.py.imported").exists()
 
