@@ -20,6 +20,7 @@ from moa import (
     Completion,
     ConfigError,
     Limiter,
+    ProviderError,
     ProviderLimit,
     ProviderUnavailableError,
     RateLimitedError,
@@ -112,6 +113,37 @@ async def test_a_permanent_error_after_a_transient_one_ends_the_retries() -> Non
     with pytest.raises(RequestRejectedError) as info:
         await with_retries(script, POLICY, sleep=sleep)
     assert script.calls == 2 and info.value.attempts == 2 and len(sleep.delays) == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "error"),
+    [
+        (POLICY, RequestRejectedError("400", status_code=400)),  # permanent, with retries to spare
+        (RetryPolicy(max_attempts=1), ProviderUnavailableError("503")),  # transient, with no retry allowed
+    ],
+)
+async def test_a_first_failure_that_is_not_retried_never_enters_tenacity(
+    policy: RetryPolicy, error: ProviderError, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_tenacity(**_: object) -> None:
+        raise AssertionError("tenacity's machinery was built for a failure that is not retried")
+
+    monkeypatch.setattr(tenacity, "AsyncRetrying", no_tenacity)
+    script = Script(error, "never")
+    with pytest.raises(type(error)) as info:
+        await with_retries(script, policy, sleep=FakeSleep())
+    assert info.value is error and error.attempts == 1 and script.calls == 1
+
+
+async def test_an_attempt_that_raises_stop_async_iteration_on_a_retry_raises_it_as_it_is() -> None:
+    # A provider that reads an exhausted stream with __anext__: `async for` over tenacity's attempts took this
+    # error for the end of the attempts and raised AssertionError("unreachable: ...") in its place.
+    sleep = FakeSleep()
+    stopped = StopAsyncIteration("empty stream")
+    script = Script(ProviderUnavailableError("503"), stopped, "never")
+    with pytest.raises(StopAsyncIteration) as info:
+        await with_retries(script, POLICY, sleep=sleep)
+    assert info.value is stopped and script.calls == 2 and len(sleep.delays) == 1
 
 
 # --- costs ---------------------------------------------------------------------------------------------------
