@@ -37,6 +37,7 @@ from moa._call import (
     CallSpec,
     Tracer,
     embedded,
+    output_tokens,
     pricing_of,
     prompt_tokens,
     total,
@@ -153,6 +154,27 @@ def test_prompt_tokens_count_three_characters_a_token_plus_the_message_overhead(
     assert prompt_tokens([]) == 1
     assert prompt_tokens(MESSAGES) == 11
     assert prompt_tokens([{"role": "user", "content": "x" * 14}, {"role": "system", "content": "y" * 5}]) == 18
+
+
+def test_text_that_splits_finer_counts_a_token_a_piece_plus_each_messages_overhead() -> None:
+    # 12 CJK characters are 12 pieces: 12 + 16 // 3 + 1 = 18 (by characters only (12 + 16) // 3 + 1 = 10).
+    assert prompt_tokens([{"role": "user", "content": "\u5b57" * 12}]) == 18
+    # Two such messages: 24 pieces + (2 * 16) // 3 + 1 = 35.
+    cjk = "\u5b57" * 12
+    assert prompt_tokens([{"role": "user", "content": cjk}, {"role": "system", "content": cjk}]) == 35
+
+
+def test_an_answer_without_max_tokens_counts_its_own_models_output_limit() -> None:
+    class Limits:
+        def worst_case_cost(self, model: str, params: Any, prompt_tokens: int) -> float | None:
+            return None
+
+        def max_output_tokens(self, model: str) -> int:
+            return {"openai/small": 100, "openai/big": 4000}[model]
+
+    assert output_tokens(Limits(), "openai/big", {}) == 4000
+    assert output_tokens(Limits(), "openai/small", {"max_tokens": None}) == 100
+    assert output_tokens(Limits(), "openai/small", {"max_tokens": 7}) == 7
 
 
 def test_an_embedded_output_counts_its_own_tokens_instead_of_its_characters() -> None:
