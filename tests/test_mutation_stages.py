@@ -19,7 +19,16 @@ import pytest
 from virtual_clock import run_virtual
 
 import moa
-from moa import BudgetExceeded, CallbackError, Limiter, QuorumError, RequestRejectedError, RetryPolicy, Usage
+from moa import (
+    BudgetExceeded,
+    CallbackError,
+    Completion,
+    Limiter,
+    QuorumError,
+    RequestRejectedError,
+    RetryPolicy,
+    Usage,
+)
 from moa._call import Budget, Caller, CallRefused, Tracer, plan_layer
 from moa._call.trace import CallRecord
 from moa._engine import run_worst_case
@@ -166,6 +175,20 @@ async def test_a_refused_step_ends_the_layer_with_the_steps_so_far(templates: di
         (1, "s1", None),
         (2, None, "BudgetExceeded"),
     ]
+
+
+async def test_each_step_reserves_the_answers_it_quotes_at_their_token_counts(templates: dict[str, str]) -> None:
+    fake = PricedFake(replies={"openai/s": [Completion("s1", completion_tokens=30), "s2"]})
+    ctx = layer_context(seq_recipe(templates), 1, fake, pricing=fake, budget=Budget(1000.0))
+    spec = plan_layer(moa.load_recipe(seq_recipe(templates)), 0)[0]
+    long = [
+        Tracer(None).finished(CallRecord(spec, []), t, Usage(completion_tokens=40), 0.0, None)
+        for t in ("ra", "rb", "rf")
+    ]
+    await moa._stages.STAGES["aggregate_seq"].run(ctx, candidates(long))
+    # Step 1: "SS\n\nLxxxxxxSyyy[ra][rb]" and "Q", 4 of their characters quoted: (23 + 16 + 17 - 4) // 3 + 1 + 40 + 40.
+    # Step 2: "SS\n\nLxxxxxxSyyyyyy[s1][rf]" likewise, quoting s1's 30 tokens and rf's 40: (26 + 33 - 4) // 3 + 1 + 70.
+    assert [tokens for model, tokens in fake.priced if model == "openai/s"] == [98, 89]
 
 
 async def test_a_failed_step_fails_the_layer_naming_how_far_it_got(templates: dict[str, str]) -> None:
