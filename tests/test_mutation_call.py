@@ -379,6 +379,12 @@ async def test_half_a_character_in_an_answer_is_replaced() -> None:
     assert output.usage == Usage(prompt_tokens=3, completion_tokens=2)
 
 
+async def test_an_answer_cut_by_max_tokens_says_so_in_its_output() -> None:
+    fake = FakeProvider(replies={MODEL: [Completion("half an ans", finish_reason="length")]})
+    output = await caller(fake).call(spec(max_tokens=3), MESSAGES)
+    assert (output.text, output.finish_reason) == ("half an ans", "length")
+
+
 async def test_the_injected_sleep_waits_out_a_retry_and_logprobs_and_step_are_recorded() -> None:
     answer = Completion("yes", top_logprobs={"m": -0.5, "M": -1.5})
     fake = FakeProvider(replies={MODEL: [RateLimitedError("429", retry_after=0.01), answer]})
