@@ -22,6 +22,7 @@ import moa
 from moa import (
     BudgetExceeded,
     CallbackError,
+    CallSite,
     Completion,
     Limiter,
     QuorumError,
@@ -29,11 +30,11 @@ from moa import (
     RetryPolicy,
     Usage,
 )
-from moa._call import Budget, Caller, CallRefused, Tracer, plan_layer
+from moa._call import Budget, Caller, CallRefused, CallSpec, Tracer, plan_layer
 from moa._call.trace import CallRecord
 from moa._engine import run_worst_case
-from moa._stages import StageContext
-from moa._stages.base import candidates
+from moa._stages import EstimateContext, StageContext
+from moa._stages.base import Writer, bind, candidates
 from moa.testing import FakeProvider
 
 #: The most tokens each model answers (the worst case of a call without ``max_tokens``).
@@ -284,3 +285,118 @@ def test_an_unpriced_model_makes_its_layer_and_the_run_unknown_and_is_named(temp
     assert [p.worst_case_usd for p in plans] == [None, 32.0, 25.0]  # free's 3 tokens reach layer 2
     total, unpriced = run_worst_case(PricedFake(), moa.load_recipe(recipe), [USER])
     assert (total, unpriced) == (None, ["openai/free"])
+
+
+# --- a stage kind of the user's own, with only what moa.Stage gives it ----------------------------------------------
+
+
+class Critics(moa.Layer):
+    """A kind of the user's own that keeps moa.Stage's ``run`` and ``estimate``: two calls to its critics."""
+
+    kind: str = "critics"
+    critics: list[moa.Agent]
+
+    def call_agents(self) -> list[moa.Agent]:
+        return self.critics
+
+    def calls(self, inputs: int) -> int:
+        return 2
+
+    def outputs(self, inputs: int) -> int:
+        return inputs + 1
+
+
+class Bare(moa.Stage):
+    pass
+
+
+def critic_specs(*models: str) -> list[CallSpec]:
+    return [CallSpec(site=CallSite(layer=2, agent=i, sample=0, agent_name=m, model=m)) for i, m in enumerate(models)]
+
+
+def critics_context(pricing: Any, *models: str) -> EstimateContext:
+    layer = Critics(critics=[moa.Agent(model=m) for m in models])
+    return EstimateContext(1, layer, [USER], critic_specs(*models), pricing)
+
+
+def test_a_kind_without_its_own_estimate_quotes_every_input_to_its_costliest_agent(templates: dict[str, str]) -> None:
+    fake = PricedFake()
+    recipe = moa.load_recipe(aggregate_recipe(templates))
+    propose = EstimateContext(0, recipe.layers[0], [USER], plan_layer(recipe, 0), fake)
+    proposed = moa._stages.STAGES["propose"].estimate(propose, [])
+    assert proposed.outputs == [(0, 7), (0, 5)]  # a planned answer is its tokens: none of its characters are known
+    estimate = Bare().estimate(critics_context(fake, "openai/s", "openai/f"), proposed.outputs)
+    # Both critics see "Q" and an empty turn quoting a's 7 and b's 5 tokens: (1 + 16 + 16) // 3 + 1 + 12 = 24
+    # prompt tokens, $24 each; the costliest of the two, twice.  Each output at the longest: s's 11 tokens.
+    assert (estimate.cost, estimate.unpriced, estimate.outputs) == (48.0, [], [(0, 11)] * 3)
+    assert fake.priced[-2:] == [("openai/s", 24), ("openai/f", 24)]
+
+
+def test_a_kind_without_its_own_estimate_or_calls_passes_its_longest_input_on() -> None:
+    fake = PricedFake()
+    context = critics_context(fake, "openai/s")
+    context.layer = Critics.model_construct(kind="critics", critics=[])
+    context.specs = []
+    estimate = Bare().estimate(context, [(0, 7), (0, 5)])
+    assert (estimate.cost, estimate.outputs, fake.priced) == (0, [(0, 7)] * 3, [])
+
+
+async def test_a_kind_without_its_own_run_names_itself() -> None:
+    with pytest.raises(NotImplementedError) as info:
+        await Bare().run(layer_context(two_agents(), 0, FakeProvider()), [])
+    assert str(info.value) == "Bare.run"
+
+
+class Cents(PricedFake):
+    """A cent a prompt token: every call costs less than a dollar."""
+
+    def worst_case_cost(self, model: str, params: Any, prompt_tokens: int) -> float | None:
+        cost = super().worst_case_cost(model, params, prompt_tokens)
+        return None if cost is None else cost / 100
+
+
+def test_the_costliest_agent_is_counted_once_per_call_and_an_unpriced_one_makes_it_unknown() -> None:
+    messages: list[Any] = [USER]  # by pieces: 1 + 16 // 3 + 1 = 7 prompt tokens, $0.07
+    context = critics_context(Cents(), "openai/a", "openai/s")
+    assert context.price_costliest(critic_specs("openai/a", "openai/s"), messages, ()) == 11
+    assert context.price_costliest(critic_specs("openai/a"), messages, (), times=3) == 7
+    assert context.price_costliest([], messages, ()) == 0
+    assert (context.costs, context.unpriced) == ([pytest.approx(0.07), pytest.approx(0.21)], [])
+    assert context.price_costliest(critic_specs("openai/free", "openai/a"), messages, (), times=2) == 7
+    assert (len(context.costs), context.unpriced) == (2, ["openai/free"])
+    assert context.result([]).cost is None
+
+
+def test_a_priced_call_made_several_times_costs_that_many_times() -> None:
+    context = critics_context(Cents(), "openai/a")
+    assert context.price(critic_specs("openai/a")[0], [USER], (), times=4) == 7
+    assert context.costs == [pytest.approx(0.28)]
+
+
+async def test_only_a_call_that_streams_sends_its_text_to_on_token() -> None:
+    tokens: list[str] = []
+    fake = FakeProvider(replies={"openai/a": ["judged quietly", "said aloud"]})
+    ctx = layer_context(two_agents(), 0, fake)
+    ctx.on_token = tokens.append
+    await ctx.call(ctx.specs[0], [USER])
+    assert tokens == []
+    await ctx.call(ctx.specs[0], [USER], stream=True)
+    assert "".join(tokens) == "said aloud"
+
+
+async def test_a_fanout_of_a_kind_without_a_quorum_of_its_own_needs_what_it_is_told() -> None:
+    fake = FakeProvider(replies={"openai/s": ["fine"], "openai/f": [RequestRejectedError("no", status_code=400)]})
+    caller = Caller(fake, Limiter(), Tracer(None), RetryPolicy(max_attempts=1))
+    layer = Critics(critics=[moa.Agent(model="openai/s"), moa.Agent(model="openai/f")])
+    ctx = StageContext(1, layer, [USER], critic_specs("openai/s", "openai/f"), caller)
+    calls = [(spec, bind(ctx.call, spec, [USER])) for spec in ctx.specs]
+    outputs = await ctx.fanout(calls, min_success=1)  # the layer has no min_success, nor a straggler cut-off
+    assert [(o.text, o.ok) for o in outputs] == [("fine", True), (None, False)]
+
+
+def test_a_remembered_call_site_keeps_its_system_prompt() -> None:
+    ctx = layer_context(two_agents(), 0, FakeProvider())
+    (spec,) = critic_specs("openai/s")
+    ctx.remember(spec, "You repair answers.")
+    written = outputs("x")[0].model_copy(update={"layer": 2, "agent": 0, "sample": 0, "model": "openai/s"})
+    assert ctx.writer_of(moa.Candidate.of(written)) == Writer(spec, "You repair answers.")
