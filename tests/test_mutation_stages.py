@@ -400,3 +400,13 @@ def test_a_remembered_call_site_keeps_its_system_prompt() -> None:
     ctx.remember(spec, "You repair answers.")
     written = outputs("x")[0].model_copy(update={"layer": 2, "agent": 0, "sample": 0, "model": "openai/s"})
     assert ctx.writer_of(moa.Candidate.of(written)) == Writer(spec, "You repair answers.")
+
+
+@pytest.mark.parametrize(("recipe", "planned"), [(aggregate_recipe, [(0, 9)]), (seq_recipe, [(0, 11)])])
+def test_an_aggregators_planned_answer_is_its_tokens_only(
+    templates: dict[str, str], recipe: Any, planned: list[tuple[int, int]]
+) -> None:
+    # What a kind without its own estimate quotes after it: no characters to take off its prompt, only tokens.
+    loaded = moa.load_recipe(recipe(templates))
+    context = EstimateContext(1, loaded.layers[1], [USER], plan_layer(loaded, 1), PricedFake())
+    assert moa._stages.STAGES[loaded.layers[1].kind].estimate(context, [(0, 7), (0, 5), (0, 5)]).outputs == planned
