@@ -287,3 +287,27 @@ def test_the_loss_of_a_prediction_of_exactly_0_or_1_is_clipped_to_a_finite_numbe
     clipped = -(math.log(1e-15) + math.log(1 - (1 - 1e-15))) / 2
     assert _lc._weighted_log_loss(y_true, y_pred, true_prob, np.ones(2)) == pytest.approx(clipped)
     assert _lc._weighted_log_loss(y_true, y_pred, true_prob, np.full(2, 2.0)) == pytest.approx(2 * clipped)
+
+
+def test_a_fit_stopped_at_liblinears_iteration_limit_warns_nobody(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.exceptions import ConvergenceWarning
+
+    judged = ([1.0, 1.9, 1.7], [587, 332, 584], [500, 500, 500], range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = _lc.length_controlled_win_rate(*judged)
+    assert result is not None and result.win_rate == 50.0
+    # Without the fit's own filter, this very fit warns: the test above is not vacuous.
+    monkeypatch.setattr(warnings, "simplefilter", lambda *args, **kwargs: None)
+    with pytest.warns(ConvergenceWarning):
+        _lc.length_controlled_win_rate(*judged)
+
+
+def test_lengths_that_do_not_pair_up_are_refused_before_the_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fit(*args: object) -> None:
+        raise AssertionError("fitted lengths that do not pair up")
+
+    monkeypatch.setattr(_lc, "_fit", no_fit)
+    for model_lengths, reference_lengths in [([300, 900], [500, 500, 500]), ([300, 900, 400], [500, 500])]:
+        with pytest.raises(ValueError, match="zip"):
+            _lc.length_controlled_win_rate([1.9, 1.2, 1.5], model_lengths, reference_lengths, [0, 1, 2])
