@@ -291,7 +291,7 @@ def test_an_unpriced_model_makes_its_layer_and_the_run_unknown_and_is_named(temp
 
 
 class Critics(moa.Layer):
-    """A kind of the user's own that keeps moa.Stage's ``run`` and ``estimate``: two calls to its critics."""
+    """A kind of the user's own that keeps moa.Stage's ``run`` and ``estimate``: a call per input."""
 
     kind: str = "critics"
     critics: list[moa.Agent]
@@ -300,7 +300,7 @@ class Critics(moa.Layer):
         return self.critics
 
     def calls(self, inputs: int) -> int:
-        return 2
+        return inputs  # a critique of each input
 
     def outputs(self, inputs: int) -> int:
         return inputs + 1
@@ -327,17 +327,18 @@ def test_a_kind_without_its_own_estimate_quotes_every_input_to_its_costliest_age
     assert proposed.outputs == [(0, 7), (0, 5)]  # a planned answer is its tokens: none of its characters are known
     estimate = Bare().estimate(critics_context(fake, "openai/s", "openai/f"), proposed.outputs)
     # Both critics see "Q" and an empty turn quoting a's 7 and b's 5 tokens: (1 + 16 + 16) // 3 + 1 + 12 = 24
-    # prompt tokens, $24 each; the costliest of the two, twice.  Each output at the longest: s's 11 tokens.
+    # prompt tokens, $24 each; the costliest of the two, once per input.  Each output at the longest: s's 11 tokens.
     assert (estimate.cost, estimate.unpriced, estimate.outputs) == (48.0, [], [(0, 11)] * 3)
     assert fake.priced[-2:] == [("openai/s", 24), ("openai/f", 24)]
 
 
-def test_a_kind_without_its_own_estimate_or_calls_passes_its_longest_input_on() -> None:
+def test_a_kind_without_its_own_estimate_prices_no_call_it_would_not_make() -> None:
     fake = PricedFake()
-    context = critics_context(fake, "openai/s")
-    context.layer = Critics.model_construct(kind="critics", critics=[])
-    context.specs = []
-    estimate = Bare().estimate(context, [(0, 7), (0, 5)])
+    no_inputs = Bare().estimate(critics_context(fake, "openai/s"), [])  # nothing to critique: no call
+    assert (no_inputs.cost, no_inputs.outputs) == (0, [(0, 0)])
+    no_agents = critics_context(fake, "openai/s")
+    no_agents.specs = []
+    estimate = Bare().estimate(no_agents, [(0, 7), (0, 5)])  # no agent to call: its longest input goes on
     assert (estimate.cost, estimate.outputs, fake.priced) == (0, [(0, 7)] * 3, [])
 
 
