@@ -38,7 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "mutants" / "by-module"
 
 _CALL = ("tests/test_engine.py", "tests/test_reliability.py", "tests/test_plan_and_events.py")
-_STAGES = (*_CALL, "tests/test_plan.py", "tests/test_recipes.py", "tests/test_mutation_stages.py")
+_STAGE_KINDS = tuple(
+    f"tests/test_stage_{kind}.py" for kind in ("debate", "plugins", "rank", "review", "verify", "views", "vote")
+)
+_STAGES = (*_CALL, "tests/test_plan.py", "tests/test_recipes.py", *_STAGE_KINDS, "tests/test_mutation_stages.py")
 _TEMPLATES = (
     "tests/test_templates.py",
     "tests/test_template_safety.py",

@@ -20,6 +20,7 @@ from moa import (
     Completion,
     ConfigError,
     Limiter,
+    ProviderError,
     ProviderLimit,
     ProviderUnavailableError,
     RateLimitedError,
@@ -36,6 +37,7 @@ from moa._call import (
     CallSpec,
     Tracer,
     embedded,
+    output_tokens,
     pricing_of,
     prompt_tokens,
     total,
@@ -114,6 +116,37 @@ async def test_a_permanent_error_after_a_transient_one_ends_the_retries() -> Non
     assert script.calls == 2 and info.value.attempts == 2 and len(sleep.delays) == 1
 
 
+@pytest.mark.parametrize(
+    ("policy", "error"),
+    [
+        (POLICY, RequestRejectedError("400", status_code=400)),  # permanent, with retries to spare
+        (RetryPolicy(max_attempts=1), ProviderUnavailableError("503")),  # transient, with no retry allowed
+    ],
+)
+async def test_a_first_failure_that_is_not_retried_never_enters_tenacity(
+    policy: RetryPolicy, error: ProviderError, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_tenacity(**_: object) -> None:
+        raise AssertionError("tenacity's machinery was built for a failure that is not retried")
+
+    monkeypatch.setattr(tenacity, "AsyncRetrying", no_tenacity)
+    script = Script(error, "never")
+    with pytest.raises(type(error)) as info:
+        await with_retries(script, policy, sleep=FakeSleep())
+    assert info.value is error and error.attempts == 1 and script.calls == 1
+
+
+async def test_an_attempt_that_raises_stop_async_iteration_on_a_retry_raises_it_as_it_is() -> None:
+    # A provider that reads an exhausted stream with __anext__: `async for` over tenacity's attempts took this
+    # error for the end of the attempts and raised AssertionError("unreachable: ...") in its place.
+    sleep = FakeSleep()
+    stopped = StopAsyncIteration("empty stream")
+    script = Script(ProviderUnavailableError("503"), stopped, "never")
+    with pytest.raises(StopAsyncIteration) as info:
+        await with_retries(script, POLICY, sleep=sleep)
+    assert info.value is stopped and script.calls == 2 and len(sleep.delays) == 1
+
+
 # --- costs ---------------------------------------------------------------------------------------------------
 
 
@@ -121,6 +154,27 @@ def test_prompt_tokens_count_three_characters_a_token_plus_the_message_overhead(
     assert prompt_tokens([]) == 1
     assert prompt_tokens(MESSAGES) == 11
     assert prompt_tokens([{"role": "user", "content": "x" * 14}, {"role": "system", "content": "y" * 5}]) == 18
+
+
+def test_text_that_splits_finer_counts_a_token_a_piece_plus_each_messages_overhead() -> None:
+    # 12 CJK characters are 12 pieces: 12 + 16 // 3 + 1 = 18 (by characters only (12 + 16) // 3 + 1 = 10).
+    assert prompt_tokens([{"role": "user", "content": "\u5b57" * 12}]) == 18
+    # Two such messages: 24 pieces + (2 * 16) // 3 + 1 = 35.
+    cjk = "\u5b57" * 12
+    assert prompt_tokens([{"role": "user", "content": cjk}, {"role": "system", "content": cjk}]) == 35
+
+
+def test_an_answer_without_max_tokens_counts_its_own_models_output_limit() -> None:
+    class Limits:
+        def worst_case_cost(self, model: str, params: Any, prompt_tokens: int) -> float | None:
+            return None
+
+        def max_output_tokens(self, model: str) -> int:
+            return {"openai/small": 100, "openai/big": 4000}[model]
+
+    assert output_tokens(Limits(), "openai/big", {}) == 4000
+    assert output_tokens(Limits(), "openai/small", {"max_tokens": None}) == 100
+    assert output_tokens(Limits(), "openai/small", {"max_tokens": 7}) == 7
 
 
 def test_an_embedded_output_counts_its_own_tokens_instead_of_its_characters() -> None:
@@ -323,6 +377,12 @@ async def test_half_a_character_in_an_answer_is_replaced() -> None:
     output = await caller(fake).call(spec(), MESSAGES)
     assert output.text == "caf\ufffde"
     assert output.usage == Usage(prompt_tokens=3, completion_tokens=2)
+
+
+async def test_an_answer_cut_by_max_tokens_says_so_in_its_output() -> None:
+    fake = FakeProvider(replies={MODEL: [Completion("half an ans", finish_reason="length")]})
+    output = await caller(fake).call(spec(max_tokens=3), MESSAGES)
+    assert (output.text, output.finish_reason) == ("half an ans", "length")
 
 
 async def test_the_injected_sleep_waits_out_a_retry_and_logprobs_and_step_are_recorded() -> None:

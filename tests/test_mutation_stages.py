@@ -19,12 +19,22 @@ import pytest
 from virtual_clock import run_virtual
 
 import moa
-from moa import BudgetExceeded, CallbackError, Limiter, QuorumError, RequestRejectedError, RetryPolicy, Usage
-from moa._call import Budget, Caller, CallRefused, Tracer, plan_layer
+from moa import (
+    BudgetExceeded,
+    CallbackError,
+    CallSite,
+    Completion,
+    Limiter,
+    QuorumError,
+    RequestRejectedError,
+    RetryPolicy,
+    Usage,
+)
+from moa._call import Budget, Caller, CallRefused, CallSpec, Tracer, plan_layer
 from moa._call.trace import CallRecord
 from moa._engine import run_worst_case
-from moa._stages import StageContext
-from moa._stages.base import candidates
+from moa._stages import EstimateContext, StageContext
+from moa._stages.base import Writer, bind, candidates
 from moa.testing import FakeProvider
 
 #: The most tokens each model answers (the worst case of a call without ``max_tokens``).
@@ -168,6 +178,20 @@ async def test_a_refused_step_ends_the_layer_with_the_steps_so_far(templates: di
     ]
 
 
+async def test_each_step_reserves_the_answers_it_quotes_at_their_token_counts(templates: dict[str, str]) -> None:
+    fake = PricedFake(replies={"openai/s": [Completion("s1", completion_tokens=30), "s2"]})
+    ctx = layer_context(seq_recipe(templates), 1, fake, pricing=fake, budget=Budget(1000.0))
+    spec = plan_layer(moa.load_recipe(seq_recipe(templates)), 0)[0]
+    long = [
+        Tracer(None).finished(CallRecord(spec, []), t, Usage(completion_tokens=40), 0.0, None)
+        for t in ("ra", "rb", "rf")
+    ]
+    await moa._stages.STAGES["aggregate_seq"].run(ctx, candidates(long))
+    # Step 1: "SS\n\nLxxxxxxSyyy[ra][rb]" and "Q", 4 of their characters quoted: (23 + 16 + 17 - 4) // 3 + 1 + 40 + 40.
+    # Step 2: "SS\n\nLxxxxxxSyyyyyy[s1][rf]" likewise, quoting s1's 30 tokens and rf's 40: (26 + 33 - 4) // 3 + 1 + 70.
+    assert [tokens for model, tokens in fake.priced if model == "openai/s"] == [98, 89]
+
+
 async def test_a_failed_step_fails_the_layer_naming_how_far_it_got(templates: dict[str, str]) -> None:
     fake = FakeProvider(replies={"openai/s": ["s1", RequestRejectedError("bad request", status_code=400)]})
     ctx = layer_context(seq_recipe(templates), 1, fake)
@@ -261,3 +285,129 @@ def test_an_unpriced_model_makes_its_layer_and_the_run_unknown_and_is_named(temp
     assert [p.worst_case_usd for p in plans] == [None, 32.0, 25.0]  # free's 3 tokens reach layer 2
     total, unpriced = run_worst_case(PricedFake(), moa.load_recipe(recipe), [USER])
     assert (total, unpriced) == (None, ["openai/free"])
+
+
+# --- a stage kind of the user's own, with only what moa.Stage gives it ----------------------------------------------
+
+
+class Critics(moa.Layer):
+    """A kind of the user's own that keeps moa.Stage's ``run`` and ``estimate``: a call per input."""
+
+    kind: str = "critics"
+    critics: list[moa.Agent]
+
+    def call_agents(self) -> list[moa.Agent]:
+        return self.critics
+
+    def calls(self, inputs: int) -> int:
+        return inputs  # a critique of each input
+
+    def outputs(self, inputs: int) -> int:
+        return inputs + 1
+
+
+class Bare(moa.Stage):
+    pass
+
+
+def critic_specs(*models: str) -> list[CallSpec]:
+    return [CallSpec(site=CallSite(layer=2, agent=i, sample=0, agent_name=m, model=m)) for i, m in enumerate(models)]
+
+
+def critics_context(pricing: Any, *models: str) -> EstimateContext:
+    layer = Critics(critics=[moa.Agent(model=m) for m in models])
+    return EstimateContext(1, layer, [USER], critic_specs(*models), pricing)
+
+
+def test_a_kind_without_its_own_estimate_quotes_every_input_to_its_costliest_agent(templates: dict[str, str]) -> None:
+    fake = PricedFake()
+    recipe = moa.load_recipe(aggregate_recipe(templates))
+    propose = EstimateContext(0, recipe.layers[0], [USER], plan_layer(recipe, 0), fake)
+    proposed = moa._stages.STAGES["propose"].estimate(propose, [])
+    assert proposed.outputs == [(0, 7), (0, 5)]  # a planned answer is its tokens: none of its characters are known
+    estimate = Bare().estimate(critics_context(fake, "openai/s", "openai/f"), proposed.outputs)
+    # Both critics see "Q" and an empty turn quoting a's 7 and b's 5 tokens: (1 + 16 + 16) // 3 + 1 + 12 = 24
+    # prompt tokens, $24 each; the costliest of the two, once per input.  Each output at the longest: s's 11 tokens.
+    assert (estimate.cost, estimate.unpriced, estimate.outputs) == (48.0, [], [(0, 11)] * 3)
+    assert fake.priced[-2:] == [("openai/s", 24), ("openai/f", 24)]
+
+
+def test_a_kind_without_its_own_estimate_prices_no_call_it_would_not_make() -> None:
+    fake = PricedFake()
+    no_inputs = Bare().estimate(critics_context(fake, "openai/s"), [])  # nothing to critique: no call
+    assert (no_inputs.cost, no_inputs.outputs) == (0, [(0, 0)])
+    no_agents = critics_context(fake, "openai/s")
+    no_agents.specs = []
+    estimate = Bare().estimate(no_agents, [(0, 7), (0, 5)])  # no agent to call: its longest input goes on
+    assert (estimate.cost, estimate.outputs, fake.priced) == (0, [(0, 7)] * 3, [])
+
+
+async def test_a_kind_without_its_own_run_names_itself() -> None:
+    with pytest.raises(NotImplementedError) as info:
+        await Bare().run(layer_context(two_agents(), 0, FakeProvider()), [])
+    assert str(info.value) == "Bare.run"
+
+
+class Cents(PricedFake):
+    """A cent a prompt token: every call costs less than a dollar."""
+
+    def worst_case_cost(self, model: str, params: Any, prompt_tokens: int) -> float | None:
+        cost = super().worst_case_cost(model, params, prompt_tokens)
+        return None if cost is None else cost / 100
+
+
+def test_the_costliest_agent_is_counted_once_per_call_and_an_unpriced_one_makes_it_unknown() -> None:
+    messages: list[Any] = [USER]  # by pieces: 1 + 16 // 3 + 1 = 7 prompt tokens, $0.07
+    context = critics_context(Cents(), "openai/a", "openai/s")
+    assert context.price_costliest(critic_specs("openai/a", "openai/s"), messages, ()) == 11
+    assert context.price_costliest(critic_specs("openai/a"), messages, (), times=3) == 7
+    assert context.price_costliest([], messages, ()) == 0
+    assert (context.costs, context.unpriced) == ([pytest.approx(0.07), pytest.approx(0.21)], [])
+    assert context.price_costliest(critic_specs("openai/free", "openai/a"), messages, (), times=2) == 7
+    assert (len(context.costs), context.unpriced) == (2, ["openai/free"])
+    assert context.result([]).cost is None
+
+
+def test_a_priced_call_made_several_times_costs_that_many_times() -> None:
+    context = critics_context(Cents(), "openai/a")
+    assert context.price(critic_specs("openai/a")[0], [USER], (), times=4) == 7
+    assert context.costs == [pytest.approx(0.28)]
+
+
+async def test_only_a_call_that_streams_sends_its_text_to_on_token() -> None:
+    tokens: list[str] = []
+    fake = FakeProvider(replies={"openai/a": ["judged quietly", "said aloud"]})
+    ctx = layer_context(two_agents(), 0, fake)
+    ctx.on_token = tokens.append
+    await ctx.call(ctx.specs[0], [USER])
+    assert tokens == []
+    await ctx.call(ctx.specs[0], [USER], stream=True)
+    assert "".join(tokens) == "said aloud"
+
+
+async def test_a_fanout_of_a_kind_without_a_quorum_of_its_own_needs_what_it_is_told() -> None:
+    fake = FakeProvider(replies={"openai/s": ["fine"], "openai/f": [RequestRejectedError("no", status_code=400)]})
+    caller = Caller(fake, Limiter(), Tracer(None), RetryPolicy(max_attempts=1))
+    layer = Critics(critics=[moa.Agent(model="openai/s"), moa.Agent(model="openai/f")])
+    ctx = StageContext(1, layer, [USER], critic_specs("openai/s", "openai/f"), caller)
+    calls = [(spec, bind(ctx.call, spec, [USER])) for spec in ctx.specs]
+    outputs = await ctx.fanout(calls, min_success=1)  # the layer has no min_success, nor a straggler cut-off
+    assert [(o.text, o.ok) for o in outputs] == [("fine", True), (None, False)]
+
+
+def test_a_remembered_call_site_keeps_its_system_prompt() -> None:
+    ctx = layer_context(two_agents(), 0, FakeProvider())
+    (spec,) = critic_specs("openai/s")
+    ctx.remember(spec, "You repair answers.")
+    written = outputs("x")[0].model_copy(update={"layer": 2, "agent": 0, "sample": 0, "model": "openai/s"})
+    assert ctx.writer_of(moa.Candidate.of(written)) == Writer(spec, "You repair answers.")
+
+
+@pytest.mark.parametrize(("recipe", "planned"), [(aggregate_recipe, [(0, 9)]), (seq_recipe, [(0, 11)])])
+def test_an_aggregators_planned_answer_is_its_tokens_only(
+    templates: dict[str, str], recipe: Any, planned: list[tuple[int, int]]
+) -> None:
+    # What a kind without its own estimate quotes after it: no characters to take off its prompt, only tokens.
+    loaded = moa.load_recipe(recipe(templates))
+    context = EstimateContext(1, loaded.layers[1], [USER], plan_layer(loaded, 1), PricedFake())
+    assert moa._stages.STAGES[loaded.layers[1].kind].estimate(context, [(0, 7), (0, 5), (0, 5)]).outputs == planned

@@ -7,9 +7,11 @@ Written against the mutants of ``moa/eval/_stats.py`` that survived the rest of 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_lc import sklearn_lc, synthetic
@@ -232,3 +234,80 @@ def test_two_pairs_beside_the_gamed_rows_are_scaled_by_their_own_spread() -> Non
 def test_answers_as_long_as_the_reference_have_no_length_term() -> None:
     same = _lc.length_controlled_win_rate([1.9, 1.1, 1.8, 1.7], [80] * 4, [80] * 4, range(4))
     assert same is not None and same.weights["np.tanh(std_delta_len)"] == 0.0
+
+
+class _Built(Exception):
+    """Raised by a stand-in LogisticRegressionCV once it has seen its arguments."""
+
+
+def _stand_in(defaults: dict[str, Any]) -> type:
+    """A LogisticRegressionCV whose constructor takes these keyword parameters, and stops at once with them."""
+
+    class StandIn:
+        def __init__(self, **kwargs: Any) -> None:
+            raise _Built(kwargs)
+
+    parameters = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d) for n, d in defaults.items()]
+    StandIn.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return StandIn
+
+
+@pytest.mark.parametrize(
+    ("defaults", "penalty"),
+    [
+        # scikit-learn before 1.8: AlpacaEval's own penalty="l1".
+        ({"penalty": "l2", "l1_ratios": None}, {"penalty": "l1"}),
+        # 1.8 deprecated penalty for l1_ratios=(1,), the same fit.
+        ({"penalty": "deprecated", "l1_ratios": "warn"}, {"l1_ratios": (1.0,)}),
+        # 1.9 also offers new attributes; C_ and coef_ are read as before.
+        (
+            {"penalty": "deprecated", "l1_ratios": "warn", "use_legacy_attributes": "warn"},
+            {"l1_ratios": (1.0,), "use_legacy_attributes": False},
+        ),
+        ({"l1_ratios": "warn"}, {"l1_ratios": (1.0,)}),
+    ],
+)
+def test_the_l1_penalty_is_passed_as_each_scikit_learn_takes_it(
+    monkeypatch: pytest.MonkeyPatch, defaults: dict[str, Any], penalty: dict[str, Any]
+) -> None:
+    import sklearn.linear_model
+
+    monkeypatch.setattr(sklearn.linear_model, "LogisticRegressionCV", _stand_in(defaults))
+    with pytest.raises(_Built) as info:
+        _lc.length_controlled_win_rate(*PAIRS, range(4))
+    (kwargs,) = info.value.args
+    assert {k: v for k, v in kwargs.items() if k not in ("cv", "scoring")} == {**_lc.ALPACA_EVAL_KWARGS, **penalty}
+
+
+def test_the_loss_of_a_prediction_of_exactly_0_or_1_is_clipped_to_a_finite_number() -> None:
+    import numpy as np
+
+    # Both rows as wrong as can be: label 1 predicted 0, label 0 predicted 1 (soft target 1 for both).
+    y_true, y_pred, true_prob = np.array([1, 0]), np.array([0.0, 1.0]), np.array([1.0, 1.0])
+    clipped = -(math.log(1e-15) + math.log(1 - (1 - 1e-15))) / 2
+    assert _lc._weighted_log_loss(y_true, y_pred, true_prob, np.ones(2)) == pytest.approx(clipped)
+    assert _lc._weighted_log_loss(y_true, y_pred, true_prob, np.full(2, 2.0)) == pytest.approx(2 * clipped)
+
+
+def test_a_fit_stopped_at_liblinears_iteration_limit_warns_nobody(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.exceptions import ConvergenceWarning
+
+    judged = ([1.0, 1.9, 1.7], [587, 332, 584], [500, 500, 500], range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = _lc.length_controlled_win_rate(*judged)
+    assert result is not None and result.win_rate == 50.0
+    # Without the fit's own filter, this very fit warns: the test above is not vacuous.
+    monkeypatch.setattr(warnings, "simplefilter", lambda *args, **kwargs: None)
+    with pytest.warns(ConvergenceWarning):
+        _lc.length_controlled_win_rate(*judged)
+
+
+def test_lengths_that_do_not_pair_up_are_refused_before_the_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fit(*args: object) -> None:
+        raise AssertionError("fitted lengths that do not pair up")
+
+    monkeypatch.setattr(_lc, "_fit", no_fit)
+    for model_lengths, reference_lengths in [([300, 900], [500, 500, 500]), ([300, 900, 400], [500, 500])]:
+        with pytest.raises(ValueError, match="zip"):
+            _lc.length_controlled_win_rate([1.9, 1.2, 1.5], model_lengths, reference_lengths, [0, 1, 2])

@@ -67,8 +67,11 @@ async def with_retries(
             exc.attempts = 1
             raise
         first_failure: list[ProviderError] = [exc]
+    attempts = 0
 
     async def replay_then_attempt() -> T:
+        nonlocal attempts
+        attempts += 1
         if first_failure:
             raise first_failure.pop()
         return await attempt()
@@ -87,15 +90,9 @@ async def with_retries(
         reraise=True,
         sleep=sleep or asyncio.sleep,
     )
-    number = 0
     try:
-        async for try_ in retrying:
-            number = try_.retry_state.attempt_number
-            with try_:
-                result = await replay_then_attempt()
-            if not try_.retry_state.outcome or not try_.retry_state.outcome.failed:
-                return result, number
+        # Called, not iterated with `async for`: that would take an attempt's StopAsyncIteration for its own end.
+        return await retrying(replay_then_attempt), attempts
     except ProviderError as exc:
-        exc.attempts = number
+        exc.attempts = attempts
         raise
-    raise AssertionError("unreachable: tenacity either returns or raises")
