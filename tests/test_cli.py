@@ -206,6 +206,7 @@ def test_ctrl_c_exits_130_and_logs_the_partial_run(loopback: LoopbackServer, tmp
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_enabled,
     )
     deadline = time.monotonic() + 600  # a bound against a hang only
     while _calls_logged(db) < 2:  # p0 and p1 finished (each call is logged as it ends); p2 hangs
@@ -217,6 +218,12 @@ def test_ctrl_c_exits_130_and_logs_the_partial_run(loopback: LoopbackServer, tmp
     with sqlite3.connect(db) as conn:
         status, calls = conn.execute("SELECT status, calls FROM runs").fetchone()
     assert status == "interrupted" and calls == 2
+
+
+def _ctrl_c_enabled() -> None:
+    """Let the child get Ctrl-C even when these tests run as a background job (which starts with SIGINT
+    ignored, and a program started so keeps ignoring it, as it should)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _calls_logged(db: Path) -> int:
