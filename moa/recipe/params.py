@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -346,3 +347,15 @@ class Tool(_Strict):
 
 
 Agent.model_rebuild()
+
+
+def _compiles(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"does not compile: {exc}") from None
+    return value
+
+
+#: A regular expression in a recipe, checked when the recipe loads.
+Pattern = Annotated[str, AfterValidator(_compiles)]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from .layers import Layer, one_call
-from .params import Agent
+from .params import Agent, Pattern
 
 #: How every one-token verdict is asked, whatever the judge agent's own settings say.
 VERDICT_SETTINGS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 1}
@@ -37,21 +36,11 @@ class VoteLayer(Layer):
         "text, case and spacing folded), `regex` (`pattern`'s first group, or its match), `llm` "
         "(`extractor` is asked for the final answer).",
     )
-    pattern: str | None = Field(None, description="`extract: regex`: the regular expression.")
+    pattern: Pattern | None = Field(None, description="`extract: regex`: the regular expression.")
     extractor: Agent | None = Field(None, description="`extract: llm`: the agent asked for each final answer.")
     ties: Literal["first", "all"] = Field(
         "first", description="On a tie: `first` keeps the answer given first; `all` passes every tied answer on."
     )
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"does not compile: {exc}") from None
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> VoteLayer:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -12,7 +11,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from .layers import Layer, one_call
-from .params import Agent, _Strict
+from .params import Agent, Pattern, _Strict
 from .selection import VERDICT_NOTE, VERDICT_SETTINGS
 
 
@@ -20,17 +19,8 @@ class RegexCheck(_Strict):
     """Passes when the answer matches (``must_match``) or does not match a regular expression."""
 
     type: Literal["regex"] = Field(..., description="`regex`.")
-    pattern: str = Field(..., description="The regular expression, searched in the answer.")
+    pattern: Pattern = Field(..., description="The regular expression, searched in the answer.")
     must_match: bool = Field(True, description="True: the answer must match; false: it must not.")
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"does not compile: {exc}") from None
-        return value
 
 
 class JsonSchemaCheck(_Strict):
@@ -109,22 +99,12 @@ class AgreeCheck(_Strict):
         description="How answers are compared: as in `vote` (`number`: the last number, 1,024 = 1024; ...). "
         "A candidate's answer from an earlier stage (`execute`, `vote`) is used when it has one.",
     )
-    pattern: str | None = Field(None, description="`extract: regex`: the regular expression.")
+    pattern: Pattern | None = Field(None, description="`extract: regex`: the regular expression.")
     independent: Literal["agents", "candidates"] = Field(
         "agents",
         description="What counts as independent: `agents` (the samples of one agent, or of one fallback, count "
         "once) or `candidates` (every candidate counts).",
     )
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"does not compile: {exc}") from None
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> AgreeCheck:
