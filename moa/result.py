@@ -106,6 +106,12 @@ class AgentOutput(BaseModel):
     def ok(self) -> bool:
         return self.error is None and self.text is not None
 
+    @property
+    def model_calls(self) -> int:
+        """Model calls this output stands for: each step of its tool loop and every call its tools made (1
+        without tools)."""
+        return max(1, self.tool_steps) + sum(call.model_calls for tool in self.tool_calls for call in tool.calls)
+
 
 ToolCall.model_rebuild()
 
@@ -229,6 +235,11 @@ class MoAResult(BaseModel):
     @property
     def calls(self) -> list[AgentOutput]:
         return [output for layer in self.layers for output in layer.outputs]
+
+    @property
+    def model_calls(self) -> int:
+        """Model calls the run made, every step of every tool loop and every call its tools made included."""
+        return sum(output.model_calls for output in self.calls)
 
     @computed_field  # type: ignore[prop-decorator]
     @property

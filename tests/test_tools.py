@@ -281,6 +281,8 @@ async def test_an_ask_tool_asks_another_agent_whose_call_is_traced_and_counted()
     own = sum(len(str(m.get("content") or "").split()) for r in server.completions("gpt-4o-mini") for m in r.messages)
     assert output.usage.prompt_tokens == own + expert.usage.prompt_tokens == result.usage.prompt_tokens
     assert output.cost_usd is None and result.unpriced_models == ["openai/expert"]
+    # Two steps of its own and the expert's call: three model calls, as an eval counts them.
+    assert output.tool_steps == 2 and output.model_calls == result.model_calls == 3 == len(server.completions())
     # The asked agent's call sends no events of its own: it is in the tool call's event.
     assert [e.kind for e in events if e.kind.startswith("call")] == ["call_started", "call_started", "call_finished"]
 

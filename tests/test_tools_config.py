@@ -3,6 +3,7 @@ paths, plugins, and the worst cases that plans give for tool loops."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 import moa
+from moa.cli import main
 from moa.recipe import tools as tool_registry
 from moa.testing import FakeProvider
 
@@ -266,6 +268,44 @@ def test_plans_count_every_step_of_a_tool_loop_and_every_ask() -> None:
     # Two questions of 4,000 one-token characters each (less the shorter tool definition of `ask`, per step).
     assert asking is not None and python is not None and 2 * 4000 > asking - python > 2 * 4000 - 100
     assert worst(tools=[{"name": "ask", "agent": {"model": "openai/unpriced"}}]) is None
+
+
+def test_call_counts_cover_every_step_of_a_tool_loop_and_every_ask_at_its_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def propose(**agent: Any) -> dict[str, Any]:
+        return {"name": "t", "layers": [{"kind": "propose", "agents": [{"model": "openai/a", **agent}]}]}
+
+    def with_vote(recipe: dict[str, Any]) -> dict[str, Any]:
+        return {**recipe, "layers": [*recipe["layers"], {"kind": "vote"}]}
+
+    asked = {"model": "openai/b", "tools": ["python"], "max_steps": 2, "max_tool_calls": 1}  # its 2 steps at most
+    cases = [
+        (propose(), 1, False),
+        (with_vote(propose(n=2, tools=["python"], max_steps=3, max_tool_calls=5)), 2 * 3, True),  # python asks no model
+        (propose(tools=[{"name": "ask", "agent": {"model": "openai/b"}}], max_steps=3, max_tool_calls=2), 3 + 2, True),
+        (propose(tools=[{"name": "ask", "agent": asked}], max_steps=2, max_tool_calls=2), 2 + 2 * 2, True),
+        (propose(tools=[{"name": "ask", "recipe": "self-moa"}], max_steps=2, max_tool_calls=1), 2 + 7, True),
+    ]
+    for data, calls, vary in cases:
+        recipe = moa.load_recipe(data)
+        assert (recipe.calls_per_query, recipe.layers[0].calls_vary) == (calls, vary), data
+    debater = {"model": "openai/a", "n": 2, "tools": ["python"], "max_steps": 3}
+    debate = {"kind": "debate", "rounds": 2, "agents": [debater]}
+    assert moa.load_recipe(with_vote({"name": "t", "layers": [debate]})).calls_per_query == 2 * 3 * 2
+    fallback = {"model": "openai/c", "tools": [{"name": "ask", "agent": {"model": "openai/d"}}], "max_steps": 2,
+                "max_tool_calls": 1}  # fmt: skip
+    verify = {"kind": "verify", "checks": [{"type": "regex", "pattern": "x"}], "fallback": [fallback]}
+    checked = {"name": "t", "layers": [{"kind": "propose", "agents": [{"model": "openai/a"}]}, verify]}
+    assert moa.load_recipe(checked).calls_by_layer() == [1, 2 + 1]
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "loop.yaml").write_text(json.dumps({**cases[2][0], "name": "loop"}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipes", "list"]) == 0
+    (row,) = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("loop ")]
+    assert row[:5] == ["loop", "1", "up", "to", "5"]
+    assert main(["recipes", "show", "recipes/loop.yaml"]) == 0
+    assert "1 layers, at most 5 calls per query" in capsys.readouterr().out
 
 
 def test_the_live_view_shows_a_tool_loop_as_one_call_with_its_steps() -> None:

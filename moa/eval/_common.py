@@ -131,7 +131,7 @@ def trace_record(results: Sequence[MoAResult]) -> dict[str, Any]:
     return {
         "tokens": sum(r.usage.total_tokens for r in results),
         "cost_usd": None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
-        "calls": sum(len(r.calls) for r in results),
+        "calls": sum(r.model_calls for r in results),  # every step of a tool loop is a call
         "failed_calls": sum(sum(not c.ok for c in r.calls) for r in results),
         "latency_s": sum(r.latency_s for r in results),
         "traces": [r.model_dump(mode="json") for r in results],

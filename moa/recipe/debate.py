@@ -33,7 +33,7 @@ class DebateLayer(TemplatedLayer):
         return self
 
     def calls(self, inputs: int) -> int:
-        return sum(agent.n for agent in self.agents) * self.rounds
+        return sum(agent.n * agent.most_calls for agent in self.agents) * self.rounds
 
     def planned_steps(self) -> int | None:
         return self.rounds

@@ -44,8 +44,8 @@ class Layer(_Strict):
 
     @property
     def calls_vary(self) -> bool:
-        """Whether ``calls`` is a maximum that a run may not reach (repairs, escalations)."""
-        return False
+        """Whether ``calls`` is a maximum that a run may not reach (repairs, escalations, tool loops)."""
+        return any(agent.tools for agent in self.call_agents())
 
     def fewest_outputs(self, inputs: int) -> int:
         """The fewest candidates it passes on when it succeeds with ``inputs`` of them (quorums)."""
@@ -149,7 +149,7 @@ class AgentLayer(Layer):
         return list(self.agents)
 
     def calls(self, inputs: int) -> int:
-        return sum(agent.n for agent in self.agents)
+        return sum(agent.n * agent.most_calls for agent in self.agents)
 
     def outputs(self, inputs: int) -> int:
         return sum(agent.n for agent in self.agents)
@@ -271,7 +271,7 @@ class AggregateSeqLayer(TemplatedLayer):
         return None
 
     def calls(self, inputs: int) -> int:
-        return len(seq_windows(inputs, self.effective_window))
+        return len(seq_windows(inputs, self.effective_window)) * self.agents[0].most_calls
 
     def outputs(self, inputs: int) -> int:
         return 1

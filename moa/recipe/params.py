@@ -239,6 +239,16 @@ class Agent(CallParams):
         """The most tool calls one answer of this agent runs (0 without tools)."""
         return (self.max_tool_calls or DEFAULT_MAX_TOOL_CALLS) if self.tools else 0
 
+    @property
+    def most_calls(self) -> int:
+        """The most model calls one answer of this agent makes: each step of its tool loop, and every tool call
+        an `ask` at its most (the agent asked, or every call of the recipe asked)."""
+        if not self.tools:
+            return 1
+        asks = [tool.agent.most_calls if tool.agent is not None else tool._loaded.calls_per_query
+                for tool in self.tools if tool.agent is not None or tool._loaded is not None]  # fmt: skip
+        return self.steps + self.tool_call_limit * max(asks, default=0)
+
     @field_validator("max_steps")
     @classmethod
     def _room_for_a_tool(cls, value: int | None) -> int | None:

@@ -220,14 +220,17 @@ class VerifyLayer(Layer):
 
     def calls(self, inputs: int) -> int:
         extra = self.repairs + len(self.fallback)  # at most this many new answers, each checked too
-        return len(self.judges()) * (inputs + extra) + extra
+        answering = [agent.most_calls for agent in self.fallback]
+        # A repair by the writer itself is counted as one call.
+        answering += [self.repair_with.most_calls if self.repair_with else 1] * self.repairs
+        return len(self.judges()) * (inputs + extra) + sum(answering)
 
     def outputs(self, inputs: int) -> int:
         return min(1, inputs) if self.keep == "first" else max(inputs, 1)
 
     @property
     def calls_vary(self) -> bool:
-        return bool(self.repairs or self.fallback)
+        return bool(self.repairs or self.fallback) or super().calls_vary
 
     def describe(self, inputs: int) -> list[str]:
         kinds = ", ".join(check.type for check in self.checks)
