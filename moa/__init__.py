@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         CallbackError,
         CallSite,
         CallTimeoutError,
+        CascadeError,
         ConfigError,
         DeadlineExceeded,
         ExecutionError,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
         RateLimitedError,
         RecipeError,
         RequestRejectedError,
+        RouteError,
         RunError,
         StageError,
         TemplateError,
@@ -46,7 +48,17 @@ if TYPE_CHECKING:
     from moa.events import Event
     from moa.recipe import Agent, CallParams, Layer, ProviderLimit, Recipe, RetryPolicy, SelfMoA, Tool
     from moa.recipe.tools import register_tool
-    from moa.result import AgentOutput, CallError, Candidate, LayerResult, MoAResult, ToolCall, Usage, Verdict
+    from moa.result import (
+        AgentOutput,
+        CallError,
+        Candidate,
+        Decision,
+        LayerResult,
+        MoAResult,
+        ToolCall,
+        Usage,
+        Verdict,
+    )
 
 __version__ = "0.1.0"
 
@@ -57,6 +69,7 @@ _EXPORTS = {
     "BadResponseError": "moa._errors",
     "Budget": "moa._call",
     "Candidate": "moa.result",
+    "Decision": "moa.result",
     "BudgetExceeded": "moa._errors",
     "CallError": "moa.result",
     "CallParams": "moa.recipe",
@@ -65,6 +78,8 @@ _EXPORTS = {
     "CallTimeoutError": "moa._errors",
     "Completion": "moa._provider",
     "ConfigError": "moa._errors",
+    "CascadeError": "moa._errors",
+    "RouteError": "moa._errors",
     "DeadlineExceeded": "moa._errors",
     "Estimate": "moa._stages",
     "EstimateContext": "moa._stages",
@@ -138,7 +153,9 @@ __all__ = [
     "CallTimeoutError",
     "CallbackError",
     "Candidate",
+    "Decision",
     "Completion",
+    "CascadeError",
     "ConfigError",
     "DeadlineExceeded",
     "Estimate",
@@ -163,6 +180,7 @@ __all__ = [
     "RecipeError",
     "Request",
     "RequestRejectedError",
+    "RouteError",
     "RetryPolicy",
     "RunError",
     "SelfMoA",

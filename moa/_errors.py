@@ -257,6 +257,29 @@ class ExecutionError(VerificationError):
         self.considered = []
 
 
+class CascadeError(_Partial):
+    """A ``cascade`` stage ended without an answer: its last tier failed (or, cost-aware, every tier it ran did).
+
+    ``decisions`` holds every escalation before it (``moa.Decision``), each with its score; ``partial`` is the
+    trace, the calls of every tier that ran included.
+    """
+
+    def __init__(self, layer: int, problem: str, decisions: Sequence[Any] = ()) -> None:
+        super().__init__(f"layer {layer} (cascade): {problem}")
+        self.layer = layer
+        self.decisions = list(decisions)
+
+
+class RouteError(_Partial):
+    """A ``route`` stage sent the prompt nowhere (no rule matched and there is no `default`; the router's
+    answer named no route), or the route it chose failed.  ``decisions`` holds the router's choice, if any."""
+
+    def __init__(self, layer: int, problem: str, decisions: Sequence[Any] = ()) -> None:
+        super().__init__(f"layer {layer} (route): {problem}")
+        self.layer = layer
+        self.decisions = list(decisions)
+
+
 def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -262,6 +263,7 @@ def _completion(litellm: ModuleType, response: Any, request: Request) -> Complet
     usage = getattr(response, "usage", None)
     return Completion(
         top_logprobs=_first_token_logprobs(choices[0]),
+        mean_logprob=_mean_logprob(choices[0]),
         text=text,
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
@@ -290,11 +292,27 @@ def _finish_reason(choice: Any) -> str | None:
     return reason if isinstance(reason, str) else None
 
 
-def _first_token_logprobs(choice: Any) -> dict[str, float] | None:
+def _logprob_entries(choice: Any) -> list[Any]:
+    """The per-token entries of a choice's ``logprobs.content`` (an object or a dict), or none."""
     logprobs = getattr(choice, "logprobs", None)
     content = getattr(logprobs, "content", None) if logprobs is not None else None
     if isinstance(logprobs, dict):
         content = logprobs.get("content")
+    return list(content) if isinstance(content, list | tuple) else []
+
+
+def _mean_logprob(choice: Any) -> float | None:
+    """The mean logprob of the answer's tokens (None without any)."""
+    values = []
+    for entry in _logprob_entries(choice):
+        value = entry.get("logprob") if isinstance(entry, dict) else getattr(entry, "logprob", None)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            values.append(float(value))
+    return sum(values) / len(values) if values else None
+
+
+def _first_token_logprobs(choice: Any) -> dict[str, float] | None:
+    content = _logprob_entries(choice)
     if not content:
         return None
     first = content[0]

@@ -52,6 +52,8 @@ class Completion:
     top_logprobs: dict[str, float] | None = None
     #: Why the provider stopped (``stop``, ``length``...), when it said.
     finish_reason: str | None = None
+    #: The mean logprob of the answer's tokens, when the request asked for ``logprobs`` and the provider gave them.
+    mean_logprob: float | None = None
     #: The functions the model asked to call (only when the request offered ``tools``); ``text`` may then be empty.
     tool_calls: tuple[ToolRequest, ...] = ()
 

@@ -90,6 +90,11 @@ class AgentOutput(BaseModel):
     top_logprobs: dict[str, float] | None = Field(
         None, description="First token's top alternatives {token: logprob}, when requested."
     )
+    mean_logprob: float | None = Field(
+        None,
+        description="The mean logprob of the answer's tokens, when requested and given (`cascade` with a "
+        "`confidence` score): exp of it is the answer's confidence.",
+    )
     finish_reason: str | None = Field(None, description="Why the provider stopped (`stop`, `length`...), if said.")
     tool_calls: list[ToolCall] = Field(
         default_factory=list, description="Every function call of the agent's tool loop, in order (agents with tools)."
@@ -182,6 +187,24 @@ class Candidate(BaseModel):
         )
 
 
+class Decision(BaseModel):
+    """One choice a controlling stage made (`cascade`, `route`): what it chose, on what score, and why."""
+
+    option: str = Field(description="The tier or route it is about (its `name`, else `tier N` / `route N`).")
+    index: int = Field(description="0-based index of that tier or route in the stage's config.")
+    action: Literal["accept", "escalate", "failed", "run", "route"] = Field(
+        description="`accept`: this answer is the stage's; `escalate`: its score fell short, the next tier runs; "
+        "`failed`: its call failed (the cascade goes on); `run`: cost-aware, this tier runs next; `route`: the "
+        "router sent the prompt here."
+    )
+    score: float | None = Field(None, description="The score the choice read (None: none could be had).")
+    threshold: float | None = Field(None, description="The bar it was held to, when there is one.")
+    gain: float | None = Field(
+        None, description="Cost-aware: expected quality gained minus `cost_weight` x expected cost, for `run`."
+    )
+    reason: str = Field("", description="Why, in words.")
+
+
 class LayerResult(BaseModel):
     """One layer: all of its calls, failed ones included, in agent order, and the candidates it passed on."""
 
@@ -200,6 +223,17 @@ class LayerResult(BaseModel):
         "answer and votes; `rank`: score; `verify`: verdicts, repairs and fallbacks included); empty for "
         "stages that write answers.",
     )
+
+    decisions: list[Decision] = Field(
+        default_factory=list,
+        description="Every routing and escalation choice of the stage (`cascade`, `route`), in order.",
+    )
+
+    @property
+    def answered_by(self) -> str | None:
+        """The tier or route whose answer the stage passed on (None for stages that choose no such thing)."""
+        chosen = [d.option for d in self.decisions if d.action in ("accept", "route")]
+        return chosen[-1] if chosen else None
 
     def passed_on(self) -> list[Candidate]:
         """What the layer passed on: ``candidates``; for a trace written before stages kept them, the

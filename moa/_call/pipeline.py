@@ -266,4 +266,5 @@ class Caller:
             total([record.paid_cost, completion.cost_usd]),
             completion.top_logprobs,
             completion.finish_reason,
+            mean_logprob=completion.mean_logprob,
         )

@@ -82,6 +82,8 @@ class Tracer:
         logprobs: dict[str, float] | None,
         finish_reason: str | None = None,
         tools: Sequence[ToolCall] = (),
+        *,
+        mean_logprob: float | None = None,
     ) -> AgentOutput:
         output = output_of(
             record,
@@ -92,6 +94,7 @@ class Tracer:
             top_logprobs=logprobs,
             finish=finish_reason,
             tools=tools,
+            mean_logprob=mean_logprob,
         )
         self._keep(output)
         self.emit("call_finished", record.spec.site.layer, record, attempt=record.attempts, output=output)
@@ -137,6 +140,7 @@ def output_of(
     top_logprobs: dict[str, float] | None = None,
     finish: str | None = None,
     tools: Sequence[ToolCall] = (),
+    mean_logprob: float | None = None,
 ) -> AgentOutput:
     """The trace entry of one call (failed calls cost what they paid: 0.0 unless an answer was refused)."""
     site = record.spec.site
@@ -153,6 +157,7 @@ def output_of(
         error=error,
         usage=usage or Usage(),
         top_logprobs=top_logprobs,
+        mean_logprob=mean_logprob,
         finish_reason=finish,
         cost_usd=cost,
         latency_s=record.elapsed,

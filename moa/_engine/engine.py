@@ -34,10 +34,12 @@ from moa._call import (
 from moa._errors import (
     BudgetExceeded,
     CallbackError,
+    CascadeError,
     ConfigError,
     DeadlineExceeded,
     MissingAPIKeyError,
     QuorumError,
+    RouteError,
     StageError,
     UnpricedModelError,
     VerificationError,
@@ -49,7 +51,7 @@ from moa._stages import Outcome, StageContext, stage_of, writers_of
 from moa._tools import ToolRuntime, tool_runtime
 from moa.events import EventCallback
 from moa.recipe import CallParams, Recipe
-from moa.result import AgentOutput, Candidate, LayerResult, MoAResult, Usage, unpriced_models
+from moa.result import AgentOutput, Candidate, Decision, LayerResult, MoAResult, Usage, unpriced_models
 
 from .planning import run_worst_case
 
@@ -220,10 +222,13 @@ class Engine:
             layer_started = time.perf_counter()
             try:
                 outcome = await self._stage_run(ctx, inputs)
-            except (QuorumError, BudgetExceeded, CallbackError, VerificationError, StageError) as exc:
+            except (QuorumError, BudgetExceeded, CallbackError, VerificationError, StageError, CascadeError,
+                    RouteError) as exc:  # fmt: skip
                 recorded = exc.outputs if isinstance(exc, QuorumError) else ctx.recorded
                 considered = exc.considered if isinstance(exc, VerificationError) else ()
-                layers.append(_layer(index, layer.kind, recorded, layer_started, considered=considered))
+                decisions = getattr(exc, "decisions", ())  # a cascade's or router's choices before it stopped
+                layers.append(_layer(index, layer.kind, recorded, layer_started, considered=considered,
+                                     decisions=decisions))  # fmt: skip
                 exc.partial = self._result(conversation, layers, started, output="")
                 raise
             except asyncio.CancelledError:  # the run's deadline, or the caller cancelled
@@ -231,9 +236,9 @@ class Engine:
                 raise
             finally:
                 self._stage = None
-            layers.append(
-                _layer(index, layer.kind, ctx.recorded, layer_started, outcome.candidates, outcome.considered)
-            )
+            finished = _layer(index, layer.kind, ctx.recorded, layer_started, outcome.candidates, outcome.considered,
+                              outcome.decisions)  # fmt: skip
+            layers.append(finished)
             self._tracer.layer_finished(index + 1, layers[-1])
             inputs = outcome.candidates
         return self._result(conversation, layers, started, output=inputs[0].text)
@@ -244,7 +249,8 @@ class Engine:
         kind = ctx.layer.kind
         try:
             outcome = await stage_of(ctx.layer).run(ctx, inputs)
-        except (QuorumError, BudgetExceeded, CallbackError, VerificationError, StageError, asyncio.CancelledError):
+        except (QuorumError, BudgetExceeded, CallbackError, VerificationError, StageError, CascadeError, RouteError,
+                asyncio.CancelledError):  # fmt: skip
             raise
         except CallRefused as exc:  # a stage's own ctx.call, not caught: the budget said no
             raise BudgetExceeded(f"layer {ctx.index + 1}: {exc}") from None
@@ -283,6 +289,7 @@ def _layer(
     started: float,
     candidates: Sequence[Candidate] = (),
     considered: Sequence[Candidate] = (),
+    decisions: Sequence[Decision] = (),
 ) -> LayerResult:
     return LayerResult.model_construct(  # built from checked values: no re-validation
         index=index + 1,
@@ -291,4 +298,5 @@ def _layer(
         latency_s=time.perf_counter() - started,
         candidates=list(candidates),
         considered=list(considered),
+        decisions=list(decisions),
     )

@@ -30,7 +30,7 @@ from moa._prompt import Message
 from moa._provider import TokenCallback
 from moa._tools import RecipeCost, ToolRuntime, answer_worst_case, run_loop, tool_runtime
 from moa.recipe import Layer
-from moa.result import AgentOutput, Candidate
+from moa.result import AgentOutput, Candidate, Decision
 
 Factory = Callable[[], Awaitable[AgentOutput]]
 
@@ -49,6 +49,7 @@ class Outcome:
 
     candidates: list[Candidate]
     considered: list[Candidate] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)  # a controlling stage's choices (cascade, route)
 
 
 @dataclass

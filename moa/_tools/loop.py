@@ -181,7 +181,14 @@ def _answer(
             raise CallbackError("on_token", exc) from exc
     whole = loop.record(record)
     return caller.tracer.finished(
-        whole, text, whole.paid, whole.paid_cost, completion.top_logprobs, completion.finish_reason, loop.tools
+        whole,
+        text,
+        whole.paid,
+        whole.paid_cost,
+        completion.top_logprobs,
+        completion.finish_reason,
+        loop.tools,
+        mean_logprob=completion.mean_logprob,
     )
 
 

@@ -60,6 +60,8 @@ _REASONS = {
 Responder = Callable[[dict[str, Any], int], "str | dict[str, Any]"]
 #: Top alternatives of the first token for requests with ``logprobs: true``: {token: logprob}.
 LogprobsFn = Callable[[dict[str, Any], str], dict[str, float]]
+#: The logprob of every token (word) of an answer, for requests with ``logprobs: true`` (None: the first token only).
+TokenLogprobFn = Callable[[dict[str, Any], str], float]
 
 
 @dataclass
@@ -112,13 +114,16 @@ class LoopbackServer:
 
     ``latency_s`` delays every answer; ``latency_by_model`` overrides it per
     model; ``responder(body, index)`` writes the answer text (or a dict of function calls), cut to ``max_tokens``
-    words (``finish_reason: length``) when the request sets it.
+    words (``finish_reason: length``) when the request sets it.  With ``logprobs: true`` a reply carries the
+    first token's top alternatives (``logprobs``) and, when ``token_logprob`` is set, an entry for every word
+    with that logprob (so the mean logprob of the answer is exactly it).
     """
 
     latency_s: float = 0.0
     latency_by_model: dict[str, float] = field(default_factory=dict)
     responder: Responder = default_reply
     logprobs: LogprobsFn = default_logprobs
+    token_logprob: TokenLogprobFn | None = None
     port: int = 0
     requests: list[RecordedHTTP] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
@@ -289,13 +294,16 @@ class LoopbackServer:
             top = self.logprobs(body, text)
             first = next(iter(top), text)
             alternatives = [{"token": t, "logprob": v, "bytes": None} for t, v in top.items()]
+            each = self.token_logprob(body, text) if self.token_logprob is not None else None
             entry = {
                 "token": first,
-                "logprob": top.get(first, 0.0),
+                "logprob": top.get(first, 0.0) if each is None else each,
                 "bytes": None,
                 "top_logprobs": alternatives,
             }
-            payload["choices"][0]["logprobs"] = {"content": [entry]}  # type: ignore[index]
+            rest = text.split()[1:] if each is not None else []
+            entries = [entry, *({"token": word, "logprob": each, "bytes": None, "top_logprobs": []} for word in rest)]
+            payload["choices"][0]["logprobs"] = {"content": entries}  # type: ignore[index]
         await self._send(writer, 200, json.dumps(payload).encode())
         return True
 
