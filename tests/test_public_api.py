@@ -17,6 +17,8 @@ def test_public_names_are_pinned() -> None:
             "VerificationError", "register_stage", "ExecutionError",
             # tools: agents that call functions
             "Tool", "ToolCall", "register_tool",
+            # control: cascades and routers, their choices and their errors
+            "Decision", "CascadeError", "RouteError",
         ]
     )  # fmt: skip
     for name in moa.__all__:
