@@ -83,7 +83,7 @@ def _entered(path: Path, label: str) -> Iterator[None]:
     stack = _loading.get()
     if identity in stack:
         chain = " -> ".join([*stack[stack.index(identity) :], identity])
-        raise RecipeError(label, [("", f"the recipe is asked by an `ask` tool of its own, in a loop: {chain}")])
+        raise RecipeError(label, [("", f"the recipe runs itself, in a loop (an `ask` tool, a cascade tier): {chain}")])
     token = _loading.set((*stack, identity))
     try:
         yield
@@ -149,6 +149,11 @@ def _validate(data: dict[str, Any], label: str, base_dir: Path | None) -> Recipe
     for index, layer in enumerate(recipe.layers):
         for agent in layer.call_agents():
             _load_asked(agent, f"layers[{index}].{agent_path(layer, agent)}", label)
+        for where, answerer in layer.answerers():
+            if answerer.agent is not None:
+                _load_asked(answerer.agent, f"layers[{index}].{where}.agent", label)
+            if answerer.recipe is not None:
+                answerer._loaded = _load_named(answerer.recipe, f"layers[{index}].{where}.recipe", label)
     return recipe
 
 
@@ -160,11 +165,17 @@ def _load_asked(agent: Agent, path: str, label: str) -> None:
         if tool.agent is not None:
             _load_asked(tool.agent, f"{where}.agent", label)
         if tool.recipe is not None:
-            try:
-                tool._loaded = load_recipe(tool.recipe)
-            except RecipeError as exc:
-                problems = "; ".join(f"{inner}: {message}" if inner else message for inner, message in exc.problems)
-                raise RecipeError(label, [(f"{where}.recipe", f"{exc.source} does not load: {problems}")]) from None
+            tool._loaded = _load_named(tool.recipe, f"{where}.recipe", label)
+
+
+def _load_named(reference: str, where: str, label: str) -> Any:
+    """A recipe another one names (an `ask` tool's, a cascade tier's), loaded now: its problems are the naming
+    recipe's, at the field that names it."""
+    try:
+        return load_recipe(reference)
+    except RecipeError as exc:
+        problems = "; ".join(f"{inner}: {message}" if inner else message for inner, message in exc.problems)
+        raise RecipeError(label, [(where, f"{exc.source} does not load: {problems}")]) from None
 
 
 def error_lines(exc: pydantic.ValidationError) -> list[tuple[str, str]]:
@@ -183,6 +194,7 @@ _TAGGED = ("layers", "checks")
 _TAG_NAMES = {
     "kind_of": "kind",
     "_check_type": "type",
+    "_score_type": "type",
 }  # lists of a union told apart by a tag (`kind`, `type`) pydantic puts in paths
 
 

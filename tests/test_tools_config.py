@@ -210,8 +210,8 @@ def test_a_recipe_asked_as_a_tool_loads_with_the_recipe_and_may_not_ask_itself(t
     assert where == "layers[0].agents[0].tools[0].recipe"
     a, b = str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")
     assert why == (
-        f"{b} does not load: layers[0].agents[0].tools[0].recipe: {a} does not load: the recipe is asked by an "
-        f"`ask` tool of its own, in a loop: {a} -> {b} -> {a}"
+        f"{b} does not load: layers[0].agents[0].tools[0].recipe: {a} does not load: the recipe runs itself, in a "
+        f"loop (an `ask` tool, a cascade tier): {a} -> {b} -> {a}"
     )
     write("lost.yaml", "nowhere.yaml")
     assert problems(tmp_path / "lost.yaml") == [

@@ -78,7 +78,8 @@ class Engine:
         self._writers = writers_of(self.recipe.layers, self._specs)
         self._keys = self._resolve_keys()
         # The recipes `ask` tools may run, checked now (their keys too): each run of one is an Engine of its own.
-        self._asked = [self._nested(recipe) for recipe in nested_recipes(self.calls())]
+        answering = [a._loaded for layer in self.recipe.layers for _, a in layer.answerers() if a._loaded is not None]
+        self._asked = [self._nested(recipe) for recipe in [*nested_recipes(self.calls()), *answering]]
         self._layers: list[LayerResult] = []  # finished layers, for partial traces
         self._tracer = Tracer(self.on_event, record=self._record)
         self._stage: StageContext | None = None  # the stage in progress
@@ -113,10 +114,12 @@ class Engine:
         its budget is this run's (set when it starts); no events of its own (its calls are in the tool call)."""
         return Engine(recipe, self.provider, self.limiter, self.overrides, self.api_key, sleep=self.sleep)
 
-    async def _ask(self, recipe: Recipe, question: str) -> MoAResult:
+    async def _ask(self, recipe: Recipe, question: str | list[Message]) -> MoAResult:
+        """One run of a recipe an `ask` tool asks (``question``) or a stage's tier answers with (a conversation)."""
         nested = self._nested(recipe)
         nested.budget = self.budget
-        return await nested.run([{"role": "user", "content": question}])
+        conversation = [{"role": "user", "content": question}] if isinstance(question, str) else question
+        return await nested.run(conversation)
 
     def tool_runtime(self, caller: Caller) -> ToolRuntime:
         """What this run's tool calls need: a quiet copy of ``caller``, and this engine to run asked recipes."""

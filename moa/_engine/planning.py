@@ -49,6 +49,22 @@ def layer_worst_cases(
     ``reused_outputs`` are the (characters, tokens) of the outputs the layers
     before ``start`` passed on (re-aggregation).
     """
+    costs, unpriced, _ = _worst_cases(
+        pricing, recipe, conversation, overrides, start=start, reused_outputs=reused_outputs
+    )
+    return costs, unpriced
+
+
+def _worst_cases(
+    pricing: Pricing,
+    recipe: Recipe,
+    conversation: list[Message],
+    overrides: CallParams | None = None,
+    *,
+    start: int = 0,
+    reused_outputs: Sequence[tuple[int, int]] = (),
+) -> tuple[list[float | None], list[str], list[tuple[int, int]]]:
+    """``layer_worst_cases``, and the (characters, tokens) of what the last layer passes on at its longest."""
     costs: list[float | None] = []
     unpriced: set[str] = set()
     inputs = list(reused_outputs)
@@ -58,17 +74,25 @@ def layer_worst_cases(
         question: list[Message] = [{"role": "user", "content": "?" * QUESTION_CHARS}]
         return run_worst_case(pricing, nested, question, overrides)
 
+    def answered(nested: Recipe, on: list[Message]) -> tuple[float | None, list[str], int]:
+        """One run of a recipe that answers the conversation (a cascade tier): its worst case, and the most
+        tokens its answer can have."""
+        costs, missing, outputs = _worst_cases(pricing, nested, on, overrides)
+        return (None if missing else sum(c or 0.0 for c in costs)), missing, max((t for _, t in outputs), default=0)
+
     specs = [plan_layer(recipe, index, overrides) for index in range(len(recipe.layers))]
     writers = writers_of(recipe.layers, specs)
     for index in range(start, len(recipe.layers)):
         layer = recipe.layers[index]
         earlier = [writer for (at, _, _), writer in writers.items() if at <= index]
-        ctx = EstimateContext(index, layer, conversation, specs[index], pricing, earlier, recipe_cost=asked)
+        ctx = EstimateContext(
+            index, layer, conversation, specs[index], pricing, earlier, recipe_cost=asked, answer_cost=answered
+        )
         estimate = stage_of(layer).estimate(ctx, inputs)
         costs.append(estimate.cost)
         unpriced.update(estimate.unpriced)
         inputs = estimate.outputs
-    return costs, sorted(unpriced)
+    return costs, sorted(unpriced), inputs
 
 
 def run_worst_case(

@@ -13,6 +13,7 @@ from moa.recipe import Layer, registry
 from .aggregate import Aggregate
 from .aggregate_seq import AggregateSeq
 from .base import Estimate, EstimateContext, Outcome, Stage, StageContext, Writer, writers_of
+from .cascade import Cascade
 from .debate import Debate
 from .execute import Execute
 from .propose import Propose
@@ -29,6 +30,7 @@ STAGES: dict[str, Stage] = {
     "verify": Verify(),
     "debate": Debate(),
     "execute": Execute(),
+    "cascade": Cascade(),
 }
 
 

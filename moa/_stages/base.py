@@ -29,10 +29,12 @@ from moa._fanout import Abandoned, settle
 from moa._prompt import Message
 from moa._provider import TokenCallback
 from moa._tools import RecipeCost, ToolRuntime, answer_worst_case, run_loop, tool_runtime
-from moa.recipe import Layer
+from moa.recipe import Layer, Recipe
 from moa.result import AgentOutput, Candidate, Decision
 
 Factory = Callable[[], Awaitable[AgentOutput]]
+#: The worst case of one run of a recipe on a conversation, its unpriced models, and its longest answer in tokens.
+AnswerCost = Callable[["Recipe", list[Message]], tuple[float | None, list[str], int]]
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,8 @@ class EstimateContext:
     unpriced: list[str] = field(default_factory=list)
     #: The worst case of a recipe an ``ask`` tool runs (the engine's planning gives it).
     recipe_cost: RecipeCost | None = None
+    #: The worst case of a recipe run on a conversation, and its longest answer in tokens (a cascade tier's).
+    answer_cost: AnswerCost | None = None
 
     @property
     def question(self) -> str:
@@ -225,6 +229,19 @@ class EstimateContext:
             longest = max(longest, output_tokens(self.pricing, spec.model, spec.params))
         if worst is not None and specs:
             self.costs.append(worst * times)
+        return longest
+
+    def price_recipe(self, recipe: Recipe, times: int = 1) -> int:
+        """Add ``times`` runs of ``recipe`` on the conversation at their worst case; return the most tokens its
+        answer can have (a recipe that answers in a stage: a cascade tier, a route)."""
+        if self.answer_cost is None:
+            self.unpriced.append(recipe.name)
+            return 0
+        cost, unpriced, longest = self.answer_cost(recipe, self.conversation)
+        if cost is None:
+            self.unpriced += unpriced or [recipe.name]
+        else:
+            self.costs.append(cost * times)
         return longest
 
     def result(self, outputs: list[tuple[int, int]]) -> Estimate:

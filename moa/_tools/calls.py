@@ -55,8 +55,9 @@ PYTHON_DESCRIPTION = (
     "(standard output), or why it failed. Print every value you need."
 )
 
-#: Runs a whole recipe on one question (the engine's, given to the loop): its result, or a ``MoAError``.
-RecipeRunner = Callable[[Recipe, str], Awaitable[MoAResult]]
+#: Runs a whole recipe on one question, or a conversation (the engine's, given to the loop and to stages): its
+#: result, or a ``MoAError``.
+RecipeRunner = Callable[[Recipe, "str | list[Message]"], Awaitable[MoAResult]]
 #: One answer of an asked agent: a plain call, or a tool loop of its own (``moa._tools.loop`` gives it).
 Answerer = Callable[[CallSpec, list[Message]], Awaitable[AgentOutput]]
 

@@ -21,6 +21,7 @@ from pydantic import (
 from moa._errors import TemplateError
 
 from . import registry
+from .control import Answerer, CascadeLayer, ChecksScore, ConfidenceScore, JudgeScore, Tier
 from .debate import DebateLayer
 from .execution import ExecuteLayer
 from .layers import AgentLayer, AggregateLayer, AggregateSeqLayer, Layer, ProposeLayer, TemplatedLayer, seq_windows
@@ -32,6 +33,12 @@ __all__ = [
     "MAX_SECONDS",
     "AgentLayer",
     "Agent",
+    "Answerer",
+    "CascadeLayer",
+    "ChecksScore",
+    "ConfidenceScore",
+    "JudgeScore",
+    "Tier",
     "AgreeCheck",
     "AggregateLayer",
     "AggregateSeqLayer",
@@ -257,11 +264,15 @@ class Recipe(_Strict):
         for layer in self.layers:
             for agent in layer.call_agents():
                 add(agent)
+            for _, answerer in layer.answerers():
+                if isinstance(answerer._loaded, Recipe):
+                    seen.update(dict.fromkeys(answerer._loaded.models))
         return list(seen)
 
 
 for _config in (
     ProposeLayer, AggregateLayer, AggregateSeqLayer, VoteLayer, RankLayer, VerifyLayer, DebateLayer, ExecuteLayer,
+    CascadeLayer,
 ):  # fmt: skip
     registry.register_kind(_config)
 

@@ -70,6 +70,11 @@ class Layer(_Strict):
         """How many steps each agent takes, when the config alone says (``debate``: its rounds)."""
         return None
 
+    def answerers(self) -> list[tuple[str, Any]]:
+        """Who answers besides ``call_agents()``: (field path, ``Answerer``) for each tier or route that is an agent
+        or a recipe (``cascade``, ``route``); the loader loads their recipes, the engine checks their keys."""
+        return []
+
     def fixed_settings(self, agent: int) -> dict[str, Any]:
         """Settings the stage gives every call of its ``agent``-th call agent, whatever the agent says
         (a judge's one-token verdicts)."""

@@ -1,0 +1,295 @@
+"""``cascade``: ask a cheap tier first, score its answer, and escalate only when the score is low.
+
+``threshold`` (FrugalGPT) runs the tiers in order and stops at the first whose
+answer scores at least its ``accept``; the last tier's answer stands.
+``cost_aware`` (cascade routing) runs, at each step, the tier not yet run with the
+largest gain max(0, quality - best score so far) - ``cost_weight`` x cost, while
+that gain is positive (the first step runs one whatever its gain: an answer is
+needed); the answer with the highest score goes on, ties to the later tier.
+
+Every choice is a ``moa.Decision`` in the layer's trace, with its score.  A tier
+whose call (or recipe) fails is passed over; when the last tier fails, or every
+tier a cost-aware cascade ran did, the stage fails with ``moa.CascadeError``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from moa._errors import CascadeError, MoAError
+from moa._prompt import build_messages
+from moa.recipe import (
+    AgreeCheck,
+    CascadeLayer,
+    ChecksScore,
+    JsonSchemaCheck,
+    JudgeScore,
+    LLMCheck,
+    PythonCheck,
+    RegexCheck,
+    Tier,
+)
+from moa.result import AgentOutput, Candidate, Decision, Verdict
+
+from . import checks, verdicts
+from .base import Estimate, EstimateContext, Outcome, Stage, StageContext, bind, quoted
+from .rank import pointwise_messages
+
+#: What a tier's call asks for when its answer is scored by its own confidence.
+CONFIDENCE = {"logprobs": True, "drop_params": True}
+
+
+class Cascade(Stage):
+    async def run(self, ctx: StageContext, inputs: list[Candidate]) -> Outcome:
+        layer = ctx.layer
+        assert isinstance(layer, CascadeLayer)
+        run = _Run(ctx, layer)
+        if layer.strategy == "threshold":
+            return await run.in_order()
+        return await run.cost_aware()
+
+    def estimate(self, ctx: EstimateContext, inputs: list[tuple[int, int]]) -> Estimate:
+        """Every tier answers at its longest, and every answer is scored by every judge of the score."""
+        layer = ctx.layer
+        assert isinstance(layer, CascadeLayer)
+        longest = 0
+        agents = iter(ctx.specs)
+        for tier in layer.tiers:
+            if tier.agent is not None:
+                spec = next(agents)
+                extra = CONFIDENCE if layer.score.type == "confidence" else None
+                messages = build_messages(ctx.conversation, system=tier.agent.system)
+                longest = max(longest, ctx.price(spec, messages, (), extra))
+            else:
+                longest = max(longest, ctx.price_recipe(tier._loaded))
+        judges = list(agents)
+        for spec, prompt in zip(judges, _judge_prompts(layer, ctx.question), strict=True):
+            ctx.price(spec, prompt, [(0, longest)], verdicts.params(True), times=len(layer.tiers))
+        return ctx.result([(0, longest)])
+
+    def summary(self, outcome: Outcome, layer: int) -> str | None:
+        if not outcome.decisions:
+            return None
+        steps = []
+        for decision in outcome.decisions:
+            score = "" if decision.score is None else f" {decision.score:.2f}"
+            if decision.action in ("escalate", "accept", "failed"):
+                steps.append(f"{decision.option}{score} {decision.action}")
+        return "cascade: " + " -> ".join(steps)
+
+
+class _Run:
+    """One run of a cascade: the tiers asked so far, their scored answers, and the decisions."""
+
+    def __init__(self, ctx: StageContext, layer: CascadeLayer) -> None:
+        self.ctx = ctx
+        self.layer = layer
+        self.names = layer.names
+        self.answers: dict[int, Candidate] = {}  # tier index -> its scored answer
+        self.considered: list[Candidate] = []
+        self.decisions: list[Decision] = []
+        self.failures: list[str] = []
+        agents = iter(range(len(ctx.specs)))
+        self.spec_of = {i: next(agents) for i, tier in enumerate(layer.tiers) if tier.agent is not None}
+        self.judges = [ctx.specs[i] for i in agents]
+        self.here = ctx.index + 1
+        self.next_agent = len(ctx.specs)  # ids for a recipe tier's answer and calls, after the stage's own agents
+
+    def decide(self, index: int, action: str, reason: str, **fields: float | None) -> None:
+        self.decisions.append(Decision(option=self.names[index], index=index, action=action, reason=reason, **fields))
+
+    def fail(self, problem: str) -> CascadeError:
+        return CascadeError(self.here, problem + "".join(f"\n  {why}" for why in self.failures), self.decisions)
+
+    async def in_order(self) -> Outcome:
+        last = len(self.layer.tiers) - 1
+        for index, tier in enumerate(self.layer.tiers):
+            answer = await self.ask(index, tier)
+            if answer is None:
+                if index == last:
+                    raise self.fail(f"the last tier, {self.names[index]}, gave no answer")
+                continue
+            if index == last:
+                self.decide(index, "accept", "the last tier's answer stands", score=answer.score)
+                return self.outcome(answer)
+            assert tier.accept is not None
+            if answer.score is not None and answer.score >= tier.accept:
+                reason = f"score {answer.score:.3g} >= {tier.accept:g}"
+                self.decide(index, "accept", reason, score=answer.score, threshold=tier.accept)
+                return self.outcome(answer)
+            reason = "no score" if answer.score is None else f"score {answer.score:.3g} < {tier.accept:g}"
+            self.decide(index, "escalate", reason, score=answer.score, threshold=tier.accept)
+        raise AssertionError("unreachable: the last tier accepts or fails")
+
+    async def cost_aware(self) -> Outcome:
+        weight = self.layer.cost_weight or 0.0
+        tried: set[int] = set()
+        while len(tried) < len(self.layer.tiers):
+            best = max((a.score or 0.0 for a in self.answers.values()), default=0.0)
+            gains = {
+                i: max(0.0, (t.quality or 0.0) - best) - weight * (t.cost or 0.0)
+                for i, t in enumerate(self.layer.tiers)
+                if i not in tried
+            }
+            index = max(gains, key=lambda i: (gains[i], -i))  # ties: the cheaper (earlier) tier
+            if self.answers and gains[index] <= 0:
+                break
+            why = (
+                f"gain {gains[index]:+.3g} = max(0, quality {self.layer.tiers[index].quality:g} - best {best:.3g}) - "
+                f"{weight:g} x cost {self.layer.tiers[index].cost:g}"
+            )
+            if not self.answers and gains[index] <= 0:
+                why += "; no answer yet, so the best of the tiers left runs"
+            self.decide(index, "run", why, gain=gains[index])
+            tried.add(index)
+            await self.ask(index, self.layer.tiers[index])
+        if not self.answers:
+            raise self.fail(f"none of the {len(tried)} tiers it ran gave an answer")
+        index = max(self.answers, key=lambda i: (self.answers[i].score or 0.0, i))  # ties: the later tier
+        chosen = self.answers[index]
+        self.decide(index, "accept", "the highest score of the tiers run", score=chosen.score)
+        return self.outcome(chosen)
+
+    def outcome(self, answer: Candidate) -> Outcome:
+        return Outcome([answer], list(self.considered), list(self.decisions))
+
+    async def ask(self, index: int, tier: Tier) -> Candidate | None:
+        """The tier's scored answer (None, with a `failed` decision, when it gave none)."""
+        if tier.agent is not None:
+            answer = await self._ask_agent(index, tier)
+        else:
+            answer = await self._ask_recipe(index, tier)
+        if answer is None:
+            return None
+        scored = await self.score(answer)
+        self.answers[index] = scored
+        self.considered.append(scored)
+        return scored
+
+    async def _ask_agent(self, index: int, tier: Tier) -> Candidate | None:
+        assert tier.agent is not None
+        spec = self.ctx.specs[self.spec_of[index]]
+        messages = build_messages(self.ctx.conversation, system=tier.agent.system)
+        extra = CONFIDENCE if self.layer.score.type == "confidence" else None
+        call = bind(self.ctx.call, spec, messages, step=index + 1, params=extra)
+        (output,) = await self.ctx.fanout([(spec, call)], quorum=False)
+        if not output.ok:
+            why = f"{output.error.type}: {output.error.message}" if output.error else "no answer"
+            self.failures.append(f"{self.names[index]}: {why}")
+            self.decide(index, "failed", f"its call failed ({why})")
+            return None
+        candidate = Candidate.of(output)
+        if self.layer.score.type == "confidence":
+            candidate.score = _confidence(output)
+        return candidate
+
+    async def _ask_recipe(self, index: int, tier: Tier) -> Candidate | None:
+        ctx = self.ctx
+        if ctx.tools is None or ctx.tools.run_recipe is None:
+            raise self.fail(f"{self.names[index]} is a recipe, and no engine runs this stage")
+        mine = self.next_agent  # the tier's answer counts as one agent (agreement); its calls follow
+        self.next_agent += 1
+        try:
+            result = await ctx.tools.run_recipe(tier._loaded, ctx.conversation)
+        except MoAError as exc:
+            partial = getattr(exc, "partial", None)
+            if partial is not None:
+                self._record(index, list(partial.calls))
+            if not _answer_failed(exc):
+                raise
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.failures.append(f"{self.names[index]}: {why}")
+            self.decide(index, "failed", f"its recipe failed ({why})")
+            return None
+        self._record(index, list(result.calls))
+        final = result.layers[-1].passed_on()[:1] if result.layers else []
+        tokens = final[0].completion_tokens if final else 0
+        return Candidate.model_construct(
+            text=result.output, layer=self.here, agent=mine, sample=0, step=index + 1,
+            model=f"recipe:{tier._loaded.name}", completion_tokens=tokens,
+            finish_reason=final[0].finish_reason if final else None, answer=None, votes=None, score=None,
+            verdicts=[], agreement=None, execution=None,
+        )  # fmt: skip
+
+    def _record(self, index: int, calls: list[AgentOutput]) -> None:
+        """The calls a tier's recipe made, as calls of this layer (after its own agents), named by the tier."""
+        for call in calls:
+            update = {"layer": self.here, "agent": self.next_agent, "step": index + 1,
+                      "name": f"{self.names[index]}: {call.name}"}  # fmt: skip
+            self.next_agent += 1
+            self.ctx.recorded.append(call.model_copy(update=update))
+
+    async def score(self, answer: Candidate) -> Candidate:
+        """The answer with its score (0 to 1; None when none could be had) and any verdicts."""
+        score = self.layer.score
+        if isinstance(score, JudgeScore):
+            (output,) = await self._judge([pointwise_messages(score.instruction, self.ctx.question, answer.text)],
+                                          answer, score.logprobs)  # fmt: skip
+            p_yes = verdicts.probability(output, "yes", "no")
+            found = checks.verdict("judge", bool(p_yes is not None and p_yes >= 0.5),
+                                   _judged(output, p_yes), self.here)  # fmt: skip
+            return answer.model_copy(update={"score": p_yes, "verdicts": [*answer.verdicts, found]})
+        if isinstance(score, ChecksScore):
+            return await self._checks(score, answer)
+        return answer  # confidence: read from the call itself
+
+    async def _checks(self, score: ChecksScore, answer: Candidate) -> Candidate:
+        judged = [c for c in score.checks if isinstance(c, LLMCheck)]
+        prompts = [checks.llm_messages(c, self.ctx.question, answer.text) for c in judged]
+        outputs = iter(await self._judge(prompts, answer, True)) if prompts else iter(())
+        found: list[Verdict] = []
+        agreement = answer.agreement
+        for check in score.checks:
+            if isinstance(check, LLMCheck):
+                found.append(checks.llm(check, next(outputs), self.here))
+            elif isinstance(check, RegexCheck):
+                found.append(checks.regex(check, answer.text, self.here))
+            elif isinstance(check, JsonSchemaCheck):
+                found.append(checks.json_schema(check, answer.text, self.here))
+            elif isinstance(check, PythonCheck):
+                found.append(await checks.python(check, answer.text, self.ctx.question, self.here))
+            elif isinstance(check, AgreeCheck):  # the answers of the tiers run before it
+                agreed, agreement = checks.agree(check, answer, self.considered, self.ctx.question, self.here)
+                found.append(agreed)
+        passed = sum(v.passed for v in found) / len(found)
+        update = {"score": passed, "verdicts": [*answer.verdicts, *found], "agreement": agreement}
+        return answer.model_copy(update=update)
+
+    async def _judge(self, prompts: list[list[dict[str, str]]], answer: Candidate, logprobs: bool) -> list[AgentOutput]:
+        settings = verdicts.params(logprobs)
+        steps = len(self.ctx.recorded)
+        calls = [(spec, bind(self.ctx.call, spec, messages, step=steps + n + 1, params=settings,
+                             embedded=quoted([answer])))
+                 for n, (spec, messages) in enumerate(zip(self.judges, prompts, strict=True))]  # fmt: skip
+        return await self.ctx.fanout(calls, quorum=False)  # a failed verdict is no score, not a failed stage
+
+
+def _confidence(output: AgentOutput) -> float | None:
+    return None if output.mean_logprob is None else math.exp(output.mean_logprob)
+
+
+def _judged(output: AgentOutput, p_yes: float | None) -> str:
+    if not output.ok:
+        why = f"{output.error.type}: {output.error.message}" if output.error else "no answer"
+        return f"{checks.UNAVAILABLE} ({why})"
+    if p_yes is None:
+        return f"the judge gave no verdict (it said {output.text!r})"
+    return f"P(yes) = {p_yes:.3g}"
+
+
+def _answer_failed(exc: MoAError) -> bool:
+    """Whether a tier's recipe failed for want of an answer (the cascade goes on), not for the run's sake (a
+    budget, a deadline, a callback: those stop the run)."""
+    from moa._errors import BudgetExceeded, CallbackError, DeadlineExceeded
+
+    return not isinstance(exc, BudgetExceeded | CallbackError | DeadlineExceeded)
+
+
+def _judge_prompts(layer: CascadeLayer, question: str) -> list[list[dict[str, str]]]:
+    """The prompt each judge of the score is sent, with an empty answer (for estimates)."""
+    score = layer.score
+    if isinstance(score, JudgeScore):
+        return [pointwise_messages(score.instruction, question, "")]
+    if isinstance(score, ChecksScore):
+        return [checks.llm_messages(c, question, "") for c in score.checks if isinstance(c, LLMCheck)]
+    return []
