@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,7 @@ from moa._errors import (
 )
 from moa._local import PREFIX as LOCAL_PREFIX
 from moa._local import check_installed, ensure_server, is_local
+from moa._logprobs import first_token_logprobs, mean_logprob
 from moa._provider import Completion, Request, TokenCallback, ToolRequest
 from moa._secrets import redact
 
@@ -262,8 +262,8 @@ def _completion(litellm: ModuleType, response: Any, request: Request) -> Complet
         raise BadResponseError("the response has no text content", model=request.model)
     usage = getattr(response, "usage", None)
     return Completion(
-        top_logprobs=_first_token_logprobs(choices[0]),
-        mean_logprob=_mean_logprob(choices[0]),
+        top_logprobs=first_token_logprobs(choices[0]),
+        mean_logprob=mean_logprob(choices[0]),
         text=text,
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
@@ -290,40 +290,6 @@ def _tool_calls(message: Any) -> tuple[ToolRequest, ...]:
 def _finish_reason(choice: Any) -> str | None:
     reason = getattr(choice, "finish_reason", None)
     return reason if isinstance(reason, str) else None
-
-
-def _logprob_entries(choice: Any) -> list[Any]:
-    """The per-token entries of a choice's ``logprobs.content`` (an object or a dict), or none."""
-    logprobs = getattr(choice, "logprobs", None)
-    content = getattr(logprobs, "content", None) if logprobs is not None else None
-    if isinstance(logprobs, dict):
-        content = logprobs.get("content")
-    return list(content) if isinstance(content, list | tuple) else []
-
-
-def _mean_logprob(choice: Any) -> float | None:
-    """The mean logprob of the answer's tokens (None without any)."""
-    values = []
-    for entry in _logprob_entries(choice):
-        value = entry.get("logprob") if isinstance(entry, dict) else getattr(entry, "logprob", None)
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            values.append(float(value))
-    return sum(values) / len(values) if values else None
-
-
-def _first_token_logprobs(choice: Any) -> dict[str, float] | None:
-    content = _logprob_entries(choice)
-    if not content:
-        return None
-    first = content[0]
-    alternatives = first.get("top_logprobs") if isinstance(first, dict) else getattr(first, "top_logprobs", None)
-    result: dict[str, float] = {}
-    for item in alternatives or []:
-        token = item.get("token") if isinstance(item, dict) else getattr(item, "token", None)
-        value = item.get("logprob") if isinstance(item, dict) else getattr(item, "logprob", None)
-        if isinstance(token, str) and isinstance(value, int | float):
-            result.setdefault(token, float(value))
-    return result or None
 
 
 def _cost(litellm: ModuleType, response: Any, model: str) -> float | None:

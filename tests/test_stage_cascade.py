@@ -54,7 +54,10 @@ async def test_a_tier_stops_at_or_above_its_threshold_and_escalates_below(
     if len(models) == 2:
         last = layer.decisions[1]
         assert (last.option, last.action, last.score, last.reason) == (
-            "openai/big", "accept", 1.0, "the last tier's answer stands"
+            "openai/big",
+            "accept",
+            1.0,
+            "the last tier's answer stands",
         )
     # Each tier is sent the conversation with its own system prompt, and nothing of the tiers before it.
     small, *rest = server.requests
@@ -143,7 +146,8 @@ async def test_cost_aware_goes_on_while_a_tier_gains_and_keeps_the_best_scored_a
     # First: small 0.55, medium 0.6, big 0.75 -> big (score 1.0); then nothing gains: stop.
     assert asked(server) == ["big"] and result.output == "Answer: 6"
     (run, accept) = result.layers[0].decisions
-    assert run.gain == pytest.approx(0.75) and run.reason == "gain +0.75 = max(0, quality 0.95 - best 0) - 0.05 x cost 4"
+    assert run.gain == pytest.approx(0.75)
+    assert run.reason == "gain +0.75 = max(0, quality 0.95 - best 0) - 0.05 x cost 4"
     assert (accept.action, accept.score, accept.reason) == ("accept", 1.0, "the highest score of the tiers run")
     # With the big tier failing (400), the next best runs, and every answer it got is kept to choose from.
     server.add_fault("400", times=1, model="big")
@@ -239,7 +243,9 @@ def cascade_layer(**fields: Any) -> dict[str, Any]:
         ({"score": {"type": "vibes"}}, "layers[0].score.type", "vibes"),
     ],
 )  # fmt: skip
-def test_a_cascade_that_cannot_work_is_refused_naming_its_field(fields: dict[str, Any], where: str, message: str) -> None:
+def test_a_cascade_that_cannot_work_is_refused_naming_its_field(
+    fields: dict[str, Any], where: str, message: str
+) -> None:
     found = problems(cascade_layer(**fields))
     assert any(path == where and message in text for path, text in found), found
 
@@ -247,7 +253,8 @@ def test_a_cascade_that_cannot_work_is_refused_naming_its_field(fields: dict[str
 def test_a_tier_recipe_that_does_not_load_is_named_with_the_field(tmp_path: Path) -> None:
     layer = cascade_layer(tiers=[tier("a", accept=0.5), {"recipe": str(tmp_path / "missing.yaml")}],
                           score={"type": "checks", "checks": HALF})  # fmt: skip
-    assert problems(layer) == [("layers[0].tiers[1].recipe", f"{tmp_path / 'missing.yaml'} does not load: file not found")]
+    missing = f"{tmp_path / 'missing.yaml'} does not load: file not found"
+    assert problems(layer) == [("layers[0].tiers[1].recipe", missing)]
 
 
 def test_plans_and_listings_count_every_tier_and_every_judge_call() -> None:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from moa.testing._logprobs import LogprobsFn, TokenLogprobFn, default_logprobs, logprobs_content
 from moa.testing._toolcalls import stream_delta, tool_message
 
 FAULT_KINDS = (
@@ -58,10 +59,6 @@ _REASONS = {
 
 #: Writes the answer to a request: text, or a dict of function calls (``moa.testing._toolcalls``).
 Responder = Callable[[dict[str, Any], int], "str | dict[str, Any]"]
-#: Top alternatives of the first token for requests with ``logprobs: true``: {token: logprob}.
-LogprobsFn = Callable[[dict[str, Any], str], dict[str, float]]
-#: The logprob of every token (word) of an answer, for requests with ``logprobs: true`` (None: the first token only).
-TokenLogprobFn = Callable[[dict[str, Any], str], float]
 
 
 @dataclass
@@ -95,11 +92,6 @@ class RecordedHTTP:
     @property
     def messages(self) -> list[dict[str, Any]]:
         return list((self.body or {}).get("messages", []))
-
-
-def default_logprobs(body: dict[str, Any], text: str) -> dict[str, float]:
-    first = text.split()[0] if text.split() else text
-    return {first: -0.1, "?": -2.4}
 
 
 def default_reply(body: dict[str, Any], index: int) -> str:
@@ -291,19 +283,8 @@ class LoopbackServer:
             "usage": usage,
         }
         if body.get("logprobs"):
-            top = self.logprobs(body, text)
-            first = next(iter(top), text)
-            alternatives = [{"token": t, "logprob": v, "bytes": None} for t, v in top.items()]
             each = self.token_logprob(body, text) if self.token_logprob is not None else None
-            entry = {
-                "token": first,
-                "logprob": top.get(first, 0.0) if each is None else each,
-                "bytes": None,
-                "top_logprobs": alternatives,
-            }
-            rest = text.split()[1:] if each is not None else []
-            entries = [entry, *({"token": word, "logprob": each, "bytes": None, "top_logprobs": []} for word in rest)]
-            payload["choices"][0]["logprobs"] = {"content": entries}  # type: ignore[index]
+            payload["choices"][0]["logprobs"] = logprobs_content(self.logprobs(body, text), text, each)  # type: ignore[index]
         await self._send(writer, 200, json.dumps(payload).encode())
         return True
 
