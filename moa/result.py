@@ -203,6 +203,10 @@ class Decision(BaseModel):
         None, description="Cost-aware: expected quality gained minus `cost_weight` x expected cost, for `run`."
     )
     reason: str = Field("", description="Why, in words.")
+    cost_usd: float | None = Field(
+        None, description="What the tier or route it is about cost to answer (its scoring excluded), once it ran."
+    )
+    tokens: int | None = Field(None, description="The tokens that answer took, once it ran.")
 
 
 class LayerResult(BaseModel):

@@ -266,3 +266,46 @@ def test_plans_and_listings_count_every_tier_and_every_judge_call() -> None:
     assert plan.calls == 6 and plan.agents == ["openai/a", "openai/b", "openai/c", "openai/j"]
     lines = recipe.layers[0].describe(0)
     assert lines[1] == "openai/a (stop at 0.5) -> openai/b (stop at 0.5) -> openai/c (its answer stands)"
+
+
+def test_an_eval_says_who_answered_how_often_and_what_escalating_saved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Four questions; the small tier is sure (confidence 0.9) of the first three and unsure of the last."""
+    import json
+
+    from moa.cli import main
+    from moa.testing import LoopbackServer
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        question = body["messages"][-1]["content"]
+        return "Answer: 4 is right here" if body["model"] == "big" else f"Answer: {question[-1]}"
+
+    def token_logprob(body: dict[str, Any], text: str) -> float:
+        unsure = body["model"] == "small" and body["messages"][-1]["content"].endswith("4")
+        return math.log(0.3 if unsure else 0.9)
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"id": f"q{n}", "prompt": f"Say {n}", "answers": [str(n)]}) + "\n"
+                                 for n in (1, 2, 3, 4)))  # fmt: skip
+    with LoopbackServer(responder=reply, token_logprob=token_logprob) as server:
+        recipe = cascade(server, [tier("small", accept=0.5), tier("big")], {"type": "confidence"})
+        (tmp_path / "c.yaml").write_text(json.dumps(recipe))
+        out = tmp_path / "out"
+        assert main(["eval", "qa", "-r", str(tmp_path / "c.yaml"), "--data", str(questions), "--out", str(out)]) == 0
+        assert len(server.completions("small")) == 4 and len(server.completions("big")) == 1
+    control = json.loads((out / "summary.json").read_text())["control"]
+    # In tokens: the loopback models are unpriced.  Each decision carries what its tier's answer took.
+    (layer,) = json.loads((out / "items.jsonl").read_text().splitlines()[0])["traces"][0]["layers"]
+    assert layer["decisions"][0]["tokens"] == layer["outputs"][0]["usage"]["total_tokens"] > 0
+    found = control["layer 1 (cascade)"]
+    assert found["runs"] == 4 and found["answered_by"] == {"openai/small": 0.75, "openai/big": 0.25}
+    assert found["ran"] == {"openai/small": 1.0, "openai/big": 0.25} and found["unit"] == "tokens"
+    small_cost, big_cost = found["cost_if_always"]["openai/small"], found["cost_if_always"]["openai/big"]
+    assert found["costliest"] == "openai/big" and big_cost > small_cost
+    assert found["cost_per_run"] == pytest.approx(small_cost + big_cost / 4)
+    assert found["saved_vs_costliest"] == pytest.approx(1 - (small_cost + big_cost / 4) / big_cost)
+    printed = capsys.readouterr().out
+    saved = round(100 * found["saved_vs_costliest"])
+    assert (f"loopback: layer 1 (cascade) answered by openai/small 75 %, openai/big 25 %; {saved} % less tokens than "
+            "always openai/big (its mean where it ran)\n") in printed  # fmt: skip

@@ -88,6 +88,7 @@ class _Run:
         self.answers: dict[int, Candidate] = {}  # tier index -> its scored answer
         self.considered: list[Candidate] = []
         self.decisions: list[Decision] = []
+        self.spent: dict[int, tuple[float | None, int]] = {}  # tier index -> (USD, tokens) its answer took
         self.failures: list[str] = []
         agents = iter(range(len(ctx.specs)))
         self.spec_of = {i: next(agents) for i, tier in enumerate(layer.tiers) if tier.agent is not None}
@@ -95,8 +96,13 @@ class _Run:
         self.here = ctx.index + 1
         self.next_agent = len(ctx.specs)  # ids for a recipe tier's answer and calls, after the stage's own agents
 
-    def decide(self, index: int, action: str, reason: str, **fields: float | None) -> None:
-        self.decisions.append(Decision(option=self.names[index], index=index, action=action, reason=reason, **fields))
+    def decide(self, index: int, action: str, reason: str, **fields: float | None) -> Decision:
+        """Record a choice about tier ``index``; what the tier's answer cost goes with it once it ran."""
+        cost, tokens = self.spent.get(index, (None, None))
+        decision = Decision(option=self.names[index], index=index, action=action, reason=reason, cost_usd=cost,
+                            tokens=tokens, **fields)  # fmt: skip
+        self.decisions.append(decision)
+        return decision
 
     def fail(self, problem: str) -> CascadeError:
         return CascadeError(self.here, problem + "".join(f"\n  {why}" for why in self.failures), self.decisions)
@@ -140,9 +146,10 @@ class _Run:
             )
             if not self.answers and gains[index] <= 0:
                 why += "; no answer yet, so the best of the tiers left runs"
-            self.decide(index, "run", why, gain=gains[index])
+            decision = self.decide(index, "run", why, gain=gains[index])
             tried.add(index)
             await self.ask(index, self.layer.tiers[index])
+            decision.cost_usd, decision.tokens = self.spent.get(index, (None, None))
         if not self.answers:
             raise self.fail(f"none of the {len(tried)} tiers it ran gave an answer")
         index = max(self.answers, key=lambda i: (self.answers[i].score or 0.0, i))  # ties: the later tier
@@ -173,6 +180,7 @@ class _Run:
         extra = CONFIDENCE if self.layer.score.type == "confidence" else None
         call = bind(self.ctx.call, spec, messages, step=index + 1, params=extra)
         (output,) = await self.ctx.fanout([(spec, call)], quorum=False)
+        self.spent[index] = (output.cost_usd, output.usage.total_tokens)
         if not output.ok:
             why = f"{output.error.type}: {output.error.message}" if output.error else "no answer"
             self.failures.append(f"{self.names[index]}: {why}")
@@ -213,6 +221,9 @@ class _Run:
 
     def _record(self, index: int, calls: list[AgentOutput]) -> None:
         """The calls a tier's recipe made, as calls of this layer (after its own agents), named by the tier."""
+        costs = [call.cost_usd for call in calls]
+        cost = None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
+        self.spent[index] = (cost, sum(call.usage.total_tokens for call in calls))
         for call in calls:
             update = {"layer": self.here, "agent": self.next_agent, "step": index + 1,
                       "name": f"{self.names[index]}: {call.name}"}  # fmt: skip

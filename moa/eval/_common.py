@@ -19,6 +19,7 @@ from moa._limits import Limiter
 from moa._overrides import merge
 from moa._prompt import is_blank, normalize_prompt
 from moa._provider import Provider
+from moa.eval._control import control_summary
 from moa.eval._runner import ITEM_BUDGET, Record, RunStats, run_items
 from moa.eval._store import Checkpoint, write_json
 from moa.recipe import CallParams, Recipe
@@ -263,6 +264,7 @@ def write_summary(
         "calls_per_item": (sum(r.get("calls", 0) for r in records) / n) if n else None,
         "tokens": sum(int(r.get("tokens", 0)) for r in records),
         "generation_wall_s": stats.wall_s,
+        "control": control_summary(records),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
         **extra,
     }
