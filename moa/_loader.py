@@ -195,6 +195,7 @@ _TAG_NAMES = {
     "kind_of": "kind",
     "_check_type": "type",
     "_score_type": "type",
+    "_router_type": "type",
 }  # lists of a union told apart by a tag (`kind`, `type`) pydantic puts in paths
 
 

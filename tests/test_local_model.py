@@ -88,7 +88,7 @@ STAGE_RECIPES = [name for name in moa.builtin_recipes() if name.startswith("loca
 
 def test_every_local_stage_recipe_is_built_in() -> None:
     assert STAGE_RECIPES == [
-        "local-blender", "local-debate", "local-orchestrator", "local-pal", "local-pal-cot-agree",
+        "local-blender", "local-cascade", "local-debate", "local-orchestrator", "local-pal", "local-pal-cot-agree",
         "local-self-consistency", "local-verify-escalate",
     ]  # fmt: skip
 
@@ -120,3 +120,8 @@ def test_eval_qa_runs_every_local_stage_recipe_end_to_end(name: str, tmp_path: P
         (trace,) = item["traces"]
         assert [layer["kind"] for layer in trace["layers"]] == [layer.kind for layer in recipe.layers]
         assert trace["output"].strip() and trace["layers"][-1]["candidates"][0]["text"] == trace["output"]
+        if name == "local-cascade":  # llama.cpp's logprobs score the brief answer: a real confidence
+            first = trace["layers"][0]["decisions"][0]
+            assert first["option"] == "brief" and 0 < first["score"] < 1 and first["tokens"] > 0
+    if name == "local-cascade":
+        assert summary["control"]["layer 1 (cascade)"]["runs"] == 2

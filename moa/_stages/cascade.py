@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from moa._errors import CascadeError, MoAError
+from moa._errors import CascadeError
 from moa._prompt import build_messages
 from moa.recipe import (
     AgreeCheck,
@@ -32,11 +32,13 @@ from moa.recipe import (
 from moa.result import AgentOutput, Candidate, Decision, Verdict
 
 from . import checks, verdicts
+from .answering import Answering
 from .base import Estimate, EstimateContext, Outcome, Stage, StageContext, bind, quoted
 from .rank import pointwise_messages
 
-#: What a tier's call asks for when its answer is scored by its own confidence.
-CONFIDENCE = {"logprobs": True, "drop_params": True}
+#: What a tier's call asks for when its answer is scored by its own confidence (llama.cpp's server gives no
+#: logprobs without ``top_logprobs``).
+CONFIDENCE: dict[str, object] = {"logprobs": True, "top_logprobs": 1, "drop_params": True}
 
 
 class Cascade(Stage):
@@ -90,11 +92,10 @@ class _Run:
         self.decisions: list[Decision] = []
         self.spent: dict[int, tuple[float | None, int]] = {}  # tier index -> (USD, tokens) its answer took
         self.failures: list[str] = []
-        agents = iter(range(len(ctx.specs)))
-        self.spec_of = {i: next(agents) for i, tier in enumerate(layer.tiers) if tier.agent is not None}
-        self.judges = [ctx.specs[i] for i in agents]
+        specs = iter(ctx.specs)
+        self.answering = Answering(ctx, {i: next(specs) for i, tier in enumerate(layer.tiers) if tier.agent})
+        self.judges = list(specs)
         self.here = ctx.index + 1
-        self.next_agent = len(ctx.specs)  # ids for a recipe tier's answer and calls, after the stage's own agents
 
     def decide(self, index: int, action: str, reason: str, **fields: float | None) -> Decision:
         """Record a choice about tier ``index``; what the tier's answer cost goes with it once it ran."""
@@ -162,73 +163,20 @@ class _Run:
 
     async def ask(self, index: int, tier: Tier) -> Candidate | None:
         """The tier's scored answer (None, with a `failed` decision, when it gave none)."""
-        if tier.agent is not None:
-            answer = await self._ask_agent(index, tier)
-        else:
-            answer = await self._ask_recipe(index, tier)
-        if answer is None:
+        extra = CONFIDENCE if self.layer.score.type == "confidence" else None
+        answer = await self.answering.ask(index, tier, self.names[index], extra)
+        self.spent[index] = (answer.cost_usd, answer.tokens)
+        if answer.candidate is None:
+            self.failures.append(f"{self.names[index]}: {answer.failure}")
+            self.decide(index, "failed", answer.failure or "")
             return None
-        scored = await self.score(answer)
+        candidate = answer.candidate
+        if self.layer.score.type == "confidence" and answer.output is not None:
+            candidate.score = _confidence(answer.output)
+        scored = await self.score(candidate)
         self.answers[index] = scored
         self.considered.append(scored)
         return scored
-
-    async def _ask_agent(self, index: int, tier: Tier) -> Candidate | None:
-        assert tier.agent is not None
-        spec = self.ctx.specs[self.spec_of[index]]
-        messages = build_messages(self.ctx.conversation, system=tier.agent.system)
-        extra = CONFIDENCE if self.layer.score.type == "confidence" else None
-        call = bind(self.ctx.call, spec, messages, step=index + 1, params=extra)
-        (output,) = await self.ctx.fanout([(spec, call)], quorum=False)
-        self.spent[index] = (output.cost_usd, output.usage.total_tokens)
-        if not output.ok:
-            why = f"{output.error.type}: {output.error.message}" if output.error else "no answer"
-            self.failures.append(f"{self.names[index]}: {why}")
-            self.decide(index, "failed", f"its call failed ({why})")
-            return None
-        candidate = Candidate.of(output)
-        if self.layer.score.type == "confidence":
-            candidate.score = _confidence(output)
-        return candidate
-
-    async def _ask_recipe(self, index: int, tier: Tier) -> Candidate | None:
-        ctx = self.ctx
-        if ctx.tools is None or ctx.tools.run_recipe is None:
-            raise self.fail(f"{self.names[index]} is a recipe, and no engine runs this stage")
-        mine = self.next_agent  # the tier's answer counts as one agent (agreement); its calls follow
-        self.next_agent += 1
-        try:
-            result = await ctx.tools.run_recipe(tier._loaded, ctx.conversation)
-        except MoAError as exc:
-            partial = getattr(exc, "partial", None)
-            if partial is not None:
-                self._record(index, list(partial.calls))
-            if not _answer_failed(exc):
-                raise
-            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            self.failures.append(f"{self.names[index]}: {why}")
-            self.decide(index, "failed", f"its recipe failed ({why})")
-            return None
-        self._record(index, list(result.calls))
-        final = result.layers[-1].passed_on()[:1] if result.layers else []
-        tokens = final[0].completion_tokens if final else 0
-        return Candidate.model_construct(
-            text=result.output, layer=self.here, agent=mine, sample=0, step=index + 1,
-            model=f"recipe:{tier._loaded.name}", completion_tokens=tokens,
-            finish_reason=final[0].finish_reason if final else None, answer=None, votes=None, score=None,
-            verdicts=[], agreement=None, execution=None,
-        )  # fmt: skip
-
-    def _record(self, index: int, calls: list[AgentOutput]) -> None:
-        """The calls a tier's recipe made, as calls of this layer (after its own agents), named by the tier."""
-        costs = [call.cost_usd for call in calls]
-        cost = None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
-        self.spent[index] = (cost, sum(call.usage.total_tokens for call in calls))
-        for call in calls:
-            update = {"layer": self.here, "agent": self.next_agent, "step": index + 1,
-                      "name": f"{self.names[index]}: {call.name}"}  # fmt: skip
-            self.next_agent += 1
-            self.ctx.recorded.append(call.model_copy(update=update))
 
     async def score(self, answer: Candidate) -> Candidate:
         """The answer with its score (0 to 1; None when none could be had) and any verdicts."""
@@ -286,14 +234,6 @@ def _judged(output: AgentOutput, p_yes: float | None) -> str:
     if p_yes is None:
         return f"the judge gave no verdict (it said {output.text!r})"
     return f"P(yes) = {p_yes:.3g}"
-
-
-def _answer_failed(exc: MoAError) -> bool:
-    """Whether a tier's recipe failed for want of an answer (the cascade goes on), not for the run's sake (a
-    budget, a deadline, a callback: those stop the run)."""
-    from moa._errors import BudgetExceeded, CallbackError, DeadlineExceeded
-
-    return not isinstance(exc, BudgetExceeded | CallbackError | DeadlineExceeded)
 
 
 def _judge_prompts(layer: CascadeLayer, question: str) -> list[list[dict[str, str]]]:

@@ -26,6 +26,7 @@ from .debate import DebateLayer
 from .execution import ExecuteLayer
 from .layers import AgentLayer, AggregateLayer, AggregateSeqLayer, Layer, ProposeLayer, TemplatedLayer, seq_windows
 from .params import MAX_SECONDS, Agent, CallParams, SandboxLimits, Tool, _Strict
+from .routing import ClassifierRouter, Route, RouteLayer, RouteRule, RulesRouter
 from .selection import RankLayer, VoteLayer
 from .verification import AgreeCheck, JsonSchemaCheck, LLMCheck, PythonCheck, RegexCheck, VerifyLayer
 
@@ -39,6 +40,11 @@ __all__ = [
     "ConfidenceScore",
     "JudgeScore",
     "Tier",
+    "ClassifierRouter",
+    "Route",
+    "RouteLayer",
+    "RouteRule",
+    "RulesRouter",
     "AgreeCheck",
     "AggregateLayer",
     "AggregateSeqLayer",
@@ -272,7 +278,7 @@ class Recipe(_Strict):
 
 for _config in (
     ProposeLayer, AggregateLayer, AggregateSeqLayer, VoteLayer, RankLayer, VerifyLayer, DebateLayer, ExecuteLayer,
-    CascadeLayer,
+    CascadeLayer, RouteLayer,
 ):  # fmt: skip
     registry.register_kind(_config)
 
