@@ -18,6 +18,7 @@ from .debate import Debate
 from .execute import Execute
 from .propose import Propose
 from .rank import Rank
+from .route import Route
 from .verify import Verify
 from .vote import Vote
 
@@ -31,6 +32,7 @@ STAGES: dict[str, Stage] = {
     "debate": Debate(),
     "execute": Execute(),
     "cascade": Cascade(),
+    "route": Route(),
 }
 
 
