@@ -31,9 +31,10 @@ layers:
 
 def test_builtin_names() -> None:
     assert moa.builtin_recipes() == [
-        "blender", "debate", "local", "local-blender", "local-debate", "local-orchestrator", "local-pal",
-        "local-pal-cot-agree", "local-self-consistency", "local-verify-escalate", "moa", "moa-gpt4o", "moa-lite",
-        "orchestrator", "pal", "pal-cot-agree", "self-consistency", "self-moa", "self-moa-seq", "verify-escalate",
+        "blender", "cascade", "debate", "local", "local-blender", "local-cascade", "local-debate",
+        "local-orchestrator", "local-pal", "local-pal-cot-agree", "local-self-consistency", "local-verify-escalate",
+        "moa", "moa-gpt4o", "moa-lite", "orchestrator", "pal", "pal-cot-agree", "route", "self-consistency",
+        "self-moa", "self-moa-seq", "verify-escalate",
     ]  # fmt: skip
 
 
@@ -54,6 +55,9 @@ def test_builtin_names() -> None:
         ("local-blender", 10, [3, 6, 1]),
         ("local-debate", 6, [6, 0]),
         ("local-verify-escalate", 3, [1, 2]),
+        ("cascade", 2, [2]),  # at most: gpt-4o-mini, then gpt-4o
+        ("local-cascade", 2, [2]),
+        ("route", 2, [2]),  # the classifier and one route
     ],
 )
 def test_builtin_recipes_plan_paper_counts(name: str, calls: int, per_layer: list[int]) -> None:
