@@ -67,6 +67,19 @@ async def test_a_tier_stops_at_or_above_its_threshold_and_escalates_below(
     assert [round(c.score or 0, 2) for c in layer.considered] == [0.5, 1.0][: len(models)]
 
 
+async def test_always_escalate_runs_and_scores_every_tier_and_the_last_answers(script: Any) -> None:
+    server = script({"small": "Answer: 6", "medium": "Answer: 5", "big": "Answer: 7"})
+    tiers = [tier("small", accept=0.1), tier("medium"), tier("big")]  # `accept` is not read: every tier runs
+    recipe = cascade(server, tiers, {"type": "checks", "checks": HALF}, strategy="always_escalate")
+    result = await moa.run("Q", recipe, api_key="k")
+    assert asked(server) == ["small", "medium", "big"] and result.output == "Answer: 7"
+    decisions = [(d.option, d.action, d.score, d.reason) for d in result.layers[0].decisions]
+    assert decisions == [("openai/small", "escalate", 1.0, "always escalate"),
+                         ("openai/medium", "escalate", 0.5, "always escalate"),
+                         ("openai/big", "accept", 0.5, "the last tier's answer stands")]  # fmt: skip
+    assert all(d.tokens for d in result.layers[0].decisions)
+
+
 async def test_a_judge_scores_with_its_probability_of_yes_and_is_asked_one_token(script: Any) -> None:
     def judge_logprobs(body: dict[str, Any], text: str) -> dict[str, float]:
         return {"yes": math.log(0.3), "no": math.log(0.7)}

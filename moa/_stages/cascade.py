@@ -6,6 +6,7 @@ answer scores at least its ``accept``; the last tier's answer stands.
 largest gain max(0, quality - best score so far) - ``cost_weight`` x cost, while
 that gain is positive (the first step runs one whatever its gain: an answer is
 needed); the answer with the highest score goes on, ties to the later tier.
+``always_escalate`` runs and scores every tier; the last one's answer goes on.
 
 Every choice is a ``moa.Decision`` in the layer's trace, with its score.  A tier
 whose call (or recipe) fails is passed over; when the last tier fails, or every
@@ -46,9 +47,9 @@ class Cascade(Stage):
         layer = ctx.layer
         assert isinstance(layer, CascadeLayer)
         run = _Run(ctx, layer)
-        if layer.strategy == "threshold":
-            return await run.in_order()
-        return await run.cost_aware()
+        if layer.strategy == "cost_aware":
+            return await run.cost_aware()
+        return await run.in_order(stop=layer.strategy == "threshold")
 
     def estimate(self, ctx: EstimateContext, inputs: list[tuple[int, int]]) -> Estimate:
         """Every tier answers at its longest, and every answer is scored by every judge of the score."""
@@ -108,7 +109,8 @@ class _Run:
     def fail(self, problem: str) -> CascadeError:
         return CascadeError(self.here, problem + "".join(f"\n  {why}" for why in self.failures), self.decisions)
 
-    async def in_order(self) -> Outcome:
+    async def in_order(self, stop: bool = True) -> Outcome:
+        """Tier after tier; with ``stop``, at the first answer that clears its tier's bar."""
         last = len(self.layer.tiers) - 1
         for index, tier in enumerate(self.layer.tiers):
             answer = await self.ask(index, tier)
@@ -119,6 +121,9 @@ class _Run:
             if index == last:
                 self.decide(index, "accept", "the last tier's answer stands", score=answer.score)
                 return self.outcome(answer)
+            if not stop:
+                self.decide(index, "escalate", "always escalate", score=answer.score)
+                continue
             assert tier.accept is not None
             if answer.score is not None and answer.score >= tier.accept:
                 reason = f"score {answer.score:.3g} >= {tier.accept:g}"

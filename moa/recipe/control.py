@@ -150,8 +150,11 @@ class CascadeLayer(Layer):
     (cascade routing): before each step, for every tier not yet run, gain =
     max(0, quality - best score so far) - ``cost_weight`` x cost; run the tier with
     the largest positive gain, and stop when none is positive; the answer with the
-    highest score goes on (ties: the later tier).  A tier whose call fails is
-    passed over; when no tier gives an answer the stage fails (``CascadeError``).
+    highest score goes on (ties: the later tier).  ``always_escalate`` runs and
+    scores every tier and the last one's answer goes on: the baseline a cascade
+    saves against, and the data ``moa calibrate`` fits thresholds on.  A tier whose
+    call fails is passed over; when no tier gives an answer the stage fails
+    (``CascadeError``).
     """
 
     kind: Literal["cascade"] = Field(
@@ -166,10 +169,12 @@ class CascadeLayer(Layer):
         description="How each tier's answer is scored, 0 to 1: `checks` (share passed), `judge` (P(yes)), "
         "`confidence` (exp of the mean token logprob).",
     )
-    strategy: Literal["threshold", "cost_aware"] = Field(
+    strategy: Literal["threshold", "cost_aware", "always_escalate"] = Field(
         "threshold",
         description="`threshold`: stop at the first tier whose score reaches its `accept`; `cost_aware`: choose "
-        "each next tier by expected quality gained minus `cost_weight` x cost.",
+        "each next tier by expected quality gained minus `cost_weight` x cost; `always_escalate`: run and score "
+        "every tier, the last one's answer goes on (the baseline, and the data `moa calibrate` fits on; it reads "
+        "no `accept`, `quality` or `cost`).",
     )
     cost_weight: float | None = Field(
         None,
@@ -196,7 +201,7 @@ class CascadeLayer(Layer):
                       if getattr(t, f) is not None]  # fmt: skip
             if extra:
                 raise ValueError(f"{', '.join(extra)}: only `strategy: cost_aware` reads them")
-        else:
+        elif self.strategy == "cost_aware":
             if self.cost_weight is None:
                 raise ValueError("`strategy: cost_aware` needs `cost_weight` (lambda)")
             for index, tier in enumerate(self.tiers):
@@ -261,6 +266,8 @@ class CascadeLayer(Layer):
             steps = [f"{name} (stop at {tier.accept:g})" for name, tier in zip(self.names, self.tiers, strict=True)
                      if tier.accept is not None]  # fmt: skip
             lines.append(" -> ".join([*steps, f"{self.names[-1]} (its answer stands)"]))
+        elif self.strategy == "always_escalate":
+            lines.append(" -> ".join(self.names) + f": every tier runs and is scored; {self.names[-1]}'s answer stands")
         else:
             tiers = ", ".join(f"{n}: quality {t.quality:g}, cost {t.cost:g}" for n, t in zip(self.names, self.tiers,
                                                                                            strict=True))  # fmt: skip
