@@ -1,0 +1,174 @@
+"""``moa calibrate``: fit a cascade's thresholds (or lambda) on an eval run, and write the recipe that uses them."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from moa.cli._common import EXIT_OK
+
+EPILOG = """\
+First run the cascade on your questions with every tier answering every one:
+  (in the recipe's cascade layer) strategy: always_escalate
+  moa eval qa --recipe my-cascade.yaml --data dev.jsonl --out runs/dev
+Then fit it:
+  moa calibrate --recipe my-cascade.yaml --run runs/dev --data dev.jsonl --out my-cascade-fitted.yaml
+"""
+
+
+def add_parser(commands: Any) -> None:
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit a cascade's thresholds on an eval run where every tier answered",
+        description="Fit the thresholds (or cost_weight) of a recipe's cascade on a `moa eval qa` run of it with "
+        "`strategy: always_escalate`, for a target; write the fitted recipe and report its accuracy and cost "
+        "on the training items (95 percent bootstrap intervals) and on held-out items. No model is called.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    calibrate.add_argument("--recipe", "-r", required=True, help="the recipe the run was made with (name or path)")
+    calibrate.add_argument("--run", required=True, type=Path, metavar="DIR", help="the `moa eval qa` output folder")
+    calibrate.add_argument("--data", required=True, type=Path, help="the question file it was run on")
+    calibrate.add_argument("--out", "-o", required=True, type=Path, help="where to write the fitted recipe (YAML)")
+    calibrate.add_argument(
+        "--strategy", choices=["threshold", "cost_aware"], default="threshold",
+        help="fit thresholds (default) or cost-aware cascade routing (qualities, costs, lambda)",
+    )  # fmt: skip
+    target = calibrate.add_mutually_exclusive_group()
+    target.add_argument("--max-cost", type=float, metavar="X",
+                        help="the best accuracy at a mean cost of at most X per 1,000 queries (USD when every "
+                        "model is priced, else tokens)")  # fmt: skip
+    target.add_argument("--max-share", type=float, metavar="P",
+                        help="the best accuracy with the last tier answering at most P %% of queries")  # fmt: skip
+    calibrate.add_argument(
+        "--score", default="last-number", metavar="MODE",
+        help="how answers are scored, as in `moa eval qa --score` (default last-number)",
+    )  # fmt: skip
+    calibrate.add_argument("--holdout", type=float, default=0.3, metavar="F",
+                           help="the share of items held out of the fit and measured on (default 0.3)")  # fmt: skip
+    calibrate.add_argument("--seed", type=int, default=0, help="the split's and the bootstrap's seed (default 0)")
+    calibrate.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (1000)")
+    calibrate.set_defaults(handler=calibrate_command)
+
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    import yaml
+
+    from moa._errors import ConfigError
+    from moa._loader import builtin_recipes, load_recipe
+    from moa._resources import data_dir
+    from moa.eval import _calibrate as fitting
+    from moa.eval._common import DataError, read_jsonl
+    from moa.eval._scoring import Scoring
+    from moa.eval.qa import read_questions
+    from moa.recipe import CascadeLayer
+
+    if not 0 <= args.holdout < 1:
+        raise ConfigError(f"--holdout must be at least 0 and below 1, got {args.holdout:g}")
+    for flag, value in (("--max-cost", args.max_cost), ("--max-share", args.max_share)):
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise ConfigError(f"{flag} must be a number of at least 0, got {value:g}")
+    try:
+        scoring = Scoring.parse(args.score)
+    except ValueError as exc:
+        raise ConfigError(f"--score: {exc}") from None
+    recipe = load_recipe(args.recipe)
+    source = data_dir("recipes") / f"{args.recipe}.yaml" if args.recipe in builtin_recipes() else Path(args.recipe)
+    cascades = [i for i, layer in enumerate(recipe.layers) if isinstance(layer, CascadeLayer)]
+    if len(cascades) != 1:
+        raise ConfigError(
+            f"{args.recipe}: calibrate fits a recipe with exactly one cascade layer; it has {len(cascades)}"
+        )
+    index = cascades[0]
+    layer = recipe.layers[index]
+    assert isinstance(layer, CascadeLayer)
+    items_file = args.run / "items.jsonl"
+    if not items_file.is_file():
+        raise DataError(f"{args.run}: no items.jsonl: give the output folder of `moa eval qa`")
+    rows = {str(row["id"]): row for row in read_questions(args.data)}
+    records = read_jsonl(items_file)
+    if not records:
+        raise DataError(f"{items_file}: no finished item to calibrate on")
+    items, unit = fitting.items_of(records, rows, layer.names, scoring, str(items_file))
+    train, held = fitting.split(items, args.holdout, args.seed)
+    if args.max_cost is not None:
+        target = fitting.Target("max_cost", args.max_cost)
+    elif args.max_share is not None:
+        target = fitting.Target("max_share", args.max_share)
+    else:
+        target = fitting.Target("best")
+    policy = fitting.fit(train, args.strategy, target)
+    report = _report(fitting, policy, train, held, layer.names, unit, target, args)
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    key = "layers" if "layers" in data else "stages"
+    data[key][index] = _fitted(data[key][index], policy, unit)
+    header = "".join(f"# {line}\n" for line in report)
+    args.out.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    load_recipe(args.out)  # what was written loads
+    for line in report:
+        print(line)
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _fitted(config: dict[str, Any], policy: Any, unit: str) -> dict[str, Any]:
+    """The cascade layer's mapping with the fitted strategy and numbers."""
+    config = dict(config)
+    config["strategy"] = policy.strategy
+    for name in ("cost_weight", "cost_unit"):
+        config.pop(name, None)
+    tiers = [dict(tier) for tier in config["tiers"]]
+    for number, tier in enumerate(tiers):
+        for name in ("accept", "quality", "cost"):
+            tier.pop(name, None)
+        if policy.strategy == "threshold" and number < len(tiers) - 1:
+            tier["accept"] = _plain(policy.accept[number])
+        if policy.strategy == "cost_aware":
+            tier["quality"] = round(policy.quality[number], 4)
+            tier["cost"] = _plain(policy.cost[number])
+    config["tiers"] = tiers
+    if policy.strategy == "cost_aware":
+        config["cost_weight"] = _plain(policy.cost_weight)
+        config["cost_unit"] = unit
+    return config
+
+
+def _plain(value: float) -> float:
+    """A number YAML and the recipe accept: 'never' (infinity) is just above any score, 1.0 + a hair."""
+    return 1.000001 if math.isinf(value) else round(float(value), 6)
+
+
+def _report(fitting: Any, policy: Any, train: list[Any], held: list[Any], names: list[str], unit: str,
+            target: Any, args: argparse.Namespace) -> list[str]:  # fmt: skip
+    per = "USD per 1,000 queries" if unit == "usd" else "tokens per query"
+    scale = 1000 if unit == "usd" else 1
+
+    def cost(value: float) -> str:
+        return f"{value * scale:.4g} {per}"
+
+    lines = [f"calibrated by moa calibrate on {args.run} ({len(train)} items; {len(held)} held out, seed {args.seed})",
+             f"target: {target.describe(names, 'USD' if unit == 'usd' else 'tokens')}"]  # fmt: skip
+    if policy.strategy == "threshold":
+        pairs = zip(names, policy.accept, strict=False)  # every tier but the last
+        shown = ", ".join(f"{n} accept {('never' if math.isinf(t) else f'{t:.4g}')}" for n, t in pairs)
+        lines.append(f"thresholds: {shown}")
+    else:
+        lines.append(f"cost_weight {policy.cost_weight:.4g}; " + ", ".join(
+            f"{n} quality {q:.3f}, cost {c * scale:.4g}" for n, q, c in zip(names, policy.quality, policy.cost,
+                                                                           strict=True)))  # fmt: skip
+    found = fitting.replay(policy, train)
+    ci = fitting.bootstrap(policy, train, args.bootstrap, args.seed)
+    lines.append(f"train: accuracy {100 * found.accuracy:.1f} % (95 % CI {100 * ci['accuracy'][0]:.1f}-"
+                 f"{100 * ci['accuracy'][1]:.1f}), {cost(found.cost)} (95 % CI {ci['cost'][0] * scale:.4g}-"
+                 f"{ci['cost'][1] * scale:.4g}), {names[-1]} answers {100 * found.last_share:.0f} %")  # fmt: skip
+    for label, items in (("held out", held),) if held else ():
+        mine = fitting.replay(policy, items)
+        tiers = ", ".join(f"{n} alone {100 * fitting.single(items, t).accuracy:.1f} % at "
+                          f"{fitting.single(items, t).cost * scale:.4g}" for t, n in enumerate(names))  # fmt: skip
+        every = fitting.always(items)
+        lines.append(f"{label}: accuracy {100 * mine.accuracy:.1f} %, {cost(mine.cost)}, {names[-1]} answers "
+                     f"{100 * mine.last_share:.0f} %; {tiers}; always escalate {100 * every.accuracy:.1f} % at "
+                     f"{every.cost * scale:.4g}")  # fmt: skip
+    return lines
