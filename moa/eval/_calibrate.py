@@ -211,15 +211,22 @@ def _coarsen(values: list[float], limit: int) -> list[float]:
 
 
 def _cost_aware(items: Sequence[Item]) -> list[Policy]:
-    """Each tier's training accuracy and mean cost, with lambdas from 0 to where only the cheapest tier runs."""
+    """Each tier's training accuracy and mean cost, with every lambda at which some choice of the rule changes
+    (the midpoints between them, 0, and past the last): which tier runs first, and whether a tier is still worth
+    running after an answer of a given score."""
     tiers = len(items[0].tiers) if items else 0
     n = max(1, len(items))
     quality = [sum(i.tiers[t].correct for i in items) / n for t in range(tiers)]
     cost = [sum(i.tiers[t].cost for i in items) / n for t in range(tiers)]
-    cheapest = min((c for c in cost if c > 0), default=1.0)
-    top = 2 * max(quality, default=1.0) / cheapest
-    weights = [0.0, *(top * (10 ** (-k / 20)) for k in range(0, 121))]
-    return [Policy("cost_aware", quality=quality, cost=cost, cost_weight=w) for w in sorted(set(weights))]
+    breaks = {(quality[a] - quality[b]) / (cost[a] - cost[b]) for a in range(tiers) for b in range(tiers)
+              if cost[a] != cost[b]}  # fmt: skip
+    scores = {t.score or 0.0 for i in items for t in i.tiers}
+    breaks |= {max(0.0, quality[j] - score) / cost[j] for j in range(tiers) if cost[j] > 0 for score in scores}
+    points = sorted(b for b in breaks if b > 0 and math.isfinite(b))
+    weights = {0.0, *(a + (b - a) / 2 for a, b in itertools.pairwise(points))}
+    if points:
+        weights |= {points[0] / 2, points[-1] * 2}
+    return [Policy("cost_aware", quality=quality, cost=cost, cost_weight=w) for w in sorted(weights)]
 
 
 def bootstrap(policy: Policy, items: Sequence[Item], draws: int, seed: int) -> dict[str, tuple[float, float]]:

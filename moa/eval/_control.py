@@ -91,6 +91,7 @@ def control_lines(name: str, control: Mapping[str, Any] | None) -> list[str]:
         saved, costliest = found.get("saved_vs_costliest"), found.get("costliest")
         if saved is not None and costliest:
             unit = "cost" if found["unit"] == "usd" else "tokens"
-            line += f"; {100 * saved:.0f} % less {unit} than always {costliest} (its mean where it ran)"
+            more = f"{100 * saved:.0f} % less" if saved >= 0 else f"{-100 * saved:.0f} % more"
+            line += f"; {more} {unit} than always {costliest} (its mean where it ran)"
         lines.append(line)
     return lines
