@@ -20,7 +20,6 @@ if TYPE_CHECKING:  # imported lazily: `moa --help` must not load pydantic or lit
 
 from moa.cli._common import error
 from moa.cli.args import non_negative_float, positive_int
-from moa.eval._control import control_lines
 
 EXIT_OK, EXIT_INCOMPLETE = 0, 1
 ITEMS_FILE = "items.jsonl"
@@ -267,6 +266,8 @@ def _generate_and_judge(
     complete = _report_stats(f"{benchmark.name} {ctx.recipe.name}", stats, ctx.budget)
     for line in benchmark.describe(summary, stats, judged=False):
         print(line)
+    from moa.eval._control import control_lines
+
     for line in control_lines(ctx.recipe.name, summary.get("control")):
         print(line)
     if getattr(args, "baseline", None):
