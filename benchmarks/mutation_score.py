@@ -42,6 +42,26 @@ _STAGE_KINDS = tuple(
     f"tests/test_stage_{kind}.py" for kind in ("debate", "plugins", "rank", "review", "verify", "views", "vote")
 )
 _STAGES = (*_CALL, "tests/test_plan.py", "tests/test_recipes.py", *_STAGE_KINDS, "tests/test_mutation_stages.py")
+#: The stage kinds that call the sandbox or check answers, and the test files that reach them.
+_STAGES_MORE = (*_STAGES, "tests/test_stage_agree.py", "tests/test_stage_execute.py", "tests/test_extract.py")
+#: The tool-calling loop: its own tests, and the engine's (a spec with tools is a loop).
+_TOOLS = (
+    "tests/test_tools.py",
+    "tests/test_tools_budget.py",
+    "tests/test_tools_config.py",
+    "tests/test_tools_python.py",
+    *_CALL,
+    "tests/test_plan.py",
+    "tests/test_mutation_tools.py",
+)
+#: The local sandbox: its tests start sandboxed programs (marked ``slow``, run here all the same: the
+#: mutants are in the parent, which supervises the program), and the stage and tool that run code.
+_SANDBOX = (
+    "tests/test_sandbox.py",
+    "tests/test_stage_execute.py",
+    "tests/test_tools_python.py",
+    "tests/test_mutation_sandbox.py",
+)
 _TEMPLATES = (
     "tests/test_templates.py",
     "tests/test_template_safety.py",
@@ -93,7 +113,26 @@ MODULES: dict[str, tuple[str, ...]] = {
     "moa/_stages/propose.py": _STAGES,
     "moa/_stages/aggregate.py": _STAGES,
     "moa/_stages/aggregate_seq.py": _STAGES,
+    "moa/_stages/verify.py": _STAGES_MORE,
+    "moa/_stages/execute.py": _STAGES_MORE,
+    "moa/_stages/vote.py": _STAGES_MORE,
+    "moa/_stages/rank.py": _STAGES_MORE,
+    "moa/_stages/debate.py": _STAGES_MORE,
+    "moa/_stages/checks.py": _STAGES_MORE,
+    "moa/_stages/extract.py": _STAGES_MORE,
+    "moa/_stages/verdicts.py": _STAGES_MORE,
+    "moa/_tools/loop.py": _TOOLS,
+    "moa/_tools/calls.py": _TOOLS,
+    "moa/_tools/worst.py": _TOOLS,
+    "moa/_sandbox/_local.py": _SANDBOX,
+    "moa/_sandbox/_isolation.py": _SANDBOX,
+    "moa/_sandbox/_verdict.py": _SANDBOX,
+    "moa/_sandbox/_types.py": _SANDBOX,
+    "moa/_sandbox/_container.py": _SANDBOX,
 }
+
+#: Modules whose test files are run with their ``slow`` tests too (the default settings leave them out).
+WITH_SLOW: frozenset[str] = frozenset(module for module in MODULES if module.startswith("moa/_sandbox/"))
 
 #: Tests left out of every selection (none now: no test times the wall clock; one that did failed under
 #: mutmut's trampolines on a loaded machine without any mutant, and the stats run stopped).
@@ -156,6 +195,8 @@ def prepare(module: str, tests: tuple[str, ...]) -> Path:
     if not selected:
         raise SystemExit(f"{module}: none of its test files exists: {', '.join(tests)}")
     mutmut["only_mutate"] = [module]
+    if module in WITH_SLOW:
+        mutmut["pytest_add_cli_args"] = _without_slow_filter(mutmut.get("pytest_add_cli_args", []))
     mutmut["pytest_add_cli_args_test_selection"] = [*selected, *(f"--deselect={test}" for test in DESELECTED)]
     folder = WORK / _slug(module)
     folder.mkdir(parents=True, exist_ok=True)
@@ -168,6 +209,20 @@ def prepare(module: str, tests: tuple[str, ...]) -> Path:
     if not config.is_file() or config.read_text(encoding="utf-8") != text:
         config.write_text(text, encoding="utf-8")
     return folder
+
+
+def _without_slow_filter(args: list[str]) -> list[str]:
+    """``args`` less its ``-m "not slow"`` (the marker filter that leaves the slow tests out)."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "-m":
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
 
 
 def _meta(folder: Path, module: str) -> dict[str, int | None]:

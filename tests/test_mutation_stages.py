@@ -31,10 +31,14 @@ from moa import (
     Usage,
 )
 from moa._call import Budget, Caller, CallRefused, CallSpec, Tracer, plan_layer
+from moa._call.cost import prompt_tokens
 from moa._call.trace import CallRecord
 from moa._engine import run_worst_case
 from moa._stages import EstimateContext, StageContext
-from moa._stages.base import Writer, bind, candidates
+from moa._stages.base import Outcome, Writer, bind, candidates
+from moa._stages.checks import llm_messages
+from moa._stages.verify import REPAIR
+from moa.recipe.selection import VERDICT_SETTINGS
 from moa.testing import FakeProvider
 
 #: The most tokens each model answers (the worst case of a call without ``max_tokens``).
@@ -411,3 +415,299 @@ def test_an_aggregators_planned_answer_is_its_tokens_only(
     loaded = moa.load_recipe(recipe(templates))
     context = EstimateContext(1, loaded.layers[1], [USER], plan_layer(loaded, 1), PricedFake())
     assert moa._stages.STAGES[loaded.layers[1].kind].estimate(context, [(0, 7), (0, 5), (0, 5)]).outputs == planned
+
+
+# --- verify: what passes on, what the repairer and the fallbacks are sent, the error and the summary -----------
+
+ANSWER_LINE = {"type": "regex", "pattern": r"^Answer: \d"}
+NO_ANSWER_LINE = "- regex: the answer does not match the pattern '^Answer: \\\\d'"
+
+
+def verify_recipe(verify: dict[str, Any], *proposers: str) -> dict[str, Any]:
+    layers = [
+        {"kind": "propose", "agents": [{"model": m} for m in proposers or ("openai/a",)]},
+        {"kind": "verify", **verify},
+    ]
+    return {"name": "v", "retry": {"max_attempts": 1}, "layers": layers}
+
+
+def judge(model: str = "openai/s") -> dict[str, Any]:
+    return {"type": "llm", "judge": {"model": model}, "criterion": "right"}
+
+
+def says_yes_to_answer_lines(request: Any, index: int) -> str:
+    """A judge: yes to a response that is an answer line, no otherwise (an answerer: no answer line)."""
+    return "yes" if "Response:\nAnswer: " in request.messages[-1]["content"] else "no"
+
+
+def summary_of(result: moa.Result, layer: int = 2) -> str | None:
+    found = result.layers[layer - 1]
+    return moa._stages.STAGES["verify"].summary(Outcome(found.candidates, found.considered), layer)
+
+
+def mentions_the_question(answer: str, question: str) -> tuple[bool, str]:
+    """A Python check, `test_mutation_stages:mentions_the_question` in recipes."""
+    return (True, "") if question in answer else (False, f"no {question!r} in it")
+
+
+async def test_verify_keep_first_passes_on_the_first_passing_answer_and_passing_every_one() -> None:
+    replies = {"openai/a": ["no line"], "openai/b": ["Answer: 1"], "openai/f": ["Answer: 2"]}
+    models = ("openai/a", "openai/b", "openai/f")
+    first = await moa.run("Q", verify_recipe({"checks": [ANSWER_LINE], "keep": "first"}, *models),
+                          provider=FakeProvider(replies=replies))  # fmt: skip
+    assert [c.text for c in first.layers[1].candidates] == ["Answer: 1"]
+    assert summary_of(first) == "verdicts: 2 of 3 passed"
+    every = await moa.run(
+        "Q", verify_recipe({"checks": [ANSWER_LINE]}, *models), provider=FakeProvider(replies=replies)
+    )
+    assert [c.text for c in every.layers[1].candidates] == ["Answer: 1", "Answer: 2"]
+
+
+async def test_a_failed_repair_call_ends_the_repairs_and_a_failed_fallback_call_goes_on_to_the_next() -> None:
+    rejected = RequestRejectedError("bad request", status_code=400)
+    replies: dict[str, list[Any]] = {
+        "openai/a": ["no line", rejected],
+        "openai/f": [rejected],
+        "openai/g": ["Answer: 3"],
+    }
+    verify = {
+        "checks": [ANSWER_LINE],
+        "repairs": 2,
+        "fallback": [{"model": "openai/f", "system": "Be exact."}, {"model": "openai/g"}],
+    }
+    fake = FakeProvider(replies=replies)
+    result = await moa.run("Q", verify_recipe(verify), provider=fake)
+    assert result.output == "Answer: 3"
+    assert [r.model for r in fake.requests] == ["openai/a", "openai/a", "openai/f", "openai/g"]
+    assert fake.to_model("openai/f")[0].messages == [{"role": "system", "content": "Be exact."}, USER]
+    assert fake.to_model("openai/g")[0].messages == [USER]
+    outputs = result.layers[1].outputs
+    assert [(o.name, o.step, o.ok) for o in outputs] == [
+        ("openai/a (repair)", 1, False),
+        ("openai/f", 2, False),
+        ("openai/g", 3, True),
+    ]
+    assert summary_of(result) == "verdicts: 0 of 1 passed; 1 repaired or escalated answer(s), one passed"
+
+
+async def test_every_failed_call_and_check_is_in_the_verification_error_in_order() -> None:
+    rejected = RequestRejectedError("bad request", status_code=400)
+    replies: dict[str, list[Any]] = {"openai/a": ["no line", rejected], "openai/f": [rejected], "openai/g": ["nope"]}
+    verify = {
+        "checks": [ANSWER_LINE, {"type": "python", "function": "test_mutation_stages:mentions_the_question"}],
+        "repairs": 1,
+        "fallback": [{"model": "openai/f"}, {"model": "openai/g"}],
+    }
+    with pytest.raises(moa.VerificationError) as info:
+        await moa.run("Q", verify_recipe(verify), provider=FakeProvider(replies=replies))
+    both = f"{NO_ANSWER_LINE}\n- python: no 'Q' in it"
+    assert info.value.failures == [
+        f"the answer of layer 1, openai/a:\n{both}",
+        "repair 1 by openai/a (repair): the call failed (RequestRejectedError: layer 2, agent 2 "
+        "(openai/a (repair)), sample 0, model openai/a: bad request [HTTP 400])",
+        "fallback openai/f: the call failed (RequestRejectedError: layer 2, agent 0 (openai/f), sample 0, "
+        "model openai/f: bad request [HTTP 400])",
+        f"fallback openai/g:\n{both}",
+    ]
+    last = await moa.run("Q", verify_recipe({**verify, "if_none_pass": "last"}), provider=FakeProvider(replies=replies))
+    assert last.output == "nope"
+    assert summary_of(last) == (
+        "verdicts: 0 of 1 passed; 1 repaired or escalated answer(s), none passed; "
+        "nothing passed: the last answer went on with its failed verdicts"
+    )
+
+
+async def test_a_python_check_is_given_the_question() -> None:
+    verify = {"checks": [{"type": "python", "function": "test_mutation_stages:mentions_the_question"}]}
+    fake = FakeProvider(replies={"openai/a": ["Is it blue? Yes."]})
+    result = await moa.run("Is it blue?", verify_recipe(verify), provider=fake)
+    assert [(v.passed, v.message) for v in result.layers[1].candidates[0].verdicts] == [(True, "")]
+
+
+async def test_the_samples_of_an_agent_are_told_apart_in_the_verification_error() -> None:
+    recipe = verify_recipe({"checks": [ANSWER_LINE]})
+    recipe["layers"][0]["agents"] = [{"model": "openai/a", "n": 2}]
+    with pytest.raises(moa.VerificationError) as info:
+        await moa.run("Q", recipe, provider=FakeProvider(replies={"openai/a": ["no", "none"]}))
+    assert info.value.failures == [
+        f"the answer of layer 1, openai/a:\n{NO_ANSWER_LINE}",
+        f"the answer of layer 1, openai/a #2:\n{NO_ANSWER_LINE}",
+    ]
+
+
+async def test_a_repair_is_not_told_of_a_judge_that_could_not_be_asked() -> None:
+    rejected = RequestRejectedError("judge down", status_code=400)
+    fake = FakeProvider(replies={"openai/a": ["no line", "Answer: 1"], "openai/s": [rejected, "yes"]})
+    result = await moa.run("Q", verify_recipe({"checks": [ANSWER_LINE, judge()], "repairs": 1}), provider=fake)
+    assert result.output == "Answer: 1"
+    (repair,) = fake.to_model("openai/a")[1:]
+    assert repair.messages[-1] == {"role": "user", "content": REPAIR.format(failures=NO_ANSWER_LINE)}
+    # Each judge call is one token at temperature 0, with its alternatives' logprobs.
+    assert all(r.params["logprobs"] is True and r.params["top_logprobs"] == 5 for r in fake.to_model("openai/s"))
+    assert [(o.name, o.step) for o in result.layers[1].outputs] == [
+        ("openai/s", 1),
+        ("openai/a (repair)", 2),
+        ("openai/s", 3),
+    ]
+
+
+async def test_a_repair_of_an_answer_whose_only_failure_is_a_judge_outage_says_no_check_ran() -> None:
+    rejected = RequestRejectedError("judge down", status_code=400)
+    fake = FakeProvider(
+        replies={"openai/a": ["first", "Answer: 1"], "openai/b": ["second"], "openai/s": [rejected, "no", "yes"]}
+    )
+    result = await moa.run("Q", verify_recipe({"checks": [judge()], "repairs": 1}, "openai/a", "openai/b"),
+                           provider=fake)  # fmt: skip
+    assert result.output == "Answer: 1"
+    assert fake.to_model("openai/a")[1].messages[-1]["content"] == REPAIR.format(failures="- (no check ran)")
+    assert [o.step for o in result.layers[1].outputs] == [1, 2, 3, 4]  # two verdicts, the repair, its verdict
+
+
+async def test_fallbacks_follow_the_judges_and_the_repairer_in_the_layers_calls() -> None:
+    fake = FakeProvider(
+        says_yes_to_answer_lines,
+        replies={"openai/a": ["no"], "openai/b": ["still no"], "openai/f": ["nor this"], "openai/g": ["Answer: 5"]},
+    )
+    verify = {
+        "checks": [judge()],
+        "repairs": 1,
+        "repair_with": {"model": "openai/b"},
+        "fallback": [{"model": "openai/f"}, {"model": "openai/g"}],
+    }
+    result = await moa.run("Q", verify_recipe(verify), provider=fake)
+    assert result.output == "Answer: 5"
+    models = ["openai/a", "openai/s", "openai/b", "openai/s", "openai/f", "openai/s", "openai/g", "openai/s"]
+    assert [r.model for r in fake.requests] == models
+
+
+async def test_a_later_verify_keeps_the_agreement_an_earlier_one_counted() -> None:
+    fake = FakeProvider(replies={"openai/a": ["Answer: 12"], "openai/b": ["Answer: 12"], "openai/f": ["Answer: 13"]})
+    recipe = verify_recipe({"checks": [{"type": "agree"}]}, "openai/a", "openai/b", "openai/f")
+    recipe["layers"].append({"kind": "verify", "checks": [ANSWER_LINE]})
+    result = await moa.run("Q", recipe, provider=fake)
+    assert [c.agreement for c in result.layers[2].candidates] == [2, 2]
+
+
+async def test_agreement_compares_phrases_without_the_questions_own_words() -> None:
+    fake = FakeProvider(
+        replies={"openai/a": ["The capital of France is Paris."], "openai/b": ["Paris."], "openai/f": ["Lyon."]}
+    )
+    recipe = verify_recipe({"checks": [{"type": "agree", "extract": "phrase"}]}, "openai/a", "openai/b", "openai/f")
+    result = await moa.run("What is the capital of France?", recipe, provider=fake)
+    assert [c.text for c in result.layers[1].candidates] == ["The capital of France is Paris.", "Paris."]
+
+
+class SettingsFake(PricedFake):
+    """Notes the settings each call is priced with, too."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings: list[dict[str, Any]] = []
+
+    def worst_case_cost(self, model: str, params: Any, prompt_tokens: int) -> float | None:
+        self.settings.append(dict(params))
+        return super().worst_case_cost(model, params, prompt_tokens)
+
+
+def test_the_plan_of_verify_prices_every_repair_fallback_and_verdict() -> None:
+    # Layer 1 (by pieces): a ("SA", "Q") 13 tokens, b 7.  Each repair goes to the costliest writer with the
+    # longest system prompt ("SA"), an empty answer and every check failing at its longest message (267 tokens),
+    # twice; the fallback sees "Be exact." and "Q" ((9 + 1 + 32) // 3 + 1 = 15); the judge is asked about each
+    # of the 5 answers (2 inputs, 2 repairs, 1 fallback), quoting the longest answer (f's 9 tokens): 79 tokens.
+    verify = {
+        "checks": [ANSWER_LINE, judge()],
+        "repairs": 2,
+        "fallback": [{"model": "openai/f", "system": "Be exact."}],
+    }
+    recipe = verify_recipe(verify, "openai/a", "openai/b")
+    recipe["layers"][0]["agents"][0]["system"] = "SA"
+    fake = SettingsFake()
+    assert [p.worst_case_usd for p in moa.plan(recipe, "Q", provider=fake)] == [20.0, 2 * 267 + 15 + 5 * 79]
+    assert fake.priced[2:] == [("openai/a", 267), ("openai/b", 267)] * 2 + [("openai/f", 15), ("openai/s", 79)]
+    # The judge's calls are priced with the settings they are made with: one token, with logprobs.
+    verdict = {**VERDICT_SETTINGS, "logprobs": True, "top_logprobs": 5, "drop_params": True}
+    assert {key: fake.settings[-1].get(key) for key in verdict} == verdict
+
+
+def test_the_plan_of_verify_with_repair_with_prices_that_agent_and_each_fallback_in_turn() -> None:
+    # One repair by b ("Fix it.", 165 tokens: one check's longest message), then f ("Q": 7) and a ("S", "Q": 13);
+    # the judge sees 2 + 1 + 2 answers, quoting the longest (f's 9 tokens): 79 each.
+    verify = {
+        "checks": [judge()],
+        "repairs": 1,
+        "repair_with": {"model": "openai/b", "system": "Fix it."},
+        "fallback": [{"model": "openai/f"}, {"model": "openai/a", "system": "S"}],
+    }
+    fake = PricedFake()
+    plans = moa.plan(verify_recipe(verify, "openai/a", "openai/b"), "Q", provider=fake)
+    assert [p.worst_case_usd for p in plans] == [14.0, 165 + 7 + 13 + 5 * 79]
+    assert fake.priced[2:] == [("openai/b", 165), ("openai/f", 7), ("openai/a", 13), ("openai/s", 79)]
+
+
+async def test_a_second_verify_repairs_a_repaired_answer_with_the_writers_system_prompt() -> None:
+    fake = FakeProvider(replies={"openai/a": ["first try", "Answer: 2", "Answer: 2 and long enough"]})
+    recipe = verify_recipe({"checks": [ANSWER_LINE], "repairs": 1})
+    recipe["layers"][0]["agents"] = [{"model": "openai/a", "system": "SA"}]
+    recipe["layers"].append({"kind": "verify", "checks": [{"type": "regex", "pattern": "long enough"}], "repairs": 1})
+    result = await moa.run("Q", recipe, provider=fake)
+    assert result.output == "Answer: 2 and long enough"
+    assert [r.messages[0] for r in fake.requests] == [{"role": "system", "content": "SA"}] * 3
+
+
+async def test_without_repairs_a_reused_answer_says_nothing_of_repairs() -> None:
+    fake = FakeProvider(replies={"openai/a": ["no line"]})
+    first = await moa.run("Q", {"name": "p", "layers": [{"kind": "propose", "agents": [{"model": "openai/a"}]}]},
+                          provider=fake)  # fmt: skip
+    with pytest.raises(moa.VerificationError) as info:
+        await moa.run("Q", verify_recipe({"checks": [ANSWER_LINE]}, "openai/b"), provider=fake, reuse=first.layers[:1])
+    assert info.value.failures == [f"the answer of layer 1, openai/a:\n{NO_ANSWER_LINE}"]
+
+
+def test_a_writers_repair_is_planned_with_the_longest_of_their_system_prompts() -> None:
+    def repair_tokens(*systems: str | None) -> int:
+        recipe = verify_recipe({"checks": [ANSWER_LINE], "repairs": 1}, "openai/a", "openai/b")
+        for agent, system in zip(recipe["layers"][0]["agents"], systems, strict=True):
+            agent["system"] = system
+        fake = PricedFake()
+        moa.plan(recipe, "Q", provider=fake)
+        return fake.priced[-1][1]
+
+    longest = repair_tokens("Be brief, and say what you did.", None)
+    assert repair_tokens("Be brief, and say what you did.", "Z") == longest > repair_tokens("Z", None)
+
+
+async def test_repairs_and_verdicts_reserve_the_answer_they_quote_at_its_token_count() -> None:
+    # The answer (54 characters, 11 words: the fake's 11 completion tokens) counts 11 tokens in each prompt quoting it.
+    wrong = "this answer has many letters and no answer line at all"
+    fake = PricedFake(replies={"openai/a": [wrong, "Answer: 1"], "openai/s": ["no", "yes"]})
+    recipe = verify_recipe({"checks": [judge()], "repairs": 1})
+    await moa.run("Q", recipe, provider=fake, max_cost_usd=10_000)
+    failures = "- llm: the judge says no: right"
+    repair = [
+        USER,
+        {"role": "assistant", "content": wrong},
+        {"role": "user", "content": REPAIR.format(failures=failures)},
+    ]
+    judged = llm_messages(moa.load_recipe(recipe).layers[1].checks[0], "Q", wrong)
+    quoted = [(len(wrong), 11)]
+    assert [tokens for _, tokens in fake.priced[-4:]] == [
+        prompt_tokens([USER]),
+        prompt_tokens(judged, quoted),
+        prompt_tokens(repair, quoted),
+        prompt_tokens(llm_messages(moa.load_recipe(recipe).layers[1].checks[0], "Q", "Answer: 1"), [(9, 2)]),
+    ]
+    assert prompt_tokens(judged, quoted) < prompt_tokens(judged) and prompt_tokens(repair, quoted) < prompt_tokens(
+        repair
+    )
+
+
+def test_the_plan_of_verify_quotes_planned_answers_as_tokens_only() -> None:
+    # A planned answer has no characters to take off a prompt, only its tokens (a's 7).  The lengths here put
+    # the repair's, the verdict's and the aggregator's prompts each on a multiple of 3 characters, where one
+    # character less would be a token less.
+    recipe = verify_recipe({"checks": [judge()], "repairs": 1})
+    recipe["layers"][0]["agents"][0]["system"] = "SS"
+    recipe["layers"].append({"kind": "aggregate", "agents": [{"model": "openai/f", "system": "AAA"}]})
+    fake = PricedFake()
+    assert [p.worst_case_usd for p in moa.plan(recipe, "QQ", provider=fake)] == [13.0, 164 + 2 * 78, 208.0]
+    assert fake.priced == [("openai/a", 13), ("openai/a", 164), ("openai/s", 78), ("openai/f", 208)]
