@@ -703,11 +703,17 @@ async def test_repairs_and_verdicts_reserve_the_answer_they_quote_at_its_token_c
 
 def test_the_plan_of_verify_quotes_planned_answers_as_tokens_only() -> None:
     # A planned answer has no characters to take off a prompt, only its tokens (a's 7).  The lengths here put
-    # the repair's, the verdict's and the aggregator's prompts each on a multiple of 3 characters, where one
-    # character less would be a token less.
+    # the repair's and the verdict's prompts each on a multiple of 3 characters, where one character less
+    # would be a token less.  The aggregator after it quotes the answer verify plans to pass on.
     recipe = verify_recipe({"checks": [judge()], "repairs": 1})
     recipe["layers"][0]["agents"][0]["system"] = "SS"
     recipe["layers"].append({"kind": "aggregate", "agents": [{"model": "openai/f", "system": "AAA"}]})
     fake = PricedFake()
     assert [p.worst_case_usd for p in moa.plan(recipe, "QQ", provider=fake)] == [13.0, 164 + 2 * 78, 208.0]
     assert fake.priced == [("openai/a", 13), ("openai/a", 164), ("openai/s", 78), ("openai/f", 208)]
+
+
+def test_verifys_planned_answers_are_tokens_only() -> None:
+    loaded = moa.load_recipe(verify_recipe({"checks": [ANSWER_LINE]}, "openai/a", "openai/b"))
+    context = EstimateContext(1, loaded.layers[1], [USER], plan_layer(loaded, 1), PricedFake())
+    assert moa._stages.STAGES["verify"].estimate(context, [(0, 7), (0, 5)]).outputs == [(0, 7), (0, 7)]
