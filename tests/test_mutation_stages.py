@@ -717,3 +717,159 @@ def test_verifys_planned_answers_are_tokens_only() -> None:
     loaded = moa.load_recipe(verify_recipe({"checks": [ANSWER_LINE]}, "openai/a", "openai/b"))
     context = EstimateContext(1, loaded.layers[1], [USER], plan_layer(loaded, 1), PricedFake())
     assert moa._stages.STAGES["verify"].estimate(context, [(0, 7), (0, 5)]).outputs == [(0, 7), (0, 7)]
+
+
+# --- execute: what each program's run makes of its candidate (a scripted sandbox: no program runs) ------------
+
+
+def run_of(stdout: str = "", exit_status: int | None = 0, limit: str | None = None, reason: str | None = None) -> Any:
+    from moa._sandbox import Execution
+
+    return lambda code: Execution(code, exit_status, stdout, "", 0.5, limit, reason, ("scripted",))
+
+
+#: What each program "prints": a program is its own name.
+PROGRAMS = {
+    "twelve": run_of("it is 12\n"),
+    "silent": run_of(" \n"),
+    "words": run_of("no digits here\n"),
+    "slow": run_of(exit_status=None, limit="wall_time", reason="it ran past its 2 s"),
+    "crash": run_of(exit_status=1),
+}
+EXECUTE_LIMITS = {"wall_s": 2, "cpu_s": 1, "memory_mb": 64, "processes": 4, "output_bytes": 2000}
+
+
+class ScriptedBox:
+    """A sandbox that runs nothing: each program's result is ``PROGRAMS[code]``; notes the runs, at most how
+    many at once."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, Any]] = []
+        self.running = 0
+        self.most = 0
+
+    async def run(self, code: str, *, limits: Any = None, stdin: str = "") -> Any:
+        self.runs.append((code, limits))
+        self.running += 1
+        self.most = max(self.most, self.running)
+        await asyncio.sleep(0)  # the other programs of the layer start meanwhile, as many as it allows
+        self.running -= 1
+        return PROGRAMS[code.strip()](code)
+
+
+@pytest.fixture
+def box(monkeypatch: pytest.MonkeyPatch) -> ScriptedBox:
+    import moa._sandbox
+
+    scripted = ScriptedBox()
+    monkeypatch.setattr(moa._sandbox, "sandbox", lambda backend="local", **options: scripted)
+    return scripted
+
+
+def fenced(program: str) -> str:
+    return f"Here:\n```python\n{program}\n```"
+
+
+def execute_recipe(replies: dict[str, Any], **execute: Any) -> tuple[dict[str, Any], FakeProvider]:
+    agents = [{"model": model} for model in replies]
+    layers = [{"kind": "propose", "agents": agents}, {"kind": "execute", "limits": EXECUTE_LIMITS, **execute}]
+    return {"name": "x", "retry": {"max_attempts": 1}, "layers": layers}, FakeProvider(replies=replies)
+
+
+def execute_summary(result: moa.Result, layer: int = 2) -> str | None:
+    found = result.layers[layer - 1]
+    return moa._stages.STAGES["execute"].summary(Outcome(found.candidates, found.considered), layer)
+
+
+async def test_each_program_that_gives_no_answer_says_why_and_the_summary_counts_them(box: ScriptedBox) -> None:
+    programs = ("twelve", "silent", "words", "slow", "crash")
+    replies: dict[str, Any] = {f"openai/{p}": [fenced(p)] for p in programs}
+    recipe, fake = execute_recipe({**replies, "openai/prose": ["no code, just 7"]}, no_code="pass")
+    result = await moa.run("Q", recipe, provider=fake)
+    layer = result.layers[1]
+    assert [c.text for c in layer.candidates] == ["12", "no code, just 7"]
+    assert [(c.execution or {}).get("no_answer") for c in layer.considered] == [
+        None,
+        "printed nothing",
+        "printed no number",
+        "it ran past its 2 s",
+        "the program failed",
+        None,
+    ]
+    assert layer.considered[-1].execution is None  # passed on as written
+    assert execute_summary(result) == (
+        "programs: 1 of 5 gave an answer (1 printed nothing, 1 printed no number, 1 wall_time, "
+        "1 the program failed); 1 without code went on as written"
+    )
+    from moa._sandbox import Limits
+
+    assert [limits for _, limits in box.runs] == [Limits(**EXECUTE_LIMITS)] * 5
+
+
+async def test_no_answer_at_all_is_an_execution_error_naming_each_candidates_reason(box: ScriptedBox) -> None:
+    cut = Completion(fenced("twelve"), completion_tokens=5, finish_reason="length")
+    replies: dict[str, Any] = {"openai/a": [fenced("silent")], "openai/b": [cut], "openai/f": ["no code"]}
+    recipe, fake = execute_recipe(replies, answer="last_line")
+    recipe["layers"][0]["agents"][0]["n"] = 2
+    with pytest.raises(moa.ExecutionError) as info:
+        await moa.run("Q", recipe, provider=fake)
+    assert info.value.failures == [
+        "the answer of layer 1, openai/a: printed nothing",
+        "the answer of layer 1, openai/a #2: printed nothing",
+        "the answer of layer 1, openai/b: it was cut by max_tokens: its program may be incomplete",
+        "the answer of layer 1, openai/f: no code found in it",
+    ]
+    assert [code for code, _ in box.runs] == ["silent", "silent"]  # the cut program never runs
+    assert [c.execution for c in info.value.considered][2:] == [
+        {"code": None, "no_answer": "it was cut by max_tokens: its program may be incomplete"},
+        {"code": None, "no_answer": "no code found in it"},
+    ]
+
+
+async def test_a_second_execute_finding_no_code_takes_the_earlier_answer_away(box: ScriptedBox) -> None:
+    recipe, fake = execute_recipe({"openai/a": [fenced("twelve")]})
+    recipe["layers"].append({"kind": "execute", "unanswered": "keep"})
+    result = await moa.run("Q", recipe, provider=fake)
+    assert [(c.text, c.answer) for c in result.layers[1].candidates] == [("12", "12")]
+    assert [(c.text, c.answer) for c in result.layers[2].candidates] == [("12", None)]
+
+
+async def test_only_runs_a_reused_answer_of_the_agent_named(box: ScriptedBox) -> None:
+    first = await moa.run("Q", {"name": "p", "layers": [{"kind": "propose", "agents": [{"model": "openai/a"}]}]},
+                          provider=FakeProvider(replies={"openai/a": [fenced("twelve")]}))  # fmt: skip
+    recipe, fake = execute_recipe({"openai/b": ["unused"]}, only=["openai/a"])
+    result = await moa.run("Q", recipe, provider=fake, reuse=first.layers[:1])
+    assert [c.answer for c in result.layers[1].candidates] == ["12"] and fake.requests == []
+
+
+async def test_programs_run_together_one_per_cpu(box: ScriptedBox, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    recipe, fake = execute_recipe({f"openai/{n}": [fenced("twelve")] for n in "abcd"})
+    await moa.run("Q", recipe, provider=fake)
+    assert (len(box.runs), box.most) == (4, 3)
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one at a time
+    box.most = 0
+    await moa.run("Q", recipe, provider=fake)
+    assert (len(box.runs), box.most) == (8, 1)
+
+
+def test_the_code_a_pattern_finds_is_its_group_or_its_whole_match_when_the_group_took_no_part() -> None:
+    from moa._stages.execute import answer_of, code_of
+    from moa.recipe import ExecuteLayer
+
+    layer = ExecuteLayer(kind="execute", code_pattern=r"(?:CODE:(.+))|print\(\d\)")
+    assert code_of(layer, "CODE:x = 1") == "x = 1"
+    assert code_of(layer, "then print(7)") == "print(7)"
+    assert answer_of(ExecuteLayer(kind="execute", answer="last_line"), " \n\n") is None
+
+
+def test_executes_planned_answers_are_what_a_program_may_print() -> None:
+    recipe, _ = execute_recipe({"openai/a": ["x"]})
+    loaded = moa.load_recipe(recipe)
+    context = EstimateContext(1, loaded.layers[1], [USER], plan_layer(loaded, 1), PricedFake())
+    assert moa._stages.STAGES["execute"].estimate(context, [(0, 7)]).outputs == [(0, 2000)]
+    assert moa._stages.STAGES["execute"].estimate(context, [(0, 7), (0, 3000)]).outputs == [(0, 3000)] * 2
