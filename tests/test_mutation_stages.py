@@ -786,6 +786,7 @@ def execute_summary(result: moa.Result, layer: int = 2) -> str | None:
 async def test_each_program_that_gives_no_answer_says_why_and_the_summary_counts_them(box: ScriptedBox) -> None:
     programs = ("twelve", "silent", "words", "slow", "crash")
     replies: dict[str, Any] = {f"openai/{p}": [fenced(p)] for p in programs}
+    replies["openai/quiet"] = [fenced("silent")]
     recipe, fake = execute_recipe({**replies, "openai/prose": ["no code, just 7"]}, no_code="pass")
     result = await moa.run("Q", recipe, provider=fake)
     layer = result.layers[1]
@@ -796,16 +797,17 @@ async def test_each_program_that_gives_no_answer_says_why_and_the_summary_counts
         "printed no number",
         "it ran past its 2 s",
         "the program failed",
+        "printed nothing",
         None,
     ]
     assert layer.considered[-1].execution is None  # passed on as written
     assert execute_summary(result) == (
-        "programs: 1 of 5 gave an answer (1 printed nothing, 1 printed no number, 1 wall_time, "
+        "programs: 1 of 6 gave an answer (2 printed nothing, 1 printed no number, 1 wall_time, "
         "1 the program failed); 1 without code went on as written"
     )
     from moa._sandbox import Limits
 
-    assert [limits for _, limits in box.runs] == [Limits(**EXECUTE_LIMITS)] * 5
+    assert [limits for _, limits in box.runs] == [Limits(**EXECUTE_LIMITS)] * 6
 
 
 async def test_no_answer_at_all_is_an_execution_error_naming_each_candidates_reason(box: ScriptedBox) -> None:
@@ -834,6 +836,8 @@ async def test_a_second_execute_finding_no_code_takes_the_earlier_answer_away(bo
     result = await moa.run("Q", recipe, provider=fake)
     assert [(c.text, c.answer) for c in result.layers[1].candidates] == [("12", "12")]
     assert [(c.text, c.answer) for c in result.layers[2].candidates] == [("12", None)]
+    assert execute_summary(result, 2) == "programs: 1 of 1 gave an answer"
+    assert execute_summary(result, 3) == "programs: 0 of 1 gave an answer (1 no code found in it)"
 
 
 async def test_only_runs_a_reused_answer_of_the_agent_named(box: ScriptedBox) -> None:
