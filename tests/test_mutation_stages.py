@@ -735,6 +735,7 @@ PROGRAMS = {
     "words": run_of("no digits here\n"),
     "slow": run_of(exit_status=None, limit="wall_time", reason="it ran past its 2 s"),
     "crash": run_of(exit_status=1),
+    "exit(13)": run_of(exit_status=13),
 }
 EXECUTE_LIMITS = {"wall_s": 2, "cpu_s": 1, "memory_mb": 64, "processes": 4, "output_bytes": 2000}
 
@@ -877,3 +878,105 @@ def test_executes_planned_answers_are_what_a_program_may_print() -> None:
     context = EstimateContext(1, loaded.layers[1], [USER], plan_layer(loaded, 1), PricedFake())
     assert moa._stages.STAGES["execute"].estimate(context, [(0, 7)]).outputs == [(0, 2000)]
     assert moa._stages.STAGES["execute"].estimate(context, [(0, 7), (0, 3000)]).outputs == [(0, 3000)] * 2
+
+
+# --- vote: who wins, what the extractor is asked, the summary and the plan ---------------------------------------
+
+
+def vote_recipe(replies: dict[str, Any], **vote: Any) -> tuple[dict[str, Any], FakeProvider]:
+    agents = [{"model": model} for model in replies if model != "openai/s"]
+    layers = [{"kind": "propose", "agents": agents}, {"kind": "vote", **vote}]
+    return {"name": "vote", "retry": {"max_attempts": 1}, "layers": layers}, PricedFake(replies=replies)
+
+
+def vote_summary(result: moa.Result, layer: int = 2) -> str | None:
+    found = result.layers[layer - 1]
+    return moa._stages.STAGES["vote"].summary(Outcome(found.candidates, found.considered), layer)
+
+
+def extractor_asked(question: str, text: str) -> list[dict[str, str]]:
+    """What the extractor is sent, written out."""
+    return [
+        {"role": "system", "content": "You read a response to a question and report only the final answer it gives."},
+        {
+            "role": "user",
+            "content": f"Question:\n{question}\n\nResponse:\n{text}\n\nReply with the final answer the response gives, "
+            "as briefly as possible (a number, a word or a short phrase), or NONE if it gives none.",
+        },
+    ]
+
+
+async def test_the_extractor_is_asked_each_candidates_answer_and_none_or_a_failure_is_no_vote() -> None:
+    texts = {"openai/a": "I get seven.", "openai/b": "No idea.", "openai/f": "Hmm."}
+    extracted = ["7", "NONE", RequestRejectedError("bad request", status_code=400)]
+    replies: dict[str, Any] = {**{model: [text] for model, text in texts.items()}, "openai/s": extracted}
+    recipe, fake = vote_recipe(replies, extract="llm", extractor={"model": "openai/s"})
+    result = await moa.run("Q", recipe, provider=fake, max_cost_usd=10_000)
+    asked = fake.to_model("openai/s")
+    assert [r.messages for r in asked] == [extractor_asked("Q", text) for text in texts.values()]
+    assert all(r.params["temperature"] == 0.0 and r.params["max_tokens"] == 32 for r in asked)
+    assert [(o.step, o.ok) for o in result.layers[1].outputs] == [(1, True), (2, True), (3, False)]
+    assert [(c.answer, c.votes) for c in result.layers[1].considered] == [("7", 1), (None, 0), (None, 0)]
+    assert vote_summary(result) == "votes: '7' x1; 2 without an answer"
+    # Each extraction reserves its prompt with the candidate's answer counted as its tokens (words, here).
+    reserved = [tokens for model, tokens in fake.priced if model == "openai/s"][-3:]
+    assert reserved == [prompt_tokens(extractor_asked("Q", t), [(len(t), len(t.split()))]) for t in texts.values()]
+
+
+async def test_a_tie_goes_to_the_answer_given_first_or_with_ties_all_to_every_tied_answer() -> None:
+    replies: dict[str, Any] = {"openai/a": ["12"], "openai/b": ["13"], "openai/f": ["no number"]}
+    first = await moa.run("Q", vote_recipe(replies, extract="number")[0], provider=FakeProvider(replies=replies))
+    assert [c.text for c in first.layers[1].candidates] == ["12"]
+    every = await moa.run(
+        "Q", vote_recipe(replies, extract="number", ties="all")[0], provider=FakeProvider(replies=replies)
+    )
+    assert [c.text for c in every.layers[1].candidates] == ["12", "13"]
+    assert vote_summary(every) == "votes: '12' x1, '13' x1; 1 without an answer"
+
+
+async def test_without_any_answer_the_first_candidate_goes_on() -> None:
+    replies: dict[str, Any] = {"openai/a": ["no idea"], "openai/b": ["none either"]}
+    result = await moa.run("Q", vote_recipe(replies, extract="number")[0], provider=FakeProvider(replies=replies))
+    assert [c.text for c in result.layers[1].candidates] == ["no idea"]
+    assert vote_summary(result) == "votes: no answer extracted from 2 candidate(s); the first goes on"
+
+
+async def test_the_summary_lists_answers_by_votes_and_cuts_long_ones() -> None:
+    replies: dict[str, Any] = {"openai/a": ["12"], "openai/b": ["7"], "openai/f": ["7"], "openai/free": ["none"]}
+    result = await moa.run("Q", vote_recipe(replies, extract="number")[0], provider=FakeProvider(replies=replies))
+    assert vote_summary(result) == "votes: '7' x2, '12' x1; 1 without an answer"
+    long = {"openai/a": ["x" * 24], "openai/b": ["y" * 25]}
+    result = await moa.run("Q", vote_recipe(long, extract="text")[0], provider=FakeProvider(replies=long))
+    assert vote_summary(result) == f"votes: {'x' * 24!r} x1, {'y' * 21 + '...'!r} x1"
+
+
+async def test_a_program_that_gave_no_answer_does_not_vote_with_its_code(box: ScriptedBox) -> None:
+    replies: dict[str, Any] = {"openai/a": [fenced("twelve")], "openai/b": [fenced("exit(13)")]}
+    recipe, fake = execute_recipe(replies, unanswered="keep")
+    recipe["layers"].append({"kind": "vote", "extract": "number"})
+    result = await moa.run("Q", recipe, provider=fake)
+    assert [(c.answer, c.votes) for c in result.layers[2].considered] == [("12", 1), (None, 0)]
+    assert vote_summary(result, 3) == "votes: '12' x1; 1 without an answer"
+
+
+def test_the_plan_of_a_vote_prices_an_extraction_per_candidate_and_passes_on_its_longest() -> None:
+    replies: dict[str, Any] = {"openai/a": ["x"], "openai/b": ["x"], "openai/s": ["x"]}
+    recipe, _ = vote_recipe(replies, extract="llm", extractor={"model": "openai/s"})
+    settings = SettingsFake()
+    plans = moa.plan(recipe, "Q", provider=settings)
+    # Each extraction quotes a planned answer (a's 7 tokens, b's 5) as its tokens only; the question's length
+    # puts the prompt on a multiple of 3 characters, where one character less would be a token less.
+    asked = extractor_asked("Q", "")
+    assert settings.priced[2:] == [
+        ("openai/s", prompt_tokens(asked, [(0, 7)])),
+        ("openai/s", prompt_tokens(asked, [(0, 5)])),
+    ]
+    assert prompt_tokens(asked, [(1, 7)]) == prompt_tokens(asked, [(0, 7)]) - 1
+    assert {key: settings.settings[-1].get(key) for key in ("temperature", "max_tokens")} == {
+        "temperature": 0.0,
+        "max_tokens": 32,
+    }
+    assert plans[1].worst_case_usd == prompt_tokens(asked, [(0, 7)]) + prompt_tokens(asked, [(0, 5)])
+    loaded = moa.load_recipe(recipe)
+    context = EstimateContext(1, loaded.layers[1], [USER], plan_layer(loaded, 1), PricedFake())
+    assert moa._stages.STAGES["vote"].estimate(context, [(0, 7), (0, 5)]).outputs == [(0, 7)]
