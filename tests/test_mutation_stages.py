@@ -980,3 +980,131 @@ def test_the_plan_of_a_vote_prices_an_extraction_per_candidate_and_passes_on_its
     loaded = moa.load_recipe(recipe)
     context = EstimateContext(1, loaded.layers[1], [USER], plan_layer(loaded, 1), PricedFake())
     assert moa._stages.STAGES["vote"].estimate(context, [(0, 7), (0, 5)]).outputs == [(0, 7)]
+
+
+# --- rank: the judge's prompts, the scores of each mode, the summary and the plan --------------------------------
+
+TASTE = {"worst": 0, "fine": 1, "best": 2}
+
+
+def judged_pairwise(instruction: str, question: str, a: str, b: str) -> list[dict[str, str]]:
+    """What a pairwise judge is sent, written out."""
+    return [
+        {"role": "system", "content": instruction},
+        {
+            "role": "user",
+            "content": f"Question:\n{question}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\n"
+            "Which response answers the question better? Answer A or B.",
+        },
+    ]
+
+
+def judged_pointwise(instruction: str, question: str, response: str) -> list[dict[str, str]]:
+    """What a pointwise judge is sent, written out."""
+    return [
+        {"role": "system", "content": instruction},
+        {
+            "role": "user",
+            "content": f"Question:\n{question}\n\nResponse:\n{response}\n\nIs the response correct? Answer yes or no.",
+        },
+    ]
+
+
+def prefers_by_taste(request: Any, index: int) -> str:
+    shown = request.messages[-1]["content"].split("Response A:\n")[1]
+    a, b = shown.split("\n\nResponse B:\n")[0], shown.split("\n\nResponse B:\n")[1].split("\n\n")[0]
+    return "A" if TASTE[a] > TASTE[b] else "B"
+
+
+def rank_recipe(**rank: Any) -> dict[str, Any]:
+    agents = [{"model": m} for m in ("openai/a", "openai/b", "openai/f")]
+    layers = [{"kind": "propose", "agents": agents}, {"kind": "rank", "judge": {"model": "openai/s"}, **rank}]
+    return {"name": "rank", "retry": {"max_attempts": 1}, "layers": layers}
+
+
+def rank_summary(result: moa.Result, layer: int = 2) -> str | None:
+    found = result.layers[layer - 1]
+    return moa._stages.STAGES["rank"].summary(Outcome(found.candidates, found.considered), layer)
+
+
+PROPOSED = {"openai/a": ["worst"], "openai/b": ["best"], "openai/f": ["fine"]}
+
+
+async def test_a_knockout_plays_each_match_in_both_orders_and_its_champion_ranks_first() -> None:
+    fake = PricedFake(responder=prefers_by_taste, replies=PROPOSED)
+    recipe = rank_recipe(pairs="knockout", instruction="Pick the better one.")
+    result = await moa.run("Q", recipe, provider=fake, max_cost_usd=10_000)
+    asked = fake.to_model("openai/s")
+    pairs = [("worst", "best"), ("best", "worst"), ("best", "fine"), ("fine", "best")]
+    assert [r.messages for r in asked] == [judged_pairwise("Pick the better one.", "Q", a, b) for a, b in pairs]
+    # best beats worst in both orders (+2 / -2), then fine (+2 / -2); the champion is then put 1 above the top.
+    assert [c.score for c in result.layers[1].considered] == [-2.0, 5.0, -2.0]
+    assert [c.text for c in result.layers[1].candidates] == ["best"]
+    assert [o.step for o in result.layers[1].outputs] == [1, 2, 3, 4]
+    assert rank_summary(result) == "rank: #2 (+5.00), #1 (-2.00), #3 (-2.00); the best 1 go on"
+    # Each verdict reserves its prompt with both answers quoted as their tokens (a word each).
+    reserved = [tokens for model, tokens in fake.priced if model == "openai/s"][-4:]
+    assert reserved == [
+        prompt_tokens(judged_pairwise("Pick the better one.", "Q", a, b), [(len(a), 1), (len(b), 1)]) for a, b in pairs
+    ]
+
+
+async def test_a_knockout_tie_keeps_the_champion() -> None:
+    fake = FakeProvider(replies={**PROPOSED, "openai/s": ["A"]})  # always the first shown: every match a tie
+    result = await moa.run("Q", rank_recipe(pairs="knockout"), provider=fake)
+    assert [c.score for c in result.layers[1].considered] == [1.0, 0.0, 0.0]
+    assert [c.text for c in result.layers[1].candidates] == ["worst"]
+
+
+async def test_pointwise_scores_are_p_yes_and_a_failed_verdict_is_a_half() -> None:
+    rejected = RequestRejectedError("bad request", status_code=400)
+    fake = FakeProvider(replies={**PROPOSED, "openai/s": ["no", rejected, "yes"]})
+    recipe = rank_recipe(mode="pointwise", top_k=2, instruction="Is it right?")
+    result = await moa.run("Q", recipe, provider=fake)
+    assert [r.messages for r in fake.to_model("openai/s")] == [
+        judged_pointwise("Is it right?", "Q", text) for text in ("worst", "best", "fine")
+    ]
+    assert [c.score for c in result.layers[1].considered] == [0.0, 0.5, 1.0]
+    assert [c.text for c in result.layers[1].candidates] == ["fine", "best"]
+    assert rank_summary(result) == "rank: #3 (+1.00), #2 (+0.50), #1 (+0.00); the best 2 go on"
+
+
+async def test_pairwise_judges_with_the_layers_instruction() -> None:
+    fake = FakeProvider(prefers_by_taste, replies=PROPOSED)
+    result = await moa.run("Q", rank_recipe(instruction="Which is better?"), provider=fake)
+    assert fake.to_model("openai/s")[0].messages == judged_pairwise("Which is better?", "Q", "worst", "best")
+    assert [c.score for c in result.layers[1].considered] == [-4.0, 4.0, 0.0]
+
+
+@pytest.mark.parametrize("mode", [{"mode": "pointwise"}, {"pairs": "knockout"}])
+async def test_a_lone_candidate_goes_on_unjudged_with_a_score_of_zero(mode: dict[str, Any]) -> None:
+    fake = FakeProvider(replies={"openai/a": ["only"]})
+    recipe = rank_recipe(**mode)
+    recipe["layers"][0]["agents"] = [{"model": "openai/a"}]
+    result = await moa.run("Q", recipe, provider=fake)
+    assert [(c.text, c.score) for c in result.layers[1].considered] == [("only", 0.0)]
+    assert [c.score for c in result.layers[1].candidates] == [0.0]
+    assert fake.to_model("openai/s") == []
+    assert rank_summary(result) == "rank: #1 (+0.00); the best 1 go on"
+
+
+@pytest.mark.parametrize(
+    ("rank", "asked", "quoted", "calls"),
+    [
+        ({"mode": "pointwise", "instruction": "Right?"}, judged_pointwise("Right?", "Q", ""), 1, 3),
+        ({"instruction": "Better?"}, judged_pairwise("Better?", "Q", "", ""), 2, 6),
+    ],
+)
+def test_the_plan_of_a_rank_prices_each_verdict_quoting_the_longest_answer(
+    rank: dict[str, Any], asked: list[dict[str, str]], quoted: int, calls: int
+) -> None:
+    settings = SettingsFake()
+    plans = moa.plan(rank_recipe(top_k=2, **rank), "Q", provider=settings)
+    tokens = prompt_tokens(asked, [(0, 9)] * quoted)  # f's 9 tokens are the longest answer
+    assert settings.priced[3:] == [("openai/s", tokens)]
+    assert plans[1].worst_case_usd == tokens * calls
+    verdict = {**VERDICT_SETTINGS, "logprobs": True, "top_logprobs": 5}
+    assert {key: settings.settings[-1].get(key) for key in verdict} == verdict
+    loaded = moa.load_recipe(rank_recipe(top_k=2, **rank))
+    context = EstimateContext(1, loaded.layers[1], [USER], plan_layer(loaded, 1), PricedFake())
+    assert moa._stages.STAGES["rank"].estimate(context, [(0, 5), (0, 7), (0, 3)]).outputs == [(0, 7), (0, 5)]
