@@ -1108,3 +1108,65 @@ def test_the_plan_of_a_rank_prices_each_verdict_quoting_the_longest_answer(
     loaded = moa.load_recipe(rank_recipe(top_k=2, **rank))
     context = EstimateContext(1, loaded.layers[1], [USER], plan_layer(loaded, 1), PricedFake())
     assert moa._stages.STAGES["rank"].estimate(context, [(0, 5), (0, 7), (0, 3)]).outputs == [(0, 7), (0, 5)]
+
+
+# --- debate: what each agent is sent round by round, and the plan ------------------------------------------------
+
+
+def debate_recipe(templates: dict[str, str], rounds: int = 3, **debate: Any) -> dict[str, Any]:
+    agents = [{"model": "openai/a", "system": "SA"}, {"model": "openai/b"}, {"model": "openai/f"}]
+    layer = {"kind": "debate", "agents": agents, "rounds": rounds, "template": templates["seq"], **debate}
+    return {"name": "debate", "retry": {"max_attempts": 1}, "layers": [layer, {"kind": "vote"}]}
+
+
+async def test_each_debate_round_shows_an_agent_the_others_latest_answers_and_a_failed_one_drops_out(
+    templates: dict[str, str],
+) -> None:
+    rejected = RequestRejectedError("bad request", status_code=400)
+    replies: dict[str, list[Any]] = {
+        "openai/a": ["a1", rejected],
+        "openai/b": ["b1", "b2", "b3"],
+        "openai/f": ["f1", "f2", "f3"],
+    }
+    fake = PricedFake(replies=replies)
+    result = await moa.run("Q", debate_recipe(templates, min_success=2), provider=fake, max_cost_usd=10_000)
+    assert [r.messages for r in fake.to_model("openai/a")][1] == [
+        {"role": "system", "content": "SA"},
+        USER,
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "LxxxSyyyyyy[b1][f1]"},
+    ]
+    third = fake.to_model("openai/b")[2].messages
+    assert third == [
+        USER,
+        {"role": "assistant", "content": "b1"},
+        {"role": "user", "content": "LxxxSyyyyyy[a1][f1]"},
+        {"role": "assistant", "content": "b2"},
+        {"role": "user", "content": "LxxxSyyyyyyyyy[f2]"},  # a dropped out in round 2
+    ]
+    assert [c.text for c in result.layers[0].candidates] == ["b3", "f3"]
+    # Round 3 reserves its prompt with every answer it quotes counted as its tokens (a word each).
+    quoted = [(2, 1)] * 5  # b1, a1, f1 (round 2), then b2, f2
+    assert [tokens for model, tokens in fake.priced if model == "openai/b"][-1] == prompt_tokens(third, quoted)
+
+
+def test_the_plan_of_a_debate_prices_each_round_with_every_answer_so_far(templates: dict[str, str]) -> None:
+    # Round 1: a ("SA", "Q") 13 tokens, b and f 7.  Round r > 1: the conversation, then the turn rendered once per
+    # later round so far (it says layer 1, step r: "LxxxS" and 3r y's, "[]" per other agent), quoting every
+    # answer so far at the agents' limits: a 7, b 5, f 9 tokens each round.
+    fake = PricedFake()
+    plans = moa.plan(debate_recipe(templates), "Q", provider=fake)
+    turn = [f"LxxxS{'y' * 3 * r}[][]" for r in (2, 3)]
+    own = {"openai/a": [{"role": "system", "content": "SA"}, USER], "openai/b": [USER], "openai/f": [USER]}
+    limits = {"openai/a": 7, "openai/b": 5, "openai/f": 9}
+    expected = [(model, prompt_tokens(own[model])) for model in own]
+    for number, text in enumerate(turn, start=2):
+        for model in own:
+            history = (number - 1) * sum(limits.values())  # each round so far: its own answer and the others'
+            messages = [*own[model], {"role": "user", "content": text * (number - 1)}]
+            expected.append((model, prompt_tokens(messages, [(0, history)])))
+    assert fake.priced == expected
+    assert plans[0].worst_case_usd == sum(tokens for _, tokens in expected)
+    loaded = moa.load_recipe(debate_recipe(templates))
+    context = EstimateContext(0, loaded.layers[0], [USER], plan_layer(loaded, 0), PricedFake())
+    assert moa._stages.STAGES["debate"].estimate(context, []).outputs == [(0, 7), (0, 5), (0, 9)]
