@@ -180,21 +180,24 @@ async def test_a_loops_steps_are_recorded_at_the_stages_step_and_its_latency_is_
 
 
 async def test_an_asked_agent_with_tools_answers_through_its_own_loop() -> None:
-    expert = {"model": "openai/e", "tools": ["add"]}
+    # The expert has a tool of its own that needs the run's tools runtime: asking a third agent.
+    expert = {"model": "openai/e", "tools": [{"name": "ask", "function": "check", "agent": {"model": "openai/g"}}]}
     tool = {"name": "ask", "function": "consult", "agent": expert}
     fake = FakeProvider(
         replies={
             "openai/a": [asks(("q", "consult", {"question": "1 + 2?"})), "It is 3."],
-            "openai/e": [asks(("e1", "add", ADD)), "3, by add"],
+            "openai/e": [asks(("e1", "check", {"question": "Is it 3?"})), "3, checked"],
+            "openai/g": ["yes, 3"],
         }
     )
     result = await moa.run("Q", one_agent(tools=[tool]), provider=fake)
     (output,) = result.layers[0].outputs
     (consult,) = output.tool_calls
     (answer,) = consult.calls
-    assert (consult.result, answer.step, answer.tool_steps) == ("3, by add", 0, 2)
-    assert [t.result for t in answer.tool_calls] == ["3"]
+    assert (consult.result, answer.step, answer.tool_steps) == ("3, checked", 0, 2)
+    assert [(t.result, t.error) for t in answer.tool_calls] == [("yes, 3", None)]
     assert fake.to_model("openai/e")[0].messages == [{"role": "user", "content": "1 + 2?"}]
+    assert fake.to_model("openai/g")[0].messages == [{"role": "user", "content": "Is it 3?"}]
 
 
 class Priced(FakeProvider):
