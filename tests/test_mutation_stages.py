@@ -1123,31 +1123,34 @@ async def test_each_debate_round_shows_an_agent_the_others_latest_answers_and_a_
     templates: dict[str, str],
 ) -> None:
     rejected = RequestRejectedError("bad request", status_code=400)
+    # Answers of one long word each: quoted at their token count (1), they are far shorter than their characters.
+    word = {name: (name[0] + "qrs"[int(name[1]) - 1]) * 12 for name in ("a1", "b1", "b2", "b3", "f1", "f2", "f3")}
     replies: dict[str, list[Any]] = {
-        "openai/a": ["a1", rejected],
-        "openai/b": ["b1", "b2", "b3"],
-        "openai/f": ["f1", "f2", "f3"],
+        "openai/a": [word["a1"], rejected],
+        "openai/b": [word["b1"], word["b2"], word["b3"]],
+        "openai/f": [word["f1"], word["f2"], word["f3"]],
     }
     fake = PricedFake(replies=replies)
-    result = await moa.run("Q", debate_recipe(templates, min_success=2), provider=fake, max_cost_usd=10_000)
+    result = await moa.run("Q", debate_recipe(templates, min_success=2), provider=fake, max_cost_usd=100_000)
     assert [r.messages for r in fake.to_model("openai/a")][1] == [
         {"role": "system", "content": "SA"},
         USER,
-        {"role": "assistant", "content": "a1"},
-        {"role": "user", "content": "LxxxSyyyyyy[b1][f1]"},
+        {"role": "assistant", "content": word["a1"]},
+        {"role": "user", "content": f"LxxxSyyyyyy[{word['b1']}][{word['f1']}]"},
     ]
     third = fake.to_model("openai/b")[2].messages
     assert third == [
         USER,
-        {"role": "assistant", "content": "b1"},
-        {"role": "user", "content": "LxxxSyyyyyy[a1][f1]"},
-        {"role": "assistant", "content": "b2"},
-        {"role": "user", "content": "LxxxSyyyyyyyyy[f2]"},  # a dropped out in round 2
+        {"role": "assistant", "content": word["b1"]},
+        {"role": "user", "content": f"LxxxSyyyyyy[{word['a1']}][{word['f1']}]"},
+        {"role": "assistant", "content": word["b2"]},
+        {"role": "user", "content": f"LxxxSyyyyyyyyy[{word['f2']}]"},  # a dropped out in round 2
     ]
-    assert [c.text for c in result.layers[0].candidates] == ["b3", "f3"]
-    # Round 3 reserves its prompt with every answer it quotes counted as its tokens (a word each).
-    quoted = [(2, 1)] * 5  # b1, a1, f1 (round 2), then b2, f2
-    assert [tokens for model, tokens in fake.priced if model == "openai/b"][-1] == prompt_tokens(third, quoted)
+    assert [c.text for c in result.layers[0].candidates] == [word["b3"], word["f3"]]
+    # Round 3 reserves its prompt with every answer it quotes counted as its tokens (one each).
+    quoted = [(24, 1)] * 5  # b1, a1, f1 (round 2), then b2, f2
+    reserved = [tokens for model, tokens in fake.priced if model == "openai/b"][-1]
+    assert reserved == prompt_tokens(third, quoted) < prompt_tokens(third, quoted[:3])
 
 
 def test_the_plan_of_a_debate_prices_each_round_with_every_answer_so_far(templates: dict[str, str]) -> None:
