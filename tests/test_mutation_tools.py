@@ -8,8 +8,11 @@ Written against the mutants of ``moa/_tools`` that survived the rest of the suit
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 
 import moa
 import moa._call.trace
+import moa._tools.calls
 import moa._tools.loop
 from moa import Completion, QuorumError, RequestRejectedError
 from moa._call.cost import prompt_tokens
@@ -41,6 +45,7 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
     monkeypatch.setattr(moa._call.trace, "time", SimpleNamespace(perf_counter=fake.perf_counter))
+    monkeypatch.setattr(moa._tools.calls, "time", SimpleNamespace(perf_counter=fake.perf_counter))
     return fake
 
 
@@ -58,8 +63,24 @@ def functions(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> Iterator[None]:
         clock.now += 100.0
         return "waited"
 
-    moa.register_tool("add", add)
-    moa.register_tool("wait", wait)
+    def items(values: list[int]) -> int:
+        """Sum a list."""
+        return sum(values)
+
+    def later() -> Any:
+        """An awaitable, from a plain function."""
+        return asyncio.sleep(0, result="done later")
+
+    def odd() -> dict[str, Any]:
+        """Values JSON has no form for, and letters beyond ASCII."""
+        return {"when": datetime.date(2024, 1, 2), "city": "Zürich"}
+
+    def shout(length: int) -> str:
+        """Fail at length."""
+        raise ValueError("x" * length)
+
+    for function in (add, wait, items, later, odd, shout):
+        moa.register_tool(function.__name__, function)
     yield
 
 
@@ -175,6 +196,7 @@ async def test_a_loops_steps_are_recorded_at_the_stages_step_and_its_latency_is_
     result = await moa.run("Q", {"name": "seq", "layers": layers}, provider=fake, on_event=events.append)
     outputs = result.layers[1].outputs
     assert [(o.step, o.tool_steps, o.latency_s) for o in outputs] == [(1, 2, 100.0), (2, 2, 100.0)]
+    assert [t.wall_s for o in outputs for t in o.tool_calls] == [100.0, 100.0]
     started = [(e.step, e.tool_step) for e in events if e.kind == "call_started" and e.layer == 2]
     assert started == [(1, 1), (1, 2), (2, 1), (2, 2)]
 
@@ -233,3 +255,124 @@ async def test_a_later_step_reserves_what_the_model_wrote_at_its_token_count(com
         counted = prompt_tokens(output.messages, [(len(written), quoted)])
         assert prompt_tokens(output.messages) < counted
         assert prompt_tokens(output.messages, [(len(written) + 4, quoted)]) < counted
+
+
+# --- one function call: what the model gets back ---------------------------------------------------------------
+
+
+async def results_of(*calls: tuple[str, Any], tools: list[Any] | None = None) -> list[Any]:
+    """The function calls of a one-step loop that asks for ``calls`` ((name, arguments: JSON text or a value))."""
+    requests = tuple(
+        ToolRequest(f"c{n}", name, arguments if isinstance(arguments, str) else json.dumps(arguments))
+        for n, (name, arguments) in enumerate(calls)
+    )
+    fake = FakeProvider(replies={"openai/a": [Completion("", completion_tokens=1, tool_calls=requests), "done"]})
+    agent_tools = tools or sorted({name for name, _ in calls})
+    result = await moa.run("Q", one_agent(tools=agent_tools), provider=fake)
+    return list(result.layers[0].outputs[0].tool_calls)
+
+
+async def test_a_schema_mismatch_names_the_first_problem_by_its_place_and_cuts_a_long_one() -> None:
+    missing, nested = await results_of(("add", {"b": "x"}), ("items", {"values": [1, "two"]}))
+    schema = "error: the arguments do not match the tool's schema: "
+    assert missing.result == schema + "'a' is a required property"  # the whole object's problem comes first
+    assert nested.result == schema + "'two' is not of type 'integer' (at ['values'][1])"
+    # A message of up to 300 characters is given whole, a longer one as its first 200 and last 60.
+    whole, cut_short = await results_of(("add", {"a": "y" * 273, "b": 1}), ("add", {"a": "y" * 274, "b": 1}))
+    message = repr("y" * 273) + " is not of type 'integer'"
+    assert len(message) == 300 and whole.result == schema + message + " (at ['a'])"
+    longer = repr("y" * 274) + " is not of type 'integer'"
+    assert cut_short.result == schema + longer[:200] + " ... " + longer[-60:] + " (at ['a'])"
+
+
+async def test_a_functions_error_is_cut_to_500_characters_and_its_result_to_4000() -> None:
+    (failed,) = await results_of(("shout", {"length": 600}))
+    assert failed.error is not None and len(failed.error) == 500
+    assert failed.error.startswith("ValueError: xxx") and failed.error.endswith("[cut: 612 characters in all]")
+    assert failed.result == "error: ValueError: " + "x" * 600  # the result's own limit is 4000
+
+
+async def test_a_functions_value_is_given_back_as_json_or_as_it_is_and_an_awaitable_is_awaited() -> None:
+    later, odd, nothing = await results_of(("later", {}), ("odd", {}), ("wait", ""))
+    assert later.result == "done later"
+    assert odd.result == '{"when": "2024-01-02", "city": "Zürich"}'
+    assert (nothing.arguments, nothing.result) == ({}, "waited")  # no arguments at all: an empty object
+
+
+def test_cut_keeps_a_text_of_exactly_the_limit() -> None:
+    assert moa._tools.cut("x" * 10, 10) == "x" * 10
+    marker = "\n[cut: 100 characters in all]"
+    assert moa._tools.cut("x" * 100, 60) == "x" * (60 - len(marker)) + marker
+
+
+async def test_a_skipped_call_with_arguments_that_are_not_json_keeps_them_as_text() -> None:
+    first = asks(("c1", "add", ADD))
+    first = Completion("", completion_tokens=1, tool_calls=(*first.tool_calls, ToolRequest("c2", "add", "{oops")))
+    fake = FakeProvider(replies={"openai/a": [first, "It is 3."]})
+    result = await moa.run("Q", one_agent(max_tool_calls=1), provider=fake)
+    skipped = result.layers[0].outputs[0].tool_calls[1]
+    assert (skipped.id, skipped.arguments, skipped.result) == ("c2", "{oops", "")
+
+
+async def test_an_asked_agent_that_fails_is_named_with_its_error_and_its_call_kept() -> None:
+    rejected = RequestRejectedError("bad request", status_code=400)
+    tool = {"name": "ask", "function": "consult", "agent": {"model": "openai/e"}}
+    fake = FakeProvider(
+        replies={"openai/a": [asks(("q", "consult", {"question": "Why?"})), "Unsure."], "openai/e": [rejected]}
+    )
+    result = await moa.run("Q", one_agent(tools=[tool]), provider=fake)
+    (consult,) = result.layers[0].outputs[0].tool_calls
+    assert consult.error == f"openai/e did not answer: RequestRejectedError: {rejected}"
+    assert consult.result == f"error: {consult.error}"
+    assert [(c.model, c.ok) for c in consult.calls] == [("openai/e", False)]
+
+
+def panel(tmp_path: Path, description: str | None) -> str:
+    path = tmp_path / "panel.yaml"
+    about = f"description: {description}\n" if description else ""
+    path.write_text(
+        f"name: panel\n{about}retry: {{max_attempts: 1}}\nlayers:\n"
+        "  - {kind: propose, agents: [{model: openai/p}, {model: openai/q}]}\n"
+        + "  - {kind: aggregate, agents: [{model: openai/g}]}\n"
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize("description", ["Two views.", None])
+async def test_a_recipe_tool_is_described_with_the_recipes_description(tmp_path: Path, description: str | None) -> None:
+    tool = {"name": "ask", "function": "panel", "recipe": panel(tmp_path, description)}
+    fake = FakeProvider(replies={"openai/a": ["fine"]})
+    await moa.run("Q", one_agent(tools=[tool]), provider=fake)
+    (offered,) = fake.requests[0].params["tools"]
+    about = f": {description}" if description else ""
+    expected = f"Ask the `panel` pipeline of assistants a question{about}; its answer comes back."
+    assert offered["function"]["description"] == expected
+
+
+async def test_a_failed_recipe_is_named_with_the_first_line_of_its_error_and_its_calls_kept(tmp_path: Path) -> None:
+    rejected = RequestRejectedError("bad request", status_code=400)
+    tool = {"name": "ask", "function": "panel", "recipe": panel(tmp_path, None)}
+    replies: dict[str, Any] = {
+        "openai/a": [asks(("r", "panel", {"question": "Why?"})), "Unsure."],
+        "openai/p": ["p says"],
+        "openai/q": ["q says"],
+        "openai/g": [rejected],
+    }
+    result = await moa.run("Q", one_agent(tools=[tool]), provider=FakeProvider(replies=replies))
+    (asked,) = result.layers[0].outputs[0].tool_calls
+    assert asked.error == (
+        "the recipe 'panel' failed: QuorumError: layer 2 failed: 0 of 1 calls succeeded, min_success is 1; causes:"
+    )
+    assert [(c.model, c.ok) for c in asked.calls] == [("openai/p", True), ("openai/q", True), ("openai/g", False)]
+
+
+async def test_a_recipe_cannot_be_asked_where_no_engine_runs_the_stage(tmp_path: Path) -> None:
+    from moa import Limiter
+    from moa._call import Caller, Tracer, plan_layer
+    from moa._tools import run_tool, tool_runtime
+
+    recipe = one_agent(tools=[{"name": "ask", "function": "panel", "recipe": panel(tmp_path, None)}])
+    (spec,) = plan_layer(moa.load_recipe(recipe), 0)
+    runtime = tool_runtime(Caller(FakeProvider(), Limiter(), Tracer(None), moa.RetryPolicy(max_attempts=1)))
+    done = await run_tool(runtime, spec, 1, "r", "panel", json.dumps({"question": "Why?"}))
+    assert done.result == "error: recipes cannot be asked here (no engine runs this stage)"
