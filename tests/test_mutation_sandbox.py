@@ -107,3 +107,249 @@ def test_a_long_line_is_cut_to_200_characters() -> None:
     assert judge(Ending(killed_for="output"), LIMITS, "", cause)[2] == (
         f"hit its limit of 16 processes ({cause[:197]}...), then killed: more than 65,536 bytes of output"
     )
+
+
+# --- what a run says was in force -------------------------------------------------------------------------------
+
+SAID = Limits(cpu_s=3, memory_mb=128, processes=16, disk_mb=32)
+COMMON = (
+    "separate process",
+    "isolated interpreter (python -I -S -B: standard library only)",
+    "empty environment: only PATH, HOME, TMPDIR, LANG, LC_ALL, USER, LOGNAME set",
+)
+NAMESPACES = (
+    "no network (network namespace: only a loopback that is down)",
+    "own PID namespace: the whole process tree dies with the run",
+    "private mounts: /home, /tmp hidden (shown again, read-only: /opt/py)",
+    "read-only filesystem except the working directory: but /x writable",
+    "rlimits: CPU 3 s, address space 128 MB, files 32 MB, no core dumps, 16 processes",
+)
+TREE = "process tree: every process it started, new sessions included, killed by its launcher (a subreaper)"
+
+
+def said(
+    mode: str, refused: tuple[str, ...] = (), site_packages: bool = False, kept: tuple[str, ...] = ("/opt/py",)
+) -> tuple[str, ...]:
+    from moa._sandbox._isolation import Choice, describe
+
+    notes = ["read-only filesystem except the working directory: but /x writable", "a note"]
+    choice = Choice(mode, refused)
+    return describe(
+        choice, uid=4242, limits=SAID, site_packages=site_packages, hidden=["/home", "/tmp"], kept=kept, notes=notes
+    )
+
+
+@pytest.fixture
+def not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+
+
+def test_a_run_with_namespaces_as_root_says_each_thing_in_force() -> None:
+    assert said("root-ns") == (
+        *COMMON,
+        "fresh working directory: a 32 MB tmpfs of its own, gone afterwards",
+        "unprivileged user: uid 4242 of its own for each run (no account has it)",
+        *NAMESPACES,
+        "a note",
+    )
+
+
+def test_a_run_in_a_user_namespace_names_its_uid_inside_and_out(not_root: None) -> None:
+    assert said("user-ns", kept=())[3:5] == (
+        "fresh working directory: a 32 MB tmpfs of its own, gone afterwards",
+        "unprivileged user: uid 1000 in a user namespace of its own (uid 1000 outside), no capabilities",
+    )
+    assert said("user-ns", kept=())[7] == "private mounts: /home, /tmp hidden"
+
+
+def test_a_run_without_namespaces_says_what_is_missing_and_why() -> None:
+    assert said("root-plain", ("root-ns: unshare: EPERM",)) == (
+        *COMMON,
+        "fresh temporary working directory, deleted afterwards",
+        "unprivileged user: uid 4242 of its own for each run (no account has it)",
+        "network not isolated: no namespaces on this machine",
+        "files not isolated: no namespaces on this machine; it can read and write what any user may, /tmp included",
+        f"{TREE}, then every process of its uid",
+        "rlimits: CPU 3 s, address space 128 MB, files 32 MB, no core dumps, 16 processes",
+        "could not use root-ns: unshare: EPERM",
+        "a note",
+    )
+    assert said("plain", site_packages=True) == (
+        "separate process",
+        "isolated interpreter (python -I -B: site-packages too)",
+        COMMON[2],
+        "fresh temporary working directory, deleted afterwards",
+        "runs as root: no other uid could run this interpreter",
+        "network not isolated: namespaces turned off (namespaces=False)",
+        "files not isolated: namespaces turned off (namespaces=False); it runs as root and can read and write anything",
+        TREE,
+        "rlimits: CPU 3 s, address space 128 MB, files 32 MB, no core dumps; process limit not enforced "
+        "(RLIMIT_NPROC does not bind root)",
+        "a note",
+    )
+
+
+def test_a_plain_run_as_a_user_says_it_runs_as_that_user(not_root: None) -> None:
+    lines = said("plain", ("user-ns: no user namespaces",))
+    assert lines[4:] == (
+        "runs as your user (uid 1000): it can reach what you can, your other processes included",
+        "network not isolated: no namespaces on this machine",
+        "files not isolated: no namespaces on this machine; it can read and write what you can",
+        TREE,
+        "rlimits: CPU 3 s, address space 128 MB, files 32 MB, no core dumps, 16 processes more than your user "
+        "already has",
+        "could not use user-ns: no user namespaces",
+        "a note",
+    )
+
+
+def test_a_run_with_its_own_uid_unknown_says_a_uid() -> None:
+    from moa._sandbox._isolation import Choice, describe
+
+    lines = describe(Choice("root-plain"), uid=None, limits=SAID, site_packages=False, hidden=[], kept=[])
+    assert lines[4] == "unprivileged user: a uid of its own for each run (no account has it)"
+    assert lines[-1] == "rlimits: CPU 3 s, address space 128 MB, files 32 MB, no core dumps, 16 processes"  # no notes
+    namespaces = describe(Choice("root-ns"), uid=1, limits=SAID, site_packages=False, hidden=["/tmp"], kept=[])
+    assert "read-only filesystem except the working directory" in namespaces  # said without a note of its own
+
+
+def test_the_modes_tried_are_the_best_first_and_without_namespaces_only_the_plain_ones(not_root: None) -> None:
+    from moa._sandbox._isolation import candidates
+
+    assert (candidates(True), candidates(False)) == (("user-ns", "plain"), ("plain",))
+
+
+def test_the_modes_tried_as_root() -> None:
+    import os
+
+    from moa._sandbox._isolation import candidates
+
+    if os.geteuid() != 0:
+        pytest.skip("moa is not running as root here")
+    assert (candidates(True), candidates(False)) == (("root-ns", "root-plain", "plain"), ("root-plain", "plain"))
+
+
+async def test_the_first_mode_whose_probe_passes_is_chosen_once_and_a_total_failure_is_not_kept(
+    not_root: None,
+) -> None:
+    from moa._sandbox._isolation import Choice, choose
+
+    probed: list[str] = []
+
+    async def probe(mode: str) -> str | None:
+        probed.append(mode)
+        return None if mode == "plain" else "no user namespaces"
+
+    key = ("test", object())
+    chosen = await choose(key, True, probe)
+    assert chosen == Choice("plain", ("user-ns: no user namespaces",)) and not chosen.own_uid
+    assert await choose(key, True, probe) is chosen and probed == ["user-ns", "plain"]  # found once
+
+    async def nothing(mode: str) -> str | None:
+        probed.append(mode)
+        return "broken"
+
+    other = ("test", object())
+    assert await choose(other, True, nothing) == Choice("plain", ("user-ns: broken", "plain: broken"))
+    await choose(other, True, nothing)
+    assert probed[2:] == ["user-ns", "plain", "user-ns", "plain"]  # tried again: a failure is not kept
+
+
+def test_a_run_as_root_gets_a_uid_of_its_own_only_in_the_root_modes() -> None:
+    from moa._sandbox._isolation import Choice
+
+    assert [Choice(mode).own_uid for mode in ("root-ns", "root-plain", "user-ns", "plain")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_homes_and_temporary_folders_are_hidden_but_never_a_folder_holding_the_system() -> None:
+    import os
+    import tempfile
+
+    from moa._sandbox._isolation import hidden_paths
+
+    inner = os.path.realpath(tempfile.mkdtemp(prefix="moa-hidden-"))
+    try:
+        extra = [p for p in ("/mnt", "/srv", "/media") if os.path.isdir(p) and not os.path.islink(p)][:1]
+        found = hidden_paths([inner, *extra, "/", "/usr", "/no/such/folder"])
+        assert os.path.realpath(tempfile.gettempdir()) in found and inner not in found  # the outermost only
+        assert "/" not in found and "/usr" not in found
+        assert all(p in found for p in extra) and found == sorted(found)
+    finally:
+        os.rmdir(inner)
+
+
+def test_the_interpreter_is_shown_again_inside_a_hidden_folder() -> None:
+    import os
+    import sys
+
+    from moa._sandbox._isolation import kept_paths
+
+    home = os.path.realpath(sys.base_prefix)
+    parent = os.path.dirname(home)
+    assert kept_paths([parent], site_packages=False) == [home]
+    assert kept_paths(["/no/such/folder"], site_packages=True) == []
+
+
+def test_the_programs_environment_is_only_its_own() -> None:
+    from moa._sandbox._isolation import environment
+
+    assert environment("/w") == {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/w",
+        "TMPDIR": "/w",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "USER": "sandbox",
+        "LOGNAME": "sandbox",
+    }
+
+
+# --- Limits and Execution ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"wall_s": 0}, "Limits.wall_s must be a positive number, not 0"),
+        ({"cpu_s": -1}, "Limits.cpu_s must be a positive number, not -1"),
+        ({"disk_mb": True}, "Limits.disk_mb must be a positive number, not True"),
+        ({"memory_mb": "64"}, "Limits.memory_mb must be a positive number, not '64'"),
+        ({"processes": 2.5}, "Limits.processes must be a whole number, not 2.5"),
+        ({"output_bytes": 1024.0}, "Limits.output_bytes must be a whole number, not 1024.0"),
+    ],
+)
+def test_limits_refuse_what_is_not_a_positive_number_or_not_whole_where_it_must_be(
+    fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        Limits(**fields)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+def test_limits_accept_a_fractional_wall_time_and_have_their_defaults() -> None:
+    assert Limits(wall_s=0.5).wall_s == 0.5
+    assert Limits() == Limits(wall_s=10.0, cpu_s=5, memory_mb=256, processes=16, output_bytes=65536, disk_mb=64)
+
+
+def test_an_executions_trace_clips_long_outputs_keeping_head_and_tail_and_masks_secrets() -> None:
+    from moa._sandbox._types import TRACE_CHARS, Execution
+
+    long = "a" * 1500 + "b" * 1500
+    done = Execution("print(1)", 1, long, "key sk-abcdefghijklmnopqrstuvwxyz0123", 1.23456, None, "why", ("x",))
+    trace = done.to_trace()
+    half = TRACE_CHARS // 2
+    assert trace["stdout"] == f"{'a' * half}\n... [{3000 - 2 * half:,} characters cut] ...\n{'b' * half}"
+    assert "sk-abcdefghijklmnopqrstuvwxyz0123" not in trace["stderr"]
+    assert (trace["code"], trace["exit_status"], trace["wall_s"], trace["limit"]) == ("print(1)", 1, 1.235, None)
+    assert (trace["reason"], trace["isolation"]) == ("why", ["x"])
+    exact = Execution("x" * TRACE_CHARS, 0, "", "", 0.0, None, None, ())
+    assert exact.to_trace()["code"] == "x" * TRACE_CHARS and exact.to_trace()["reason"] is None
+    assert exact.ok and not done.ok and not Execution("", 0, "", "", 0.0, "output", "cut", ()).ok
