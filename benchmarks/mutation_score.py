@@ -54,14 +54,14 @@ _TOOLS = (
     "tests/test_plan.py",
     "tests/test_mutation_tools.py",
 )
-#: The local sandbox: its tests start sandboxed programs (marked ``slow``, run here all the same: the
-#: mutants are in the parent, which supervises the program), and the stage and tool that run code.
-_SANDBOX = (
-    "tests/test_sandbox.py",
-    "tests/test_stage_execute.py",
-    "tests/test_tools_python.py",
-    "tests/test_mutation_sandbox.py",
-)
+#: The sandbox: only tests that start no program.  A mutant of the sandbox runs in the process that
+#: supervises programs, as root here: the programs that the slow tests and the execute and python-tool
+#: tests start (fork bombs, writes outside the working directory) would then run with broken
+#: containment, and ``_local``'s mutants that pick the processes to SIGKILL (``_kill_uid``, ``_kill_group``)
+#: killed every process on the machine when they were run so.  ``_local.py`` is left out for that reason
+#: (nothing but running programs reaches its logic), and so is ``_launcher.py`` (it runs in the child, an
+#: isolated interpreter that never imports the mutants).
+_SANDBOX = ("tests/test_sandbox.py", "tests/test_mutation_sandbox.py")
 _TEMPLATES = (
     "tests/test_templates.py",
     "tests/test_template_safety.py",
@@ -124,15 +124,11 @@ MODULES: dict[str, tuple[str, ...]] = {
     "moa/_tools/loop.py": _TOOLS,
     "moa/_tools/calls.py": _TOOLS,
     "moa/_tools/worst.py": _TOOLS,
-    "moa/_sandbox/_local.py": _SANDBOX,
     "moa/_sandbox/_isolation.py": _SANDBOX,
     "moa/_sandbox/_verdict.py": _SANDBOX,
     "moa/_sandbox/_types.py": _SANDBOX,
     "moa/_sandbox/_container.py": _SANDBOX,
 }
-
-#: Modules whose test files are run with their ``slow`` tests too (the default settings leave them out).
-WITH_SLOW: frozenset[str] = frozenset(module for module in MODULES if module.startswith("moa/_sandbox/"))
 
 #: Tests left out of every selection (none now: no test times the wall clock; one that did failed under
 #: mutmut's trampolines on a loaded machine without any mutant, and the stats run stopped).
@@ -195,8 +191,6 @@ def prepare(module: str, tests: tuple[str, ...]) -> Path:
     if not selected:
         raise SystemExit(f"{module}: none of its test files exists: {', '.join(tests)}")
     mutmut["only_mutate"] = [module]
-    if module in WITH_SLOW:
-        mutmut["pytest_add_cli_args"] = _without_slow_filter(mutmut.get("pytest_add_cli_args", []))
     mutmut["pytest_add_cli_args_test_selection"] = [*selected, *(f"--deselect={test}" for test in DESELECTED)]
     folder = WORK / _slug(module)
     folder.mkdir(parents=True, exist_ok=True)
@@ -209,20 +203,6 @@ def prepare(module: str, tests: tuple[str, ...]) -> Path:
     if not config.is_file() or config.read_text(encoding="utf-8") != text:
         config.write_text(text, encoding="utf-8")
     return folder
-
-
-def _without_slow_filter(args: list[str]) -> list[str]:
-    """``args`` less its ``-m "not slow"`` (the marker filter that leaves the slow tests out)."""
-    kept: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "-m":
-            skip = True
-        else:
-            kept.append(arg)
-    return kept
 
 
 def _meta(folder: Path, module: str) -> dict[str, int | None]:
