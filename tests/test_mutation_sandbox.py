@@ -8,6 +8,8 @@ Written against the mutants of ``moa/_sandbox`` that survived the rest of the su
 from __future__ import annotations
 
 import signal
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import pytest
 
@@ -353,3 +355,231 @@ def test_an_executions_trace_clips_long_outputs_keeping_head_and_tail_and_masks_
     exact = Execution("x" * TRACE_CHARS, 0, "", "", 0.0, None, None, ())
     assert exact.to_trace()["code"] == "x" * TRACE_CHARS and exact.to_trace()["reason"] is None
     assert exact.ok and not done.ok and not Execution("", 0, "", "", 0.0, "output", "cut", ()).ok
+
+
+def test_an_empty_reason_is_no_reason_in_the_trace() -> None:
+    from moa._sandbox._types import Execution
+
+    assert Execution("x", 0, "1", "", 0.0, None, "", ()).to_trace()["reason"] is None
+
+
+def test_every_folder_moa_hides_that_exists_here_is_hidden() -> None:
+    import os
+    import tempfile
+
+    from moa._sandbox._isolation import hidden_paths
+
+    found = hidden_paths()
+    documented = ["/root", "/home", os.path.expanduser("~"), tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"]
+    documented += ["/run/lock", "/run/user"]
+    for folder in (os.path.realpath(f) for f in documented if os.path.isdir(f)):
+        assert any(folder == h or folder.startswith(h + "/") for h in found), folder
+
+
+def test_with_site_packages_the_environments_folders_are_shown_again_too() -> None:
+    import os
+    import sys
+
+    from moa._sandbox._isolation import kept_paths
+
+    base, prefix = os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)
+    if base == prefix or prefix.startswith(base + "/") or base.startswith(prefix + "/"):
+        pytest.skip("not run from a virtual environment apart from its interpreter")
+    hidden = [os.path.dirname(base), os.path.dirname(prefix)]
+    assert kept_paths(hidden, site_packages=False) == [base]
+    assert kept_paths(hidden, site_packages=True) == sorted([base, prefix])
+
+
+async def test_as_root_a_total_failure_falls_back_to_the_plain_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from moa._sandbox._isolation import Choice, choose
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+
+    async def nothing(mode: str) -> str | None:
+        return "broken"
+
+    refused = ("root-ns: broken", "root-plain: broken", "plain: broken")
+    assert await choose(("test", object()), True, nothing) == Choice("plain", refused)
+
+
+def test_every_folder_shown_again_is_named() -> None:
+    assert said("root-ns", kept=("/opt/py", "/opt/lib"))[7] == (
+        "private mounts: /home, /tmp hidden (shown again, read-only: /opt/py, /opt/lib)"
+    )
+
+
+# --- the container backend, with a library of our own in place of llm-sandbox ------------------------------------
+
+
+class Session:
+    """llm-sandbox's ``SandboxSession``: notes how it was made and what it ran; answers with ``Session.answer``."""
+
+    made: ClassVar[list[dict[str, Any]]] = []
+    ran: ClassVar[list[tuple[str, float]]] = []
+    answer: ClassVar[Any] = (0, "ok\n", "")
+
+    def __init__(self, **options: Any) -> None:
+        Session.made.append(options)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def run(self, program: str, timeout: float) -> Any:
+        Session.ran.append((program, timeout))
+        if isinstance(Session.answer, Exception):
+            raise Session.answer
+        code, out, err = Session.answer
+        return SimpleNamespace(exit_code=code, stdout=out, stderr=err)
+
+
+class SandboxTimeoutError(Exception):
+    """llm-sandbox's timeout (recognised by its name)."""
+
+
+@pytest.fixture
+def container(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    from moa._sandbox import _container
+
+    Session.made, Session.ran, Session.answer = [], [], (0, "ok\n", "")
+    pinged: list[str] = []
+    modules = {
+        "llm_sandbox": SimpleNamespace(SandboxSession=Session),
+        "docker": SimpleNamespace(from_env=lambda: SimpleNamespace(ping=lambda: pinged.append("docker"))),
+        "podman": SimpleNamespace(PodmanClient=lambda: SimpleNamespace(ping=lambda: pinged.append("podman"))),
+    }
+
+    def import_module(name: str) -> Any:
+        if name not in modules:
+            raise ImportError(f"No module named {name!r}")
+        return modules[name]
+
+    monkeypatch.setattr(_container.importlib, "import_module", import_module)
+    return {"modules": modules, "pinged": pinged}
+
+
+async def test_a_container_run_asks_llm_sandbox_for_every_limit(container: dict[str, Any]) -> None:
+    from moa._sandbox import ContainerSandbox
+
+    box = ContainerSandbox(image="python:3.12-slim", keep_template=True)
+    limits = Limits(wall_s=7.5, cpu_s=4, memory_mb=96, processes=12, output_bytes=2048)
+    done = await box.run("print(1)", limits=limits)
+    (options,) = Session.made
+    assert options == {
+        "backend": "docker",
+        "execution_timeout": 7.5,
+        "lang": "python",
+        "image": "python:3.12-slim",
+        "skip_environment_setup": True,
+        "keep_template": True,
+        "runtime_configs": {
+            "mem_limit": "96m",
+            "pids_limit": 12,
+            "network_disabled": True,
+            "ulimits": [{"Name": "cpu", "Soft": 4, "Hard": 5}],
+        },
+    }
+    ((program, timeout),) = Session.ran
+    assert timeout == 7.5 and program == _wrapped("print(1)", "")
+    assert (done.exit_status, done.stdout, done.limit, done.reason) == (0, "ok\n", None, None)
+    assert done.isolation == (
+        "docker container through llm-sandbox, image python:3.12-slim, removed afterwards",
+        "no network (network_disabled)",
+        "container limits: memory 96 MB, 12 processes, CPU 4 s",
+        "wall time: llm-sandbox's timeout of 7.5 s",
+        "output cut to 2,048 bytes after the run, not while it runs",
+    )
+    assert container["pinged"] == ["docker"]
+
+
+def _wrapped(code: str, stdin: str) -> str:
+    return (
+        f"import io, sys\nsys.stdin = io.StringIO({stdin!r})\n"
+        f"exec(compile({code!r}, 'main.py', 'exec'), {{'__name__': '__main__'}})\n"
+    )
+
+
+async def test_a_container_runs_own_runtime_settings_win_and_podman_is_asked_too(container: dict[str, Any]) -> None:
+    from moa._sandbox import ContainerSandbox
+
+    own = {"mem_limit": "1g"}
+    box = ContainerSandbox(engine="podman", runtime_configs=own)
+    done = await box.run("print(1)")
+    assert Session.made[0]["runtime_configs"] == own and Session.made[0]["backend"] == "podman"
+    assert Session.made[0]["image"] is None and Session.made[0]["execution_timeout"] == Limits().wall_s
+    assert done.isolation[0] == "podman container through llm-sandbox, image its default, removed afterwards"
+    assert container["pinged"] == ["podman"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ((128, "", ""), (128, None, "exited with status 128")),
+        ((137, "", ""), (-9, None, "killed by signal SIGKILL")),
+        ((129, "", ""), (-1, None, "killed by signal SIGHUP")),
+        (SandboxTimeoutError("too slow"), (None, "wall_time", "ran past its wall-time limit of 10 s")),
+    ],
+)
+async def test_a_containers_exit_code_past_128_is_a_signal_and_its_timeout_the_wall_time(
+    container: dict[str, Any], answer: Any, expected: tuple[int | None, str | None, str | None]
+) -> None:
+    from moa._sandbox import ContainerSandbox
+
+    Session.answer = answer
+    done = await ContainerSandbox().run("pass")
+    assert (done.exit_status, done.limit, done.reason) == expected
+
+
+async def test_a_containers_other_failures_are_raised(container: dict[str, Any]) -> None:
+    from moa._sandbox import ContainerSandbox
+
+    Session.answer = RuntimeError("the engine went away")
+    with pytest.raises(RuntimeError, match="the engine went away"):
+        await ContainerSandbox().run("pass")
+
+
+async def test_a_containers_output_is_cut_to_whole_bytes_after_the_run(container: dict[str, Any]) -> None:
+    from moa._sandbox import ContainerSandbox
+
+    limits = Limits(output_bytes=1024)
+    Session.answer = (0, "é" * 512, "")  # exactly 1,024 bytes: kept whole
+    fits = await ContainerSandbox().run("pass", limits=limits, stdin="in")
+    assert (fits.stdout, fits.limit) == ("é" * 512, None) and Session.ran[0][0] == _wrapped("pass", "in")
+    Session.answer = (0, "x" + "é" * 512, "")  # 1,025 bytes: cut inside a character, which is replaced
+    cut = await ContainerSandbox().run("pass", limits=limits)
+    assert cut.stdout == "x" + "é" * 511 + "\ufffd" and cut.limit == "output"
+    assert cut.reason == "printed more than 1,024 bytes of output (cut)"
+
+
+def test_a_container_backend_that_cannot_be_had_says_why(container: dict[str, Any]) -> None:
+    from moa._sandbox import ContainerSandbox, SandboxUnavailable
+
+    with pytest.raises(ValueError) as info:
+        ContainerSandbox(engine="lxc")
+    assert str(info.value) == "unknown container engine 'lxc': choose one of 'docker', 'podman'"
+    del container["modules"]["docker"]
+    with pytest.raises(SandboxUnavailable) as unavailable:
+        ContainerSandbox()
+    assert str(unavailable.value) == (
+        "the container sandbox needs the docker client library, which is not installed: "
+        "pip install 'moa-pipeline[sandbox-container]'"
+    )
+    del container["modules"]["llm_sandbox"]
+    with pytest.raises(SandboxUnavailable) as unavailable:
+        ContainerSandbox(engine="podman")
+    assert str(unavailable.value).startswith("the container sandbox needs llm-sandbox, which is not installed")
+
+    def refuse() -> None:
+        raise ConnectionRefusedError("no socket")
+
+    container["modules"]["llm_sandbox"] = SimpleNamespace(SandboxSession=Session)
+    container["modules"]["podman"] = SimpleNamespace(PodmanClient=lambda: SimpleNamespace(ping=refuse))
+    with pytest.raises(SandboxUnavailable) as unavailable:
+        ContainerSandbox(engine="podman")
+    assert str(unavailable.value) == (
+        "no podman engine answers (ConnectionRefusedError: no socket): start it, or use sandbox('local')"
+    )
