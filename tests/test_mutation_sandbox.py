@@ -583,3 +583,19 @@ def test_a_container_backend_that_cannot_be_had_says_why(container: dict[str, An
     assert str(unavailable.value) == (
         "no podman engine answers (ConnectionRefusedError: no socket): start it, or use sandbox('local')"
     )
+
+
+def test_the_home_and_the_temporary_folder_are_hidden_wherever_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import tempfile
+
+    from moa._sandbox._isolation import hidden_paths
+
+    elsewhere = [p for p in ("/mnt", "/srv", "/media") if os.path.isdir(p) and not os.path.islink(p)]
+    if len(elsewhere) < 2 or not all(os.path.isdir(p) for p in ("/root", "/tmp")):
+        pytest.skip("this machine lacks the folders the test moves the home and the temporary folder to")
+    home, temporary = elsewhere[:2]
+    monkeypatch.setenv("HOME", home)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: temporary)
+    found = hidden_paths()
+    assert {"/root", "/tmp", home, temporary} <= set(found)
