@@ -1173,3 +1173,108 @@ def test_the_plan_of_a_debate_prices_each_round_with_every_answer_so_far(templat
     loaded = moa.load_recipe(debate_recipe(templates))
     context = EstimateContext(0, loaded.layers[0], [USER], plan_layer(loaded, 0), PricedFake())
     assert moa._stages.STAGES["debate"].estimate(context, []).outputs == [(0, 7), (0, 5), (0, 9)]
+
+
+# --- verify's checks: json_schema and agree, their verdicts word for word ----------------------------------------
+
+
+def verdicts_of(result: moa.Result, layer: int = 2) -> list[list[tuple[str, bool, str, int]]]:
+    return [[(v.check, v.passed, v.message, v.layer) for v in c.verdicts] for c in result.layers[layer - 1].considered]
+
+
+async def test_a_json_schema_check_finds_the_document_where_the_answer_holds_it() -> None:
+    schema = {
+        "type": "object",
+        "required": ["a"],
+        "properties": {"a": {"type": "integer"}, "items": {"type": "array", "items": {"type": "integer"}}},
+    }
+    texts = [
+        'Sure: {"a": 1}',  # after some words
+        'First {"a": 2} then {"b": 3}',  # the first document
+        '{"a": 1, "items": [1, "x"]}',  # a mismatch deep inside
+        "x42",  # no document: not even the number after the first letter
+        '{not json} but {"a": 4}',  # nothing parses from the first brace on
+    ]
+    replies = {f"openai/m{n}": [text] for n, text in enumerate(texts)}
+    recipe = verify_recipe(
+        {"checks": [{"type": "json_schema", "json_schema": schema}], "if_none_pass": "last"}, *replies
+    )
+    result = await moa.run("Q", recipe, provider=FakeProvider(replies=replies))
+    assert verdicts_of(result) == [
+        [("json_schema", True, "", 2)],
+        [("json_schema", True, "", 2)],
+        [("json_schema", False, "at /items/1: 'x' is not of type 'integer'", 2)],
+        [("json_schema", False, "the answer holds no JSON document", 2)],
+        [("json_schema", False, "the answer holds no JSON document", 2)],
+    ]
+
+
+async def test_a_json_schema_check_finds_an_array_too_the_first_one_from_the_first_bracket() -> None:
+    schema = {"type": "array", "items": {"type": "integer"}}
+    replies = {"openai/a": ["Here: [1, 2]"], "openai/b": ['Both [3] and ["x"]'], "openai/f": ["{bad} [5]"]}
+    recipe = verify_recipe(
+        {"checks": [{"type": "json_schema", "json_schema": schema}], "if_none_pass": "last"}, *replies
+    )
+    result = await moa.run("Q", recipe, provider=FakeProvider(replies=replies))
+    # The first bracket or brace starts the document looked for: from "{bad}" on nothing parses.
+    assert [v[0][1:3] for v in verdicts_of(result)] == [
+        (True, ""),
+        (True, ""),
+        (False, "the answer holds no JSON document"),
+    ]
+
+
+async def test_a_schema_that_cannot_be_used_says_so() -> None:
+    schema = {"$ref": "#/definitions/missing"}
+    recipe = verify_recipe({"checks": [{"type": "json_schema", "json_schema": schema}], "if_none_pass": "last"})
+    result = await moa.run("Q", recipe, provider=FakeProvider(replies={"openai/a": ['{"a": 1}']}))
+    assert verdicts_of(result) == [
+        [
+            (
+                "json_schema",
+                False,
+                "the schema cannot be used: _WrappedReferencingError: PointerToNowhere: '/definitions/missing' "
+                "does not exist within {'$ref': '#/definitions/missing'}",
+                2,
+            )
+        ]
+    ]
+
+
+async def test_agreement_counts_candidates_when_told_and_lists_answers_by_count_then_cut() -> None:
+    replies = {"openai/a": ["9"], "openai/b": ["9"], "openai/f": ["10"]}
+    recipe = verify_recipe(
+        {"checks": [{"type": "agree", "k": 3, "independent": "candidates"}], "if_none_pass": "last"}, *replies
+    )
+    result = await moa.run("Q", recipe, provider=FakeProvider(replies=replies))
+    assert verdicts_of(result)[2] == [
+        ("agree", False, "1 independent candidate(s) gave '10', 3 needed (answers: '9' x2, '10' x1)", 2)
+    ]
+    long = {"openai/a": ["y" * 24], "openai/b": ["z" * 25]}
+    recipe = verify_recipe({"checks": [{"type": "agree", "extract": "text"}], "if_none_pass": "last"}, *long)
+    result = await moa.run("Q", recipe, provider=FakeProvider(replies=long))
+    shown = f"answers: {'y' * 24!r} x1, {'z' * 21 + '...'!r} x1"
+    assert verdicts_of(result)[1] == [
+        ("agree", False, f"1 independent agent(s) gave {'z' * 21 + '...'!r}, 2 needed ({shown})", 2)
+    ]
+    passing = {"openai/a": ["9"], "openai/b": ["9"]}
+    result = await moa.run(
+        "Q", verify_recipe({"checks": [{"type": "agree"}]}, *passing), provider=FakeProvider(replies=passing)
+    )
+    assert verdicts_of(result) == [[("agree", True, "", 2)], [("agree", True, "", 2)]]
+
+
+async def test_agreement_reads_an_earlier_stages_answer_and_no_answer_from_a_cut_one() -> None:
+    cut = Completion("It is 12 and", completion_tokens=3, finish_reason="length")
+    replies: dict[str, Any] = {"openai/a": ["I think 12."], "openai/b": [cut]}
+    recipe = verify_recipe({"checks": [{"type": "agree", "extract": "text"}], "if_none_pass": "last"}, *replies)
+    recipe["layers"].insert(1, {"kind": "vote", "extract": "number"})
+    result = await moa.run("Q", recipe, provider=FakeProvider(replies=replies))
+    # The vote's answer is "12" (the text is the candidate's whole answer): agreement compares "12".
+    assert verdicts_of(result, 3) == [
+        [("agree", False, "1 independent agent(s) gave '12', 2 needed (answers: '12' x1)", 3)]
+    ]
+    cut_only = verify_recipe({"checks": [{"type": "agree"}], "if_none_pass": "last"}, "openai/b")
+    result = await moa.run("Q", cut_only, provider=FakeProvider(replies=replies))
+    assert verdicts_of(result) == [[("agree", False, "no answer could be read from it", 2)]]
+    assert result.layers[1].considered[0].agreement is None
