@@ -532,6 +532,7 @@ async def test_a_containers_exit_code_past_128_is_a_signal_and_its_timeout_the_w
     Session.answer = answer
     done = await ContainerSandbox().run("pass")
     assert (done.exit_status, done.limit, done.reason) == expected
+    assert (done.code, done.stdout, done.stderr) == ("pass", "", "") and 0.0 <= done.wall_s < 60.0
 
 
 async def test_a_containers_other_failures_are_raised(container: dict[str, Any]) -> None:
