@@ -42,6 +42,26 @@ _STAGE_KINDS = tuple(
     f"tests/test_stage_{kind}.py" for kind in ("debate", "plugins", "rank", "review", "verify", "views", "vote")
 )
 _STAGES = (*_CALL, "tests/test_plan.py", "tests/test_recipes.py", *_STAGE_KINDS, "tests/test_mutation_stages.py")
+#: The stage kinds that call the sandbox or check answers, and the test files that reach them.
+_STAGES_MORE = (*_STAGES, "tests/test_stage_agree.py", "tests/test_stage_execute.py", "tests/test_extract.py")
+#: The tool-calling loop: its own tests, and the engine's (a spec with tools is a loop).
+_TOOLS = (
+    "tests/test_tools.py",
+    "tests/test_tools_budget.py",
+    "tests/test_tools_config.py",
+    "tests/test_tools_python.py",
+    *_CALL,
+    "tests/test_plan.py",
+    "tests/test_mutation_tools.py",
+)
+#: The sandbox: only tests that start no program.  A mutant of the sandbox runs in the process that
+#: supervises programs, as root here: the programs that the slow tests and the execute and python-tool
+#: tests start (fork bombs, writes outside the working directory) would then run with broken
+#: containment, and ``_local``'s mutants that pick the processes to SIGKILL (``_kill_uid``, ``_kill_group``)
+#: killed every process on the machine when they were run so.  ``_local.py`` is left out for that reason
+#: (nothing but running programs reaches its logic), and so is ``_launcher.py`` (it runs in the child, an
+#: isolated interpreter that never imports the mutants).
+_SANDBOX = ("tests/test_sandbox.py", "tests/test_mutation_sandbox.py")
 _TEMPLATES = (
     "tests/test_templates.py",
     "tests/test_template_safety.py",
@@ -93,6 +113,21 @@ MODULES: dict[str, tuple[str, ...]] = {
     "moa/_stages/propose.py": _STAGES,
     "moa/_stages/aggregate.py": _STAGES,
     "moa/_stages/aggregate_seq.py": _STAGES,
+    "moa/_stages/verify.py": _STAGES_MORE,
+    "moa/_stages/execute.py": _STAGES_MORE,
+    "moa/_stages/vote.py": _STAGES_MORE,
+    "moa/_stages/rank.py": _STAGES_MORE,
+    "moa/_stages/debate.py": _STAGES_MORE,
+    "moa/_stages/checks.py": _STAGES_MORE,
+    "moa/_stages/extract.py": _STAGES_MORE,
+    "moa/_stages/verdicts.py": _STAGES_MORE,
+    "moa/_tools/loop.py": _TOOLS,
+    "moa/_tools/calls.py": _TOOLS,
+    "moa/_tools/worst.py": _TOOLS,
+    "moa/_sandbox/_isolation.py": _SANDBOX,
+    "moa/_sandbox/_verdict.py": _SANDBOX,
+    "moa/_sandbox/_types.py": _SANDBOX,
+    "moa/_sandbox/_container.py": _SANDBOX,
 }
 
 #: Tests left out of every selection (none now: no test times the wall clock; one that did failed under
