@@ -6,7 +6,8 @@ Each recipe below (evals/recipes/) runs through `moa eval qa` on evals/arith-64.
 answer (the output's last number; a reply cut by max_tokens is no answer); runs resume from their
 checkpoints.  One table: accuracy, calls, tokens and wall time per question, flips against greedy
 chain-of-thought with the exact McNemar p, and for recipes that check agreement how many answers were
-verified and how many of those were right (the precision of the agreement signal).
+verified and how many of those were right (the precision of the agreement signal).  A question whose run
+failed (`pal`: no program gave an answer) counts as wrong; calls and tokens are per finished question.
 """
 
 from __future__ import annotations
@@ -77,28 +78,29 @@ def table(out: Path, names: list[str]) -> str:
     for name in names:
         path = out / name / "summary.json"
         summary = json.loads(path.read_text()) if path.exists() else {}
-        if not summary.get("complete"):
+        total = summary.get("items", 0)
+        if not total or summary.get("finished", 0) + summary.get("failed", 0) < total:
             lines.append(f"| {name} | not run (or not finished) | | | | | | | | |")
             continue
         items = items_of(out / name)
-        n = len(items)
+        failed = summary.get("failed", 0)  # every question was tried: a failed one (no answer) counts as wrong
         right = sum(i["correct"] for i in items.values())
-        calls = sum(i["calls"] for i in items.values()) / n
-        tokens = sum(i["tokens"] for i in items.values()) / n
-        wall = summary["generation_wall_s"] / max(1, summary["finished"])
+        calls = sum(i["calls"] for i in items.values()) / max(1, len(items))
+        tokens = sum(i["tokens"] for i in items.values()) / max(1, len(items))
+        wall = summary["generation_wall_s"] / max(1, summary["finished"] + failed)
         flips = ["", "", ""]
         if name != BASELINE and base:
-            shared = [q for q in items if q in base]
-            lost = sum(base[q]["correct"] and not items[q]["correct"] for q in shared)
-            won = sum(items[q]["correct"] and not base[q]["correct"] for q in shared)
+            lost = sum(base[q]["correct"] and not (q in items and items[q]["correct"]) for q in base)
+            won = sum(q in items and items[q]["correct"] and not base[q]["correct"] for q in base)
             flips = [str(lost), str(won), f"{mcnemar_exact(lost, won):.3g}"]
         verified = [i for i in items.values() if i["confidence"] == "verified"]
         agreement = ["", ""]
         if any(i["confidence"] for i in items.values()):
             good = sum(i["correct"] for i in verified)
-            agreement = [f"{len(verified)}/{n}", f"{good}/{len(verified)}" if verified else "-"]
+            agreement = [f"{len(verified)}/{total}", f"{good}/{len(verified)}" if verified else "-"]
+        shown = f"{right}/{total} ({100 * right / total:.1f} %)" + (f"; {failed} failed" if failed else "")
         lines.append(
-            f"| {name} | {right}/{n} ({100 * right / n:.1f} %) | {calls:.2f} | {tokens:.0f} | {wall:.1f} | "
+            f"| {name} | {shown} | {calls:.2f} | {tokens:.0f} | {wall:.1f} | "
             f"{' | '.join(flips)} | {' | '.join(agreement)} |"
         )
     return "\n".join(lines)
