@@ -170,3 +170,74 @@ def test_runs_and_files_that_do_not_match_the_recipe_are_refused(
     assert calibrate(recipe, out, data, fitted, "--max-cost", "0") == 2
     assert "no cascade over these tiers meets max_cost 0 on the training items" in capsys.readouterr().err
     assert not fitted.exists()
+
+
+def test_a_fitted_threshold_is_the_exact_score_and_never_is_written_as_never(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A score of 0.8765437 must not be rounded up past itself; a tier that should never stop says `never`."""
+
+    def odd_logprob(body: dict[str, Any], text: str) -> float:
+        return math.log(0.99 if body["model"] == "big" else 0.8765437 if number(body) in SURE else 0.4)
+
+    with LoopbackServer(responder=reply, token_logprob=odd_logprob) as server:
+        recipe = cascade_recipe(server, tmp_path)
+        data = write_questions(tmp_path)
+        out = tmp_path / "dev"
+        assert main(["eval", "qa", "-r", str(recipe), "--data", str(data), "--out", str(out)]) == 0
+        fitted = tmp_path / "fitted.yaml"
+        assert calibrate(recipe, out, data, fitted, "--holdout", "0") == 0
+        written = yaml.safe_load(fitted.read_text())
+        assert written["name"] == "c-calibrated" and written["layers"][0]["tiers"][0]["accept"] == 0.8765437
+        server.clear()
+        assert main(["eval", "qa", "-r", str(fitted), "--data", str(data), "--out", str(tmp_path / "again")]) == 0
+        assert len(server.completions("big")) == len(UNSURE)  # the sure answers are accepted
+        # Only the big model can be right (a regex only its wording matches): the small tier never stops it.
+        strict = tmp_path / "strict.jsonl"
+        rows = [{"id": f"q{n}", "prompt": f"What is {n} + {n}?", "regex": rf"care\. Answer: {2 * n}\b"}
+                for n in range(1, 21)]  # fmt: skip
+        strict.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        capsys.readouterr()
+        assert calibrate(recipe, out, strict, fitted, "--holdout", "0") == 0
+        assert "thresholds: small accept never" in capsys.readouterr().out
+        layer = moa.load_recipe(fitted).layers[0]
+        assert layer.tiers[0].accept == "never" and "small (never stops) -> big (its answer stands)" in layer.describe(
+            0
+        )
+
+
+def test_relative_paths_survive_a_fitted_recipe_written_elsewhere_and_a_bad_one_leaves_no_file(
+    run: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, _, data, _ = run
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    big = loopback_recipe(server, [{"kind": "propose", "agents": [{"model": "openai/big"}]}])
+    (folder / "big.yaml").write_text(yaml.safe_dump({**big, "name": "big-alone"}))
+    layer = {"kind": "cascade", "score": {"type": "checks", "checks": [{"type": "regex", "pattern": "Answer"}]},
+             "strategy": "always_escalate", "tiers": [{"name": "small", "agent": {"model": "openai/small"}},
+                                                       {"name": "big", "recipe": "big.yaml"}]}  # fmt: skip
+    relative = folder / "c.yaml"
+    relative.write_text(yaml.safe_dump({**loopback_recipe(server, [layer]), "name": "rel"}))
+    run_out = tmp_path / "rel-run"
+    assert main(["eval", "qa", "-r", str(relative), "--data", str(data), "--out", str(run_out)]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    fitted = elsewhere / "fitted.yaml"
+    assert calibrate(relative, run_out, data, fitted, "--holdout", "0") == 0
+    assert yaml.safe_load(fitted.read_text())["layers"][0]["tiers"][1]["recipe"] == str(folder / "big.yaml")
+    assert moa.load_recipe(fitted).layers[0].tiers[1]._loaded.name == "big-alone"
+    # Flags and folders that cannot work: one line each, no traceback, nothing written.
+    capsys.readouterr()
+    assert calibrate(relative, run_out, data, tmp_path / "nowhere" / "f.yaml") == 2
+    assert f"--out: the folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    assert main(["calibrate", "-r", str(relative), "--run", str(run_out), "--data", str(data), "--out",
+                 str(tmp_path / "x.yaml"), "--bootstrap", "0"]) == 2  # fmt: skip
+    assert calibrate(relative, run_out, data, tmp_path / "x.yaml", "--max-share", "150") == 2
+    assert "--max-share must be a number from 0 to 100, got 150" in capsys.readouterr().err
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    (tiny / "items.jsonl").write_text((run_out / "items.jsonl").read_text().splitlines()[0] + "\n")
+    assert calibrate(relative, tiny, data, tmp_path / "x.yaml", "--holdout", "0.9") == 2
+    assert "1 item(s), all held out (--holdout 0.9): nothing to fit on" in capsys.readouterr().err
+    assert not (tmp_path / "x.yaml").exists() and not list(tmp_path.glob(".*.partial"))

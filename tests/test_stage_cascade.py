@@ -241,7 +241,8 @@ def cascade_layer(**fields: Any) -> dict[str, Any]:
         ({"tiers": [tier("a"), tier("b")]}, "layers[0]", "tiers[0].accept: every tier but the last needs one"),
         ({"tiers": [tier("a", accept=0.5), tier("b", accept=0.5)]}, "layers[0]", "the last tier's answer stands"),
         ({"tiers": [tier("a", accept=0.5)]}, "layers[0].tiers", "at least 2 items"),
-        ({"tiers": [tier("a", accept=1.5), tier("b")]}, "layers[0].tiers[0].accept", "less than or equal to 1"),
+        ({"tiers": [tier("a", accept=1.5), tier("b")]}, "layers[0].tiers[0].accept",
+         "must be a number from 0 to 1, or `never` (got 1.5)"),
         ({"tiers": [{"accept": 0.5}, tier("b")]}, "layers[0].tiers[0]", "give exactly one of `agent` and `recipe`"),
         ({"tiers": [tier("a", accept=0.5, agent={"n": 2}), tier("b")]}, "layers[0].tiers[0]", "its `n` must be 1"),
         ({"tiers": [tier("a", accept=0.5), tier("a")]}, "layers[0]", "two tiers are called 'openai/a'"),
@@ -320,5 +321,5 @@ def test_an_eval_says_who_answered_how_often_and_what_escalating_saved(
     assert found["saved_vs_costliest"] == pytest.approx(1 - (small_cost + big_cost / 4) / big_cost)
     printed = capsys.readouterr().out
     saved = round(100 * found["saved_vs_costliest"])
-    assert (f"loopback: layer 1 (cascade) answered by openai/small 75 %, openai/big 25 %; {saved} % less tokens than "
+    assert (f"loopback: layer 1 (cascade) answered by openai/small 75 %, openai/big 25 %; {saved} % fewer tokens than "
             "always openai/big (its mean where it ran)\n") in printed  # fmt: skip

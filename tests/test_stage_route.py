@@ -52,7 +52,8 @@ async def test_rules_send_each_prompt_to_the_first_route_whose_rule_holds(
         "route",
         [r["name"] for r in RULES].index(route),
     )
-    assert decision.reason == "its rule holds" and decision.tokens == result.usage.total_tokens
+    reason = "the last route takes every prompt" if route == "chat" else "its rule holds"
+    assert decision.reason == reason and decision.tokens == result.usage.total_tokens
     assert (
         result.layers[0].answered_by == route
         and result.output == {"coder": "fixed", "solver": "5", "reader": "long answer", "talker": "hi"}[model]
@@ -160,7 +161,13 @@ def problems(layer: dict[str, Any]) -> list[tuple[str, str]]:
     [
         ({"default": "nowhere"}, "layers[0]",
          "`default` is 'nowhere', which is no route; routes: code, math, long, chat"),
-        ({"routes": [RULES[3], RULES[0]]}, "layers[0]", "routes[0] has no `when`: it takes every prompt"),
+        ({"routes": [RULES[3], RULES[0]]}, "layers[0]", "routes[0] has no condition in `when`: it takes every prompt"),
+        ({"routes": [{**RULES[0], "when": {}}, RULES[1]]}, "layers[0]", "routes[0] has no condition in `when`"),
+        ({"routes": [{**RULES[0], "when": {"keywords": [" "]}}]}, "layers[0].routes[0].when",
+         "a blank keyword would match any prompt"),
+        ({"routes": [{**RULES[0], "when": {"min_chars": 100, "max_chars": 10}}]}, "layers[0].routes[0].when",
+         "`min_chars` (100) is above `max_chars` (10): it never holds"),
+        ({"routes": [RULES[0], {**RULES[1], "name": "Code"}]}, "layers[0]", "two routes are called"),
         ({"routes": [RULES[0], RULES[0]]}, "layers[0]", "two routes are called 'code'"),
         ({"routes": [{**RULES[0], "description": "x"}]}, "layers[0]",
          "routes[0].description: `router: rules` does not"),

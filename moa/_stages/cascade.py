@@ -124,13 +124,17 @@ class _Run:
             if not stop:
                 self.decide(index, "escalate", "always escalate", score=answer.score)
                 continue
-            assert tier.accept is not None
-            if answer.score is not None and answer.score >= tier.accept:
-                reason = f"score {answer.score:.3g} >= {tier.accept:g}"
-                self.decide(index, "accept", reason, score=answer.score, threshold=tier.accept)
+            bar = tier.accept
+            assert bar is not None
+            if bar == "never":
+                self.decide(index, "escalate", "this tier never stops the cascade", score=answer.score)
+                continue
+            if answer.score is not None and answer.score >= bar:
+                reason = f"score {answer.score:.6g} >= {bar:.6g}"
+                self.decide(index, "accept", reason, score=answer.score, threshold=bar)
                 return self.outcome(answer)
-            reason = "no score" if answer.score is None else f"score {answer.score:.3g} < {tier.accept:g}"
-            self.decide(index, "escalate", reason, score=answer.score, threshold=tier.accept)
+            reason = "no score" if answer.score is None else f"score {answer.score:.6g} < {bar:.6g}"
+            self.decide(index, "escalate", reason, score=answer.score, threshold=bar)
         raise AssertionError("unreachable: the last tier accepts or fails")
 
     async def cost_aware(self) -> Outcome:

@@ -87,7 +87,11 @@ class Route(Stage):
                 why = f"the classifier could not be asked ({output.error.type if output.error else 'no answer'})"
         else:
             chosen = next((n for n, r in zip(names, layer.routes, strict=True) if matches(r.when, ctx.question)), None)
-            why = "its rule holds" if chosen else "no rule holds"
+            taken = layer.routes[names.index(chosen)] if chosen else None
+            unconditional = taken is not None and (taken.when is None or taken.when.empty)
+            why = "no rule holds" if chosen is None else "its rule holds"
+            if unconditional:
+                why = "the last route takes every prompt"
         if chosen is None:
             if layer.default is None:
                 raise RouteError(here, f"the router chose no route ({why}) and there is no `default`")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from moa.cli._common import EXIT_OK
+from moa.cli.args import positive_int
 
 EPILOG = """\
 First run the cascade on your questions with every tier answering every one:
@@ -38,8 +39,8 @@ def add_parser(commands: Any) -> None:
     )  # fmt: skip
     target = calibrate.add_mutually_exclusive_group()
     target.add_argument("--max-cost", type=float, metavar="X",
-                        help="the best accuracy at a mean cost of at most X per 1,000 queries (USD when every "
-                        "model is priced, else tokens)")  # fmt: skip
+                        help="the best accuracy at a mean cost of at most X: USD per 1,000 queries when every "
+                        "model is priced, else tokens per query")  # fmt: skip
     target.add_argument("--max-share", type=float, metavar="P",
                         help="the best accuracy with the last tier answering at most P %% of queries")  # fmt: skip
     calibrate.add_argument(
@@ -49,7 +50,8 @@ def add_parser(commands: Any) -> None:
     calibrate.add_argument("--holdout", type=float, default=0.3, metavar="F",
                            help="the share of items held out of the fit and measured on (default 0.3)")  # fmt: skip
     calibrate.add_argument("--seed", type=int, default=0, help="the split's and the bootstrap's seed (default 0)")
-    calibrate.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (1000)")
+    calibrate.add_argument("--bootstrap", type=positive_int, default=1000, metavar="N",
+                           help="bootstrap resamples (default 1000)")  # fmt: skip
     calibrate.set_defaults(handler=calibrate_command)
 
 
@@ -67,9 +69,12 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
     if not 0 <= args.holdout < 1:
         raise ConfigError(f"--holdout must be at least 0 and below 1, got {args.holdout:g}")
-    for flag, value in (("--max-cost", args.max_cost), ("--max-share", args.max_share)):
-        if value is not None and (not math.isfinite(value) or value < 0):
-            raise ConfigError(f"{flag} must be a number of at least 0, got {value:g}")
+    for flag, value, top in (("--max-cost", args.max_cost, math.inf), ("--max-share", args.max_share, 100)):
+        if value is not None and (not math.isfinite(value) or not 0 <= value <= top):
+            bounds = "at least 0" if math.isinf(top) else f"from 0 to {top:g}"
+            raise ConfigError(f"{flag} must be a number {bounds}, got {value:g}")
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"--out: the folder {args.out.parent} does not exist")
     try:
         scoring = Scoring.parse(args.score)
     except ValueError as exc:
@@ -93,24 +98,55 @@ def calibrate_command(args: argparse.Namespace) -> int:
         raise DataError(f"{items_file}: no finished item to calibrate on")
     items, unit = fitting.items_of(records, rows, layer.names, scoring, str(items_file))
     train, held = fitting.split(items, args.holdout, args.seed)
+    if not train:
+        raise DataError(f"{items_file}: {len(items)} item(s), all held out (--holdout {args.holdout:g}): nothing to "
+                        "fit on; lower --holdout or run more questions")  # fmt: skip
     if args.max_cost is not None:
         target = fitting.Target("max_cost", args.max_cost)
     elif args.max_share is not None:
         target = fitting.Target("max_share", args.max_share)
     else:
         target = fitting.Target("best")
-    policy = fitting.fit(train, args.strategy, target)
+    policy = fitting.fit(train, args.strategy, target, unit)
     report = _report(fitting, policy, train, held, layer.names, unit, target, args)
-    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    data = _absolute_paths(yaml.safe_load(source.read_text(encoding="utf-8")), source.parent)
     key = "layers" if "layers" in data else "stages"
     data[key][index] = _fitted(data[key][index], policy, unit)
+    data["name"] = f"{data.get('name', recipe.name)}-calibrated"
     header = "".join(f"# {line}\n" for line in report)
-    args.out.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    load_recipe(args.out)  # what was written loads
+    written = args.out.with_name(f".{args.out.name}.partial")
+    written.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    try:
+        load_recipe(written)  # what is written loads, or nothing is
+    except ConfigError:
+        written.unlink()
+        raise
+    written.replace(args.out)
     for line in report:
         print(line)
     print(f"wrote {args.out}")
     return EXIT_OK
+
+
+def _absolute_paths(data: Any, base: Path) -> Any:
+    """The recipe's mapping with every relative `recipe` and `template` path made absolute (the fitted recipe may
+    be written elsewhere); built-in names stay names."""
+    from moa._loader import builtin_recipes
+    from moa._resources import builtin_names
+
+    builtin = {*builtin_recipes(), *builtin_names("prompts", ".j2")}
+    if isinstance(data, list):
+        return [_absolute_paths(item, base) for item in data]
+    if not isinstance(data, dict):
+        return data
+    fixed = {}
+    for key, value in data.items():
+        if key in ("recipe", "template") and isinstance(value, str) and value not in builtin:
+            path = Path(value).expanduser()
+            fixed[key] = value if path.is_absolute() else str((base / path).resolve())
+        else:
+            fixed[key] = _absolute_paths(value, base)
+    return fixed
 
 
 def _fitted(config: dict[str, Any], policy: Any, unit: str) -> dict[str, Any]:
@@ -124,32 +160,28 @@ def _fitted(config: dict[str, Any], policy: Any, unit: str) -> dict[str, Any]:
         for name in ("accept", "quality", "cost"):
             tier.pop(name, None)
         if policy.strategy == "threshold" and number < len(tiers) - 1:
-            tier["accept"] = _plain(policy.accept[number])
+            accept = policy.accept[number]  # a score seen in the data, exactly: rounding could move it past it
+            tier["accept"] = "never" if math.isinf(accept) else float(accept)
         if policy.strategy == "cost_aware":
-            tier["quality"] = round(policy.quality[number], 4)
-            tier["cost"] = _plain(policy.cost[number])
+            tier["quality"] = float(policy.quality[number])
+            tier["cost"] = float(policy.cost[number])
     config["tiers"] = tiers
     if policy.strategy == "cost_aware":
-        config["cost_weight"] = _plain(policy.cost_weight)
+        config["cost_weight"] = float(policy.cost_weight)
         config["cost_unit"] = unit
     return config
 
 
-def _plain(value: float) -> float:
-    """A number YAML and the recipe accept: 'never' (infinity) is just above any score, 1.0 + a hair."""
-    return 1.000001 if math.isinf(value) else round(float(value), 6)
-
-
 def _report(fitting: Any, policy: Any, train: list[Any], held: list[Any], names: list[str], unit: str,
             target: Any, args: argparse.Namespace) -> list[str]:  # fmt: skip
-    per = "USD per 1,000 queries" if unit == "usd" else "tokens per query"
+    per = "USD per 1,000 queries" if unit == "usd" else "tokens per query"  # as --max-cost reads it
     scale = 1000 if unit == "usd" else 1
 
     def cost(value: float) -> str:
         return f"{value * scale:.4g} {per}"
 
     lines = [f"calibrated by moa calibrate on {args.run} ({len(train)} items; {len(held)} held out, seed {args.seed})",
-             f"target: {target.describe(names, 'USD' if unit == 'usd' else 'tokens')}"]  # fmt: skip
+             f"target: {target.describe(names, per)}"]  # fmt: skip
     if policy.strategy == "threshold":
         pairs = zip(names, policy.accept, strict=False)  # every tier but the last
         shown = ", ".join(f"{n} accept {('never' if math.isinf(t) else f'{t:.4g}')}" for n, t in pairs)
@@ -170,5 +202,5 @@ def _report(fitting: Any, policy: Any, train: list[Any], held: list[Any], names:
         every = fitting.always(items)
         lines.append(f"{label}: accuracy {100 * mine.accuracy:.1f} %, {cost(mine.cost)}, {names[-1]} answers "
                      f"{100 * mine.last_share:.0f} %; {tiers}; always escalate {100 * every.accuracy:.1f} % at "
-                     f"{every.cost * scale:.4g}")  # fmt: skip
+                     f"{every.cost * scale:.4g} ({per})")  # fmt: skip
     return lines

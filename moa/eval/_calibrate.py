@@ -51,7 +51,7 @@ class Target:
         if self.kind == "best":
             return "the best single tier's accuracy at the least cost"
         if self.kind == "max_cost":
-            return f"the best accuracy at most {self.value:g} {unit} per 1,000 queries"
+            return f"the best accuracy at a mean cost of at most {self.value:g} {unit}"
         return f"the best accuracy with {names[-1]} answering at most {self.value:g} % of queries"
 
 
@@ -168,8 +168,10 @@ def split(items: Sequence[Item], holdout: float, seed: int) -> tuple[list[Item],
     return shuffled[held:], shuffled[:held]
 
 
-def fit(items: Sequence[Item], strategy: str, target: Target) -> Policy:
-    """The policy that best meets ``target`` on ``items``."""
+def fit(items: Sequence[Item], strategy: str, target: Target, unit: str = "usd") -> Policy:
+    """The policy that best meets ``target`` on ``items`` (``max_cost``: USD per 1,000 queries, or tokens per
+    query, as ``unit`` says)."""
+    scale = 1000 if unit == "usd" else 1
     candidates = _thresholds(items) if strategy == "threshold" else _cost_aware(items)
     scored = [(policy, replay(policy, items)) for policy in candidates]
     if target.kind == "best":
@@ -179,14 +181,15 @@ def fit(items: Sequence[Item], strategy: str, target: Target) -> Policy:
         return min(feasible or scored, key=lambda po: (po[1].cost, -po[1].accuracy))[0]
     if target.kind == "max_cost":
         assert target.value is not None
-        feasible = [(p, o) for p, o in scored if o.cost * 1000 <= target.value + 1e-9]
+        feasible = [(p, o) for p, o in scored if o.cost * scale <= target.value + 1e-9]
     else:
         assert target.value is not None
         feasible = [(p, o) for p, o in scored if o.last_share * 100 <= target.value + 1e-9]
     if not feasible:
-        cheapest = min(o.cost for _, o in scored) * 1000
+        cheapest = min(o.cost for _, o in scored) * scale
+        per = "USD per 1,000 queries" if unit == "usd" else "tokens per query"
         raise DataError(f"no cascade over these tiers meets {target.kind} {target.value:g} on the training items "
-                        f"(the cheapest costs {cheapest:g} per 1,000 queries)")  # fmt: skip
+                        f"(the cheapest costs {cheapest:g} {per})")  # fmt: skip
     return max(feasible, key=lambda po: (po[1].accuracy, -po[1].cost))[0]
 
 

@@ -90,8 +90,10 @@ def control_lines(name: str, control: Mapping[str, Any] | None) -> list[str]:
         line = f"{name}: {layer} answered by {shares or 'none'}"
         saved, costliest = found.get("saved_vs_costliest"), found.get("costliest")
         if saved is not None and costliest:
-            unit = "cost" if found["unit"] == "usd" else "tokens"
-            more = f"{100 * saved:.0f} % less" if saved >= 0 else f"{-100 * saved:.0f} % more"
-            line += f"; {more} {unit} than always {costliest} (its mean where it ran)"
+            if found["unit"] == "usd":
+                change = f"{100 * saved:.0f} % less cost" if saved >= 0 else f"{-100 * saved:.0f} % more cost"
+            else:
+                change = f"{100 * saved:.0f} % fewer tokens" if saved >= 0 else f"{-100 * saved:.0f} % more tokens"
+            line += f"; {change} than always {costliest} (its mean where it ran)"
         lines.append(line)
     return lines

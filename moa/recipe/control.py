@@ -123,13 +123,22 @@ class Answerer(_Strict):
 class Tier(Answerer):
     """One tier of a cascade: who answers, and when its answer is good enough to stop."""
 
-    accept: float | None = Field(
+    accept: float | Literal["never"] | None = Field(
         None,
-        ge=0,
-        le=1,
         description="`threshold`: stop at this tier when its answer's score is at least this (every tier but the "
-        "last needs one; the last tier's answer stands whatever its score).",
+        "last needs one; the last tier's answer stands whatever its score); `never`: its answer never stops the "
+        "cascade (it is still scored, and an `agree` check of a later tier counts it).",
     )
+
+    @field_validator("accept", mode="before")
+    @classmethod
+    def _a_bar(cls, value: Any) -> Any:
+        if value is None or value == "never":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ValueError(f"must be a number from 0 to 1, or `never` (got {value!r})")
+        return float(value)
+
     quality: float | None = Field(
         None,
         ge=0,
@@ -263,8 +272,8 @@ class CascadeLayer(Layer):
         }[self.score.type]
         lines = [f"each tier answers the conversation; its answer's score is {scored}"]
         if self.strategy == "threshold":
-            steps = [f"{name} (stop at {tier.accept:g})" for name, tier in zip(self.names, self.tiers, strict=True)
-                     if tier.accept is not None]  # fmt: skip
+            steps = [f"{name} ({'never stops' if tier.accept == 'never' else f'stop at {tier.accept:g}'})"
+                     for name, tier in zip(self.names, self.tiers, strict=True) if tier.accept is not None]  # fmt: skip
             lines.append(" -> ".join([*steps, f"{self.names[-1]} (its answer stands)"]))
         elif self.strategy == "always_escalate":
             lines.append(" -> ".join(self.names) + f": every tier runs and is scored; {self.names[-1]}'s answer stands")

@@ -28,6 +28,19 @@ class RouteRule(_Strict):
     min_chars: int | None = Field(None, ge=0, description="The message has at least this many characters.")
     max_chars: int | None = Field(None, ge=0, description="The message has at most this many characters.")
 
+    @model_validator(mode="after")
+    def _can_hold(self) -> RouteRule:
+        if self.keywords is not None and any(not k.strip() for k in self.keywords):
+            raise ValueError("`keywords`: a blank keyword would match any prompt")
+        if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
+            raise ValueError(f"`min_chars` ({self.min_chars}) is above `max_chars` ({self.max_chars}): it never holds")
+        return self
+
+    @property
+    def empty(self) -> bool:
+        """Whether it sets no condition (so it holds for every prompt)."""
+        return all(getattr(self, name) is None for name in type(self).model_fields)
+
 
 class Route(Answerer):
     """One route: who answers the prompts sent here, and when they are."""
@@ -87,8 +100,10 @@ class RouteLayer(Layer):
     @model_validator(mode="after")
     def _consistent(self) -> RouteLayer:
         names = self.names
-        for name in {n for n in names if names.count(n) > 1}:
-            raise ValueError(f"two routes are called {name!r}: give each a `name` of its own")
+        folded = [n.casefold() for n in names]
+        for name in {n for n in names if folded.count(n.casefold()) > 1}:
+            raise ValueError(f"two routes are called {name!r} (names are read in any case): give each a `name` of "
+                             "its own")  # fmt: skip
         if self.default is not None and self.default not in names:
             raise ValueError(f"`default` is {self.default!r}, which is no route; routes: {', '.join(names)}")
         field = "when" if self.router.type == "rules" else "description"
@@ -98,9 +113,9 @@ class RouteLayer(Layer):
                 raise ValueError(f"routes[{index}].{other}: `router: {self.router.type}` does not read it")
         if self.router.type == "rules":
             for index, route in enumerate(self.routes[:-1]):
-                if route.when is None:
-                    raise ValueError(f"routes[{index}] has no `when`: it takes every prompt, so the routes after "
-                                     "it are never reached (give it a `when`, or move it last)")  # fmt: skip
+                if route.when is None or route.when.empty:
+                    raise ValueError(f"routes[{index}] has no condition in `when`: it takes every prompt, so the "
+                                     "routes after it are never reached (give it one, or move it last)")  # fmt: skip
         if isinstance(self.router, ClassifierRouter):
             one_call(self.router.agent, "router.agent")
         return self
