@@ -253,6 +253,7 @@ def _generate_and_judge(
     lc_data: object,
 ) -> int:
     from moa.cli import signals
+    from moa.eval._control import control_lines
     from moa.eval._store import OutputError
 
     try:
@@ -264,11 +265,7 @@ def _generate_and_judge(
               "command to write the files again (no finished item is asked again)")  # fmt: skip
         return EXIT_INCOMPLETE
     complete = _report_stats(f"{benchmark.name} {ctx.recipe.name}", stats, ctx.budget)
-    for line in benchmark.describe(summary, stats, judged=False):
-        print(line)
-    from moa.eval._control import control_lines
-
-    for line in control_lines(ctx.recipe.name, summary.get("control")):
+    for line in [*benchmark.describe(summary, stats, judged=False), *control_lines(ctx.recipe.name, summary)]:
         print(line)
     if getattr(args, "baseline", None):
         if complete:

@@ -82,10 +82,10 @@ def _mean(values: Sequence[float | int | None]) -> float | None:
     return sum(known) / len(known) if known and len(known) == len(values) else None
 
 
-def control_lines(name: str, control: Mapping[str, Any] | None) -> list[str]:
-    """One line per controlling layer, for the end of an eval."""
+def control_lines(name: str, summary: Mapping[str, Any]) -> list[str]:
+    """One line per controlling layer of an eval's summary (its ``control``), for the end of the eval."""
     lines = []
-    for layer, found in (control or {}).items():
+    for layer, found in (summary.get("control") or {}).items():
         shares = ", ".join(f"{option} {100 * share:.0f} %" for option, share in found["answered_by"].items())
         line = f"{name}: {layer} answered by {shares or 'none'}"
         saved, costliest = found.get("saved_vs_costliest"), found.get("costliest")
