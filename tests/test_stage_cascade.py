@@ -250,6 +250,7 @@ def cascade_layer(**fields: Any) -> dict[str, Any]:
         ({"strategy": "cost_aware", "cost_weight": 1, "tiers": [tier("a", quality=0.5, cost=1), tier("b", cost=2)]},
          "layers[0]", "tiers[1]: `strategy: cost_aware` needs quality"),
         ({"cost_weight": 0.1}, "layers[0]", "cost_weight: only `strategy: cost_aware` reads them"),
+        ({"cost_unit": "tokens"}, "layers[0]", "cost_unit: only `strategy: cost_aware` reads them"),
         ({"tiers": [tier("a", accept=0.5), {"recipe": "self-moa"}]}, "layers[0]",
          "tiers[1]: a recipe's answer has no token logprobs to score"),
         ({"score": {"type": "checks", "checks": [{"type": "agree", "k": 3}]}}, "layers[0]",

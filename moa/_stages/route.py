@@ -84,7 +84,9 @@ class Route(Stage):
                 why = f"the classifier said {(output.text or '').strip()[:80]!r}"
             else:
                 chosen = None
-                why = f"the classifier could not be asked ({output.error.type if output.error else 'no answer'})"
+                error = output.error
+                failed = f"{error.type}: {error.message[:80]}" if error else "no answer"
+                why = f"the classifier gave no answer ({failed})"
         else:
             chosen = next((n for n, r in zip(names, layer.routes, strict=True) if matches(r.when, ctx.question)), None)
             taken = layer.routes[names.index(chosen)] if chosen else None
