@@ -205,7 +205,8 @@ class CascadeLayer(Layer):
                     raise ValueError(f"tiers[{index}].accept: every tier but the last needs one (`threshold`)")
             if self.tiers[-1].accept is not None:
                 raise ValueError(f"tiers[{len(self.tiers) - 1}].accept: the last tier's answer stands; it has none")
-            extra: list[str] = [f for f in ("cost_weight", "cost_unit") if f in self.model_fields_set]
+            extra = ["cost_weight"] if self.cost_weight is not None else []
+            extra += ["cost_unit"] if self.cost_unit != "usd" else []  # (its default survives a round trip)
             extra += [f"tiers[{i}].{f}" for i, t in enumerate(self.tiers) for f in ("quality", "cost")
                       if getattr(t, f) is not None]  # fmt: skip
             if extra:
