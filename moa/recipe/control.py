@@ -15,10 +15,8 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Discriminator, Field, PrivateAttr, Tag, ValidationInfo, field_validator, model_validator
 
-from moa._resources import builtin_names
-
 from .layers import Layer, one_call
-from .params import Agent, _Strict
+from .params import Agent, _Strict, recipe_reference
 from .selection import VERDICT_NOTE, VERDICT_SETTINGS
 from .verification import Check, LLMCheck
 
@@ -92,11 +90,7 @@ class Answerer(_Strict):
     @field_validator("recipe")
     @classmethod
     def _recipe_reference(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None or value in builtin_names("recipes", ".yaml"):
-            return value
-        path = Path(value).expanduser()
-        base_dir = (info.context or {}).get("base_dir")
-        return str(path if path.is_absolute() or base_dir is None else Path(base_dir) / path)
+        return recipe_reference(value, info)
 
     @model_validator(mode="after")
     def _one_answerer(self) -> Answerer:
@@ -196,7 +190,7 @@ class CascadeLayer(Layer):
 
     @model_validator(mode="after")
     def _consistent(self) -> CascadeLayer:
-        names = [tier.label(f"tier {i + 1}") for i, tier in enumerate(self.tiers)]
+        names = self.names
         for name in {n for n in names if names.count(n) > 1}:
             raise ValueError(f"two tiers are called {name!r}: give each a `name` of its own")
         if self.strategy == "threshold":

@@ -331,11 +331,7 @@ class Tool(_Strict):
     @field_validator("recipe")
     @classmethod
     def _recipe_reference(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None or value in builtin_names("recipes", ".yaml"):
-            return value
-        path = Path(value).expanduser()
-        base_dir = (info.context or {}).get("base_dir")
-        return str(path if path.is_absolute() or base_dir is None else Path(base_dir) / path)
+        return recipe_reference(value, info)
 
     @model_validator(mode="after")
     def _settings_of_its_kind(self) -> Tool:
@@ -357,6 +353,16 @@ class Tool(_Strict):
 
 
 Agent.model_rebuild()
+
+
+def recipe_reference(value: str | None, info: ValidationInfo) -> str | None:
+    """A recipe another names (an `ask` tool's, a cascade tier's, a route's): a built-in name as it is, a path
+    relative to the naming recipe's folder."""
+    if value is None or value in builtin_names("recipes", ".yaml"):
+        return value
+    path = Path(value).expanduser()
+    base_dir = (info.context or {}).get("base_dir")
+    return str(path if path.is_absolute() or base_dir is None else Path(base_dir) / path)
 
 
 def _compiles(value: str) -> str:
