@@ -19,6 +19,7 @@ from functools import cache
 from types import ModuleType
 from typing import Any
 
+from moa._embeddings import embedding_completion, embedding_kwargs, texts
 from moa._errors import (
     BadResponseError,
     CallTimeoutError,
@@ -123,7 +124,7 @@ class LiteLLMProvider:
         model, params, api_key = request.model, dict(request.params), request.api_key
         if is_local(model):
             name = model.removeprefix(LOCAL_PREFIX)
-            server = await ensure_server(name)
+            server = await ensure_server(name, embedding=request.embed)
             _price_as_free(litellm, name)
             model, params["api_base"], api_key = f"openai/{name}", server.base_url, "local"
         elif api_key is None and params.get("api_base") and model.startswith("openai/"):
@@ -136,6 +137,9 @@ class LiteLLMProvider:
             kwargs["api_key"] = api_key
         try:
             async with asyncio.timeout(timeout + _GRACE_S):
+                if request.embed:
+                    embedded = await litellm.aembedding(model=model, input=texts(request), **embedding_kwargs(kwargs))
+                    return embedding_completion(embedded, request, _cost(litellm, embedded, request.model))
                 if on_token is None:
                     response = await litellm.acompletion(model=model, messages=list(request.messages), **kwargs)
                 else:

@@ -19,6 +19,9 @@ asks for ``<tool_call>``, the handler here turns those blocks into OpenAI ``tool
 expects, and with ``tool_choice: "none"`` leaves the tools out of the prompt, so that the model
 answers. Other templates, streams and a forced ``tool_choice`` are served as before.
 
+A third: a server started with ``--embedding True`` pools each text's token vectors into one (their mean),
+as an embeddings endpoint is expected to; llama.cpp's default for a chat model is no pooling at all.
+
 This module runs only in the child process; moa itself never imports llama_cpp.
 """
 
@@ -152,6 +155,20 @@ def template_tool_calls() -> None:
     llama_chat_format.Jinja2ChatFormatter.to_chat_handler = to_chat_handler
 
 
+def mean_pooled_embeddings() -> None:
+    """An embedding model with no pooling set pools by the mean of its token vectors."""
+    import llama_cpp
+
+    plain = llama_cpp.Llama.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("embedding") and kwargs.get("pooling_type", -1) == llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED:
+            kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        plain(self, *args, **kwargs)
+
+    llama_cpp.Llama.__init__ = init
+
+
 def main() -> None:
     import llama_cpp
     import llama_cpp.llama
@@ -168,6 +185,7 @@ def main() -> None:
         llama_cpp.llama_model_default_params = without_extra_buffers
         llama_cpp.llama.llama_cpp.llama_model_default_params = without_extra_buffers
     template_tool_calls()
+    mean_pooled_embeddings()
     serve()
 
 

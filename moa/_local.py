@@ -83,6 +83,7 @@ class LocalServer:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    embedding: bool = False  # serves embeddings (mean-pooled), not chat
     ready: bool = False
     failure: BaseException | None = None
     _startup: threading.Lock = field(default_factory=threading.Lock)
@@ -125,16 +126,20 @@ _servers: dict[str, LocalServer] = {}
 _lock = threading.Lock()
 
 
-async def ensure_server(name: str) -> LocalServer:
+async def ensure_server(name: str, *, embedding: bool = False) -> LocalServer:
     """The ready server of a local model, started on first use and shared by every later call.
+
+    ``embedding``: the model's embedding server (a second process: llama.cpp serves a model either for
+    chat or for mean-pooled embeddings).
 
     The process is spawned from the event loop's thread (a dying parent thread
     would take a Linux child with it); waiting for it runs in a worker thread.
     """
+    key = f"{name} (embedding)" if embedding else name
     with _lock:
-        server = _servers.get(name)
+        server = _servers.get(key)
         if server is None or not server.alive or server.failure is not None:
-            server = _servers[name] = _spawn(name)
+            server = _servers[key] = _spawn(name, embedding=embedding)
     await asyncio.to_thread(server.wait_ready)
     return server
 
@@ -173,11 +178,12 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
     return hook
 
 
-def _spawn(name: str) -> LocalServer:
+def _spawn(name: str, *, embedding: bool = False) -> LocalServer:
     check_installed(name)
     weights = model_file(name)
     port = _free_port()
-    log_path = Path(tempfile.gettempdir()) / f"moa-local-{name}-{os.getpid()}.log"
+    suffix = "-embedding" if embedding else ""
+    log_path = Path(tempfile.gettempdir()) / f"moa-local-{name}{suffix}-{os.getpid()}.log"
     command = [
         sys.executable,
         "-m",
@@ -194,6 +200,7 @@ def _spawn(name: str) -> LocalServer:
         str(CONTEXT_TOKENS),
         "--interrupt_requests",
         "False",
+        *(["--embedding", "True"] if embedding else []),
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -203,7 +210,7 @@ def _spawn(name: str) -> LocalServer:
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent_hook(),
         )
-    return LocalServer(name=name, process=process, port=port, log_path=log_path)
+    return LocalServer(name=name, process=process, port=port, log_path=log_path, embedding=embedding)
 
 
 def _wait_ready(server: LocalServer) -> None:
@@ -230,9 +237,11 @@ def _wait_ready(server: LocalServer) -> None:
 
 def _warm_up(server: LocalServer) -> None:
     """The first request loads and primes the model; pay for it before the run's calls."""
-    body = {"model": server.name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    body: dict[str, object] = {"model": server.name, "input": ["Hi"]}
+    if not server.embedding:
+        body = {"model": server.name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
     request = urllib.request.Request(
-        f"{server.base_url}/chat/completions",
+        f"{server.base_url}/{'embeddings' if server.embedding else 'chat/completions'}",
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )

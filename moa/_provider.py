@@ -24,6 +24,8 @@ class Request:
     messages: Sequence[Mapping[str, Any]]
     params: Mapping[str, Any] = field(default_factory=dict)
     api_key: str | None = field(default=None, repr=False)
+    #: An embedding request: each message's ``content`` is one text to embed (``Completion.embeddings``).
+    embed: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class Completion:
     mean_logprob: float | None = None
     #: The functions the model asked to call (only when the request offered ``tools``); ``text`` may then be empty.
     tool_calls: tuple[ToolRequest, ...] = ()
+    #: An embedding request's vectors, one per text in order (``text`` is then empty).
+    embeddings: tuple[tuple[float, ...], ...] = ()
 
 
 class Provider(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, computed_field
 
 
 class Usage(BaseModel):
@@ -107,9 +107,17 @@ class AgentOutput(BaseModel):
         "call's: the conversation with every earlier step's function calls and results.",
     )
 
+    #: An embedding call's vectors (one per text), kept in memory only: traces show how many, not the numbers.
+    _embeddings: tuple[tuple[float, ...], ...] = PrivateAttr(default=())
+
     @property
     def ok(self) -> bool:
         return self.error is None and self.text is not None
+
+    @property
+    def embeddings(self) -> tuple[tuple[float, ...], ...]:
+        """An embedding call's vectors, one per text embedded, in order (empty for any other call)."""
+        return self._embeddings
 
     @property
     def model_calls(self) -> int:

@@ -104,6 +104,8 @@ def answers(inner: Handler) -> Handler:
 
     async def handle(attempt: Attempt) -> Completion:
         completion = await inner(attempt)
+        if attempt.request.embed:
+            return completion  # vectors, checked by the provider
         if completion.tool_calls and "tools" in attempt.request.params:  # it calls functions: text is optional
             text = clean_text(completion.text)
             return completion if text is completion.text else replace(completion, text=text)
@@ -222,6 +224,7 @@ class Caller:
         *,
         on_token: TokenCallback | None = None,
         embedded: Sequence[tuple[int, int]] = (),
+        embed: bool = False,
     ) -> Completion:
         """One model call with its retries, limits, budget and ``call_started`` / ``call_retried`` events, but
         nothing recorded: the caller records it (``call`` does; a tool loop records the whole answer once).
@@ -230,7 +233,7 @@ class Caller:
         """
         spec, messages = record.spec, record.messages
         key = self._api_key if self._api_key is not None else self._keys.get(spec.api_key_env or "")
-        request = Request(model=spec.model, messages=messages, params=spec.params, api_key=key)
+        request = Request(model=spec.model, messages=messages, params=spec.params, api_key=key, embed=embed)
         tokens = prompt_tokens(messages, embedded) + tools_tokens(spec.params)
         attempt = Attempt(record, request, on_token, tokens)
 
@@ -250,11 +253,15 @@ class Caller:
         step: int = 0,
         on_token: TokenCallback | None = None,
         embedded: Sequence[tuple[int, int]] = (),
+        embed: bool = False,
     ) -> AgentOutput:
-        """One call with its retries; its ``AgentOutput``, or ``CallFailed`` / ``CallRefused``."""
+        """One call with its retries; its ``AgentOutput``, or ``CallFailed`` / ``CallRefused``.
+
+        ``embed``: an embedding call; each message's content is one text, and the output's ``embeddings`` hold
+        their vectors."""
         record = CallRecord(spec=spec, messages=messages, step=step)
         try:
-            completion = await self.complete(record, on_token=on_token, embedded=embedded)
+            completion = await self.complete(record, on_token=on_token, embedded=embedded, embed=embed)
         except BudgetRefused as exc:
             raise CallRefused(self.tracer.refused(record, str(exc))) from None
         except ProviderError as exc:
@@ -267,4 +274,5 @@ class Caller:
             completion.top_logprobs,
             completion.finish_reason,
             mean_logprob=completion.mean_logprob,
+            embeddings=completion.embeddings,
         )

@@ -84,7 +84,10 @@ class Tracer:
         tools: Sequence[ToolCall] = (),
         *,
         mean_logprob: float | None = None,
+        embeddings: tuple[tuple[float, ...], ...] = (),
     ) -> AgentOutput:
+        if embeddings:
+            text = f"({len(embeddings)} embedding(s) of {len(embeddings[0])} numbers)"
         output = output_of(
             record,
             record.attempts,
@@ -96,6 +99,7 @@ class Tracer:
             tools=tools,
             mean_logprob=mean_logprob,
         )
+        output._embeddings = embeddings
         self._keep(output)
         self.emit("call_finished", record.spec.site.layer, record, attempt=record.attempts, output=output)
         return output

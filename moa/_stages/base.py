@@ -95,13 +95,15 @@ class StageContext:
         stream: bool = False,
         embedded: Sequence[tuple[int, int]] = (),
         params: dict[str, Any] | None = None,
+        embed: bool = False,
     ) -> AgentOutput:
         """One call through the pipeline (``stream``: send its text to the run's ``on_token``; ``params``
         override the spec's settings, e.g. a judge's one-token verdict).  An agent with tools answers in a tool
-        loop (``moa._tools``): several model calls, one ``AgentOutput``; its answer reaches ``on_token`` whole."""
+        loop (``moa._tools``): several model calls, one ``AgentOutput``; its answer reaches ``on_token`` whole.
+        ``embed``: an embedding call of the messages' texts (``AgentOutput.embeddings``)."""
         if params:
             spec = replace(spec, params={**spec.params, **params})
-        if spec.tools:
+        if spec.tools and not embed:
             if self.tools is None:
                 self.tools = tool_runtime(self.caller)
             on_token = self.on_token if stream else None
@@ -109,7 +111,7 @@ class StageContext:
                 self.caller, spec, messages, runtime=self.tools, step=step, embedded=embedded, on_token=on_token
             )
         return await self.caller.call(
-            spec, messages, step=step, on_token=self.on_token if stream else None, embedded=embedded
+            spec, messages, step=step, on_token=self.on_token if stream else None, embedded=embedded, embed=embed
         )
 
     async def fanout(

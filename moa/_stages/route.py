@@ -4,8 +4,9 @@
 (every condition given: a regular expression, a keyword as a whole word in any
 case, a length).  ``classifier`` asks a model, at temperature 0, to name one
 route from their names and descriptions; its reply is read as the name it
-gives (the whole reply, else the first route name in it as a whole word).  No
-route chosen: the ``default`` route answers, else ``moa.RouteError``; a chosen
+gives (the whole reply, else the first route name in it as a whole word).
+``neighbours`` embeds the prompt and reads its nearest labelled examples
+(``neighbours.py``).  No route chosen: the ``default`` route answers, else ``moa.RouteError``; a chosen
 route that fails is a ``RouteError`` too.  The choice is a ``moa.Decision``.
 """
 
@@ -16,12 +17,13 @@ from dataclasses import replace
 
 from moa._errors import RouteError
 from moa._prompt import Message, build_messages
-from moa.recipe import ClassifierRouter, RouteLayer, RouteRule
-from moa.recipe.routing import CLASSIFIER_SETTINGS
+from moa.recipe import ClassifierRouter, NeighboursRouter, RouteLayer, RouteRule
+from moa.recipe.routing import CLASSIFIER_SETTINGS, EMBEDDING_SETTINGS
 from moa.result import Candidate, Decision
 
 from .answering import Answering
 from .base import Estimate, EstimateContext, Outcome, Stage, StageContext, bind
+from .neighbours import Choice, choose
 
 CLASSIFY = (
     "You sort requests into categories. Reply with the name of one category, exactly as written, and nothing else."
@@ -74,7 +76,12 @@ class Route(Stage):
         specs = iter(ctx.specs)
         answering = Answering(ctx, {i: next(specs) for i, route in enumerate(layer.routes) if route.agent})
         here = ctx.index + 1
-        if isinstance(layer.router, ClassifierRouter):
+        found: Choice | None = None
+        if isinstance(layer.router, NeighboursRouter):
+            picked = await choose(ctx, layer.router, names, next(specs))
+            found = picked if isinstance(picked, Choice) else None
+            chosen, why = (names[found.index], found.reason) if found else (None, str(picked))
+        elif isinstance(layer.router, ClassifierRouter):
             spec = next(specs)
             messages = classifier_messages(layer.router, names, [r.description for r in layer.routes], ctx.question)
             call = bind(ctx.call, spec, messages, step=1, params=dict(CLASSIFIER_SETTINGS))
@@ -100,6 +107,8 @@ class Route(Stage):
             chosen, why = layer.default, f"{why}; the default route"
         index = names.index(chosen)
         decision = Decision(option=chosen, index=index, action="route", reason=why)
+        if found is not None and found.index == index:
+            decision.score, decision.gain = found.quality, found.value
         answer = await answering.ask(index, layer.routes[index], chosen)
         decision.cost_usd, decision.tokens = answer.cost_usd, answer.tokens
         if answer.candidate is None:
@@ -128,6 +137,8 @@ class Route(Stage):
             messages = classifier_messages(layer.router, layer.names, [r.description for r in layer.routes],
                                            ctx.question)  # fmt: skip
             ctx.price(next(specs), messages, (), dict(CLASSIFIER_SETTINGS))
+        elif isinstance(layer.router, NeighboursRouter):  # the prompt's embedding (the examples' are paid once)
+            ctx.price(next(specs), [{"role": "user", "content": ctx.question}], (), dict(EMBEDDING_SETTINGS))
         return ctx.result([(0, longest)])
 
     def summary(self, outcome: Outcome, layer: int) -> str | None:

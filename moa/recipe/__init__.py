@@ -25,6 +25,7 @@ from .control import Answerer, CascadeLayer, ChecksScore, ConfidenceScore, Judge
 from .debate import DebateLayer
 from .execution import ExecuteLayer
 from .layers import AgentLayer, AggregateLayer, AggregateSeqLayer, Layer, ProposeLayer, TemplatedLayer, seq_windows
+from .neighbours import Example, NeighboursRouter
 from .params import MAX_SECONDS, Agent, CallParams, SandboxLimits, Tool, _Strict
 from .routing import ClassifierRouter, Route, RouteLayer, RouteRule, RulesRouter
 from .selection import RankLayer, VoteLayer
@@ -41,6 +42,8 @@ __all__ = [
     "JudgeScore",
     "Tier",
     "ClassifierRouter",
+    "Example",
+    "NeighboursRouter",
     "Route",
     "RouteLayer",
     "RouteRule",

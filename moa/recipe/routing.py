@@ -2,9 +2,10 @@
 
 A router reads the prompt's last user message and picks one route: ``rules``
 (the first route whose ``when`` holds: a regular expression, keywords, a length),
-or ``classifier`` (a cheap model picks a route by name from the routes'
-descriptions).  RouteLLM (Ong et al. 2024) routed between a strong and a weak
-model at over 2x lower cost for 95 % of GPT-4's MT-Bench quality.
+``classifier`` (a cheap model picks a route by name from the routes'
+descriptions), or ``neighbours`` (the route that did best on the most similar
+labelled examples, by embeddings, less ``cost_weight`` x its cost).  RouteLLM
+(Ong et al. 2024) routed between a strong and a weak model at over 2x lower cost for 95 % of GPT-4's MT-Bench quality.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from .control import Answerer
 from .layers import Layer, one_call
+from .neighbours import NeighboursRouter
 from .params import Agent, Pattern, _Strict
 
 
@@ -48,7 +50,7 @@ class Route(Answerer):
     when: RouteRule | None = Field(None, description="`router: rules`: when a prompt goes this way.")
     description: str | None = Field(
         None, min_length=1, description="`router: classifier`: which prompts belong here, as the classifier reads it."
-    )
+    )  # (`neighbours` reads the examples' scores by route name)
 
 
 class RulesRouter(_Strict):
@@ -72,27 +74,35 @@ def _router_type(value: Any) -> str | None:
 
 
 Router = Annotated[
-    Union[Annotated[RulesRouter, Tag("rules")], Annotated[ClassifierRouter, Tag("classifier")]],  # noqa: UP007
+    Union[  # noqa: UP007
+        Annotated[RulesRouter, Tag("rules")],
+        Annotated[ClassifierRouter, Tag("classifier")],
+        Annotated[NeighboursRouter, Tag("neighbours")],
+    ],
     Discriminator(_router_type),
 ]
 
 #: What the classifier is asked with: a few tokens at temperature 0.
 CLASSIFIER_SETTINGS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 16}
+#: An embedding writes no tokens: its worst case (for budgets and limits) is its input alone.
+EMBEDDING_SETTINGS: dict[str, Any] = {"max_tokens": 1}
 
 
 class RouteLayer(Layer):
     """``route``: a router picks one route for the prompt; that route's agent or recipe answers it.
 
     ``rules`` takes the first route whose ``when`` holds; ``classifier`` asks a
-    model to name a route.  When the router names none, the ``default`` route
-    answers; without one, the run stops with ``RouteError`` (as it does when the
-    chosen route fails).  The choice is a ``moa.Decision`` in the trace.
+    model to name a route; ``neighbours`` embeds the prompt and takes the route
+    with the best quality less ``cost_weight`` x cost on its nearest examples.
+    When the router names none, the ``default`` route answers; without one, the
+    run stops with ``RouteError`` (as it does when the chosen route fails).
+    The choice is a ``moa.Decision`` in the trace.
     """
 
     kind: Literal["route"] = Field(..., description="`route`: send each prompt to the route that should answer it.")
     takes_candidates: ClassVar[bool] = False
     routes: list[Route] = Field(..., min_length=1, description="The routes (each an `agent` or a `recipe`).")
-    router: Router = Field(..., description="How a route is chosen: `rules` or `classifier`.")
+    router: Router = Field(..., description="How a route is chosen: `rules`, `classifier` or `neighbours`.")
     default: str | None = Field(
         None, description="The route (by name) that answers when the router chooses none; unset: that is an error."
     )
@@ -106,11 +116,10 @@ class RouteLayer(Layer):
                              "its own")  # fmt: skip
         if self.default is not None and self.default not in names:
             raise ValueError(f"`default` is {self.default!r}, which is no route; routes: {', '.join(names)}")
-        field = "when" if self.router.type == "rules" else "description"
+        unread = {"rules": "description", "classifier": "when", "neighbours": "when"}[self.router.type]
         for index, route in enumerate(self.routes):
-            other = "description" if field == "when" else "when"
-            if getattr(route, other) is not None:
-                raise ValueError(f"routes[{index}].{other}: `router: {self.router.type}` does not read it")
+            if getattr(route, unread) is not None:
+                raise ValueError(f"routes[{index}].{unread}: `router: {self.router.type}` does not read it")
         if self.router.type == "rules":
             for index, route in enumerate(self.routes[:-1]):
                 if route.when is None or route.when.empty:
@@ -118,6 +127,8 @@ class RouteLayer(Layer):
                                      "routes after it are never reached (give it one, or move it last)")  # fmt: skip
         if isinstance(self.router, ClassifierRouter):
             one_call(self.router.agent, "router.agent")
+        if isinstance(self.router, NeighboursRouter):
+            _examples_match(self.router, names)
         return self
 
     @property
@@ -128,17 +139,24 @@ class RouteLayer(Layer):
         return [route.agent for route in self.routes if route.agent is not None]
 
     def call_agents(self) -> list[Agent]:
-        classifier = [self.router.agent] if isinstance(self.router, ClassifierRouter) else []
-        return [*self.route_agents(), *classifier]
+        return [*self.route_agents(), *self.router_agents()]
+
+    def router_agents(self) -> list[Agent]:
+        """The router's model: the classifier, or the embedding model (none for rules)."""
+        if isinstance(self.router, ClassifierRouter):
+            return [self.router.agent]
+        return [self.router.embedding] if isinstance(self.router, NeighboursRouter) else []
 
     def fixed_settings(self, agent: int) -> dict[str, Any]:
-        return dict(CLASSIFIER_SETTINGS) if agent >= len(self.route_agents()) else {}
+        if agent < len(self.route_agents()):
+            return {}
+        return dict(CLASSIFIER_SETTINGS) if isinstance(self.router, ClassifierRouter) else dict(EMBEDDING_SETTINGS)
 
     def answerers(self) -> list[tuple[str, Answerer]]:
         return [(f"routes[{i}]", route) for i, route in enumerate(self.routes)]
 
     def calls(self, inputs: int) -> int:
-        return max(route.most_calls for route in self.routes) + (self.router.type == "classifier")
+        return max(route.most_calls for route in self.routes) + len(self.router_agents())
 
     def outputs(self, inputs: int) -> int:
         return 1
@@ -153,10 +171,16 @@ class RouteLayer(Layer):
     def describe(self, inputs: int) -> list[str]:
         if isinstance(self.router, ClassifierRouter):
             lines = [f"the classifier {self.router.agent.label} names the route for the prompt"]
+        elif isinstance(self.router, NeighboursRouter):
+            router = self.router
+            cost = f" less {router.cost_weight:g} x its cost ({router.cost_unit})" if router.cost_weight else ""
+            lines = [f"{router.embedding.label} embeds the prompt; the route with the best quality on its {router.k} "
+                     f"nearest of {len(router.labelled)} labelled examples{cost} answers it"]  # fmt: skip
         else:
             lines = ["the first route whose rule holds for the last user message answers it"]
         for name, route in zip(self.names, self.routes, strict=True):
-            lines.append(f"{name}: {_rule(route.when) if self.router.type == 'rules' else route.description or ''}")
+            about = _rule(route.when) if self.router.type == "rules" else route.description or ""
+            lines.append(f"{name}: {about}" if about else name)
         lines.append(f"no route chosen: {self.default or 'an error (RouteError)'}")
         return lines
 
@@ -174,3 +198,29 @@ def _rule(when: RouteRule | None) -> str:
     if when.max_chars is not None:
         parts.append(f"at most {when.max_chars} characters")
     return " and ".join(parts) or "every prompt"
+
+
+def _examples_match(router: NeighboursRouter, names: list[str]) -> None:
+    """Every route an example scores or prices is a route here, and every route is scored (and priced, when
+    costs count) on at least one example: examples from other routes would route by someone else's data."""
+    scored: set[str] = set()
+    priced: set[str] = set()
+    for number, example in enumerate(router.labelled, 1):
+        for field, found in (("scores", example.scores), ("costs", example.costs)):
+            strangers = [name for name in found if name not in names]
+            if strangers:
+                raise ValueError(
+                    f"{router.source}: example {number} {field} {', '.join(repr(n) for n in strangers)}, which is no "
+                    f"route here; routes: {', '.join(names)} (the examples were made for another recipe: calibrate "
+                    "this one)"
+                )
+        scored |= set(example.scores)
+        priced |= set(example.costs)
+    missing = [name for name in names if name not in scored]
+    if missing:
+        raise ValueError(f"{router.source}: no example scores the route(s) {', '.join(missing)}: the router could "
+                         "never tell how they do (calibrate with a run of every route)")  # fmt: skip
+    unpriced = [name for name in names if name not in priced]
+    if router.cost_weight and unpriced:
+        raise ValueError(f"{router.source}: `cost_weight` is {router.cost_weight:g} but no example gives a cost for "
+                         f"{', '.join(unpriced)}")  # fmt: skip

@@ -10,6 +10,7 @@ from typing import Any
 
 from moa._errors import ProviderError
 from moa._provider import Completion, Request, TokenCallback
+from moa.testing._embeddings import word_vector
 
 Reply = str | Completion | ProviderError
 Responder = Callable[[Request, int], Reply]
@@ -43,7 +44,8 @@ class FakeProvider:
     raise.  ``replies`` maps a model to a list of replies consumed in order
     (the last one repeats) and wins over the responder for that model.
     ``delay_s`` makes each call await that long (with the real loop clock).
-    ``price_usd`` is every call's worst-case cost for budgets; give replies a
+    An embedding request gets each text's hashed bag of words (``moa.testing._embeddings``) unless a reply
+    is a ``Completion`` or an error.  ``price_usd`` is every call's worst-case cost for budgets; give replies a
     ``Completion`` with ``cost_usd`` for what they really cost.
     Token counts of plain-text replies are word counts.
     """
@@ -85,6 +87,10 @@ class FakeProvider:
             self.in_flight -= 1
         if isinstance(reply, ProviderError):
             raise reply
+        if request.embed and isinstance(reply, str):  # an embedding request: each text's hashed bag of words
+            vectors = tuple(tuple(word_vector(str(m["content"]))) for m in request.messages)
+            return Completion("", prompt_tokens=sum(len(str(m["content"]).split()) for m in request.messages),
+                              embeddings=vectors)  # fmt: skip
         if isinstance(reply, str):
             prompt_words = sum(len(str(m["content"]).split()) for m in request.messages)
             reply = Completion(reply, prompt_tokens=prompt_words, completion_tokens=len(reply.split()))

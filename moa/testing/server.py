@@ -1,8 +1,9 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1, for tests and benchmarks.
 
 It speaks just enough HTTP/1.1 (keep-alive, Content-Length, server-sent
-events) for litellm's OpenAI client, answers ``POST /v1/chat/completions``
-and ``GET /v1/models``, records every request, and can inject faults:
+events) for litellm's OpenAI client, answers ``POST /v1/chat/completions``,
+``POST /v1/embeddings`` (``embedder``: a hashed bag of words by default) and
+``GET /v1/models``, records every request, and can inject faults:
 
 =============== ===========================================================
 ``429``         rate limited, with ``Retry-After: <retry_after>``
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from moa.testing._embeddings import Embedder, embedding_payload, word_vector
 from moa.testing._logprobs import LogprobsFn, TokenLogprobFn, default_logprobs, logprobs_content
 from moa.testing._toolcalls import stream_delta, tool_message
 
@@ -116,6 +118,7 @@ class LoopbackServer:
     responder: Responder = default_reply
     logprobs: LogprobsFn = default_logprobs
     token_logprob: TokenLogprobFn | None = None
+    embedder: Embedder = word_vector
     port: int = 0
     requests: list[RecordedHTTP] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
@@ -148,6 +151,10 @@ class LoopbackServer:
         return [
             r for r in self.requests if r.path.endswith("/chat/completions") and (model is None or r.model == model)
         ]
+
+    def embedding_requests(self, model: str | None = None) -> list[RecordedHTTP]:
+        """The ``/embeddings`` requests (to one model, when given), in order."""
+        return [r for r in self.requests if r.path.endswith("/embeddings") and (model is None or r.model == model)]
 
     def start(self) -> LoopbackServer:
         self._loop = asyncio.new_event_loop()
@@ -226,6 +233,8 @@ class LoopbackServer:
             payload = {"object": "list", "data": [{"id": "loopback", "object": "model"}]}
             await self._send(writer, 200, json.dumps(payload).encode())
             return True
+        if method == "POST" and path.rstrip("/").endswith("/embeddings") and body is not None:
+            return await self._complete(body, method, path, headers, writer)
         if method != "POST" or not path.rstrip("/").endswith("/chat/completions") or body is None:
             await self._send(writer, 404, b'{"error": {"message": "not found"}}')
             return True
@@ -256,6 +265,9 @@ class LoopbackServer:
         await asyncio.sleep(self.latency_by_model.get(model, self.latency_s))
         if fault is not None and fault.kind != "stream_cut":
             return await self._fault(fault, writer, headers)
+        if path.rstrip("/").endswith("/embeddings"):
+            await self._send(writer, 200, json.dumps(embedding_payload(body, self.embedder)).encode())
+            return True
         reply = self.responder(body, index)
         message: dict[str, Any] | None = None
         if isinstance(reply, dict):
