@@ -164,7 +164,7 @@ def test_runs_and_files_that_do_not_match_the_recipe_are_refused(
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump(loopback_recipe(server, [{"kind": "propose", "agents": [{"model": "openai/a"}]}])))
     assert calibrate(plain, out, data, fitted) == 2
-    assert "calibrate fits a recipe with exactly one cascade layer; it has 0" in capsys.readouterr().err
+    assert "calibrate fits a recipe with exactly one cascade or route layer; it has 0" in capsys.readouterr().err
     assert calibrate(recipe, out, data, fitted, "--holdout", "1") == 2
     assert "--holdout must be at least 0 and below 1, got 1" in capsys.readouterr().err
     assert calibrate(recipe, out, data, fitted, "--max-cost", "0") == 2

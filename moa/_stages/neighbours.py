@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from moa._call import CallSpec
 from moa._errors import RouteError
-from moa.recipe import NeighboursRouter
+from moa.recipe import Example, NeighboursRouter
 from moa.recipe.routing import EMBEDDING_SETTINGS
 from moa.result import AgentOutput
 
@@ -63,18 +63,28 @@ def pick(
     router: NeighboursRouter, names: list[str], query: Sequence[float], vectors: Sequence[Sequence[float]]
 ) -> Choice:
     """The route with the best expected quality less ``cost_weight`` x expected cost over the nearest examples."""
-    examples = router.labelled
-    similar = sorted(((cosine(query, v), i) for i, v in enumerate(vectors)), key=lambda pair: (-pair[0], pair[1]))
-    nearest = similar[: router.k]
+    return decide(router.labelled, names, similarities(query, vectors)[: router.k], router.cost_weight)
+
+
+def similarities(query: Sequence[float], vectors: Sequence[Sequence[float]]) -> list[tuple[float, int]]:
+    """(cosine similarity, index) of every vector, most similar first (ties: the earlier example)."""
+    return sorted(((cosine(query, v), i) for i, v in enumerate(vectors)), key=lambda pair: (-pair[0], pair[1]))
+
+
+def decide(
+    examples: Sequence[Example], names: list[str], nearest: list[tuple[float, int]], cost_weight: float
+) -> Choice:
+    """The route whose similarity-weighted quality over ``nearest`` (``(similarity, example index)``), less
+    ``cost_weight`` x its cost there, is highest (a tie: the route listed first)."""
     values = []
     for name in names:
         quality = _mean(nearest, [examples[i].scores.get(name) for _, i in nearest], examples, "scores", name)
         cost = _mean(nearest, [examples[i].costs.get(name) for _, i in nearest], examples, "costs", name)
-        values.append((quality, quality - router.cost_weight * cost, cost))
+        values.append((quality, quality - cost_weight * cost, cost))
     index = max(range(len(names)), key=lambda i: (values[i][1], -i))
     lows, highs = nearest[-1][0], nearest[0][0]
     shown = ", ".join(
-        f"{name} {q:.2f}" + (f" - {router.cost_weight:g} x {c:.4g}" if router.cost_weight else "")
+        f"{name} {q:.2f}" + (f" - {cost_weight:g} x {c:.4g}" if cost_weight else "")
         for name, (q, _, c) in zip(names, values, strict=True)
     )
     reason = f"its {len(nearest)} nearest examples (similarity {highs:.2f} to {lows:.2f}): {shown}"

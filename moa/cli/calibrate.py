@@ -1,4 +1,5 @@
-"""``moa calibrate``: fit a cascade's thresholds (or lambda) on an eval run, and write the recipe that uses them."""
+"""``moa calibrate``: fit a cascade's thresholds (or lambda) on an eval run, or a router's labelled examples on a run
+of each route, and write the recipe that uses them."""
 
 from __future__ import annotations
 
@@ -16,21 +17,39 @@ First run the cascade on your questions with every tier answering every one:
   moa eval qa --recipe my-cascade.yaml --data dev.jsonl --out runs/dev
 Then fit it:
   moa calibrate --recipe my-cascade.yaml --run runs/dev --data dev.jsonl --out my-cascade-fitted.yaml
+
+For a recipe with a `route` layer, run each route alone on your questions and give every run by route name; the
+router becomes a `neighbours` router whose labelled examples are those questions (written next to --out):
+  moa eval qa --recipe fast-only.yaml --data dev.jsonl --out runs/fast
+  moa eval qa --recipe strong-only.yaml --data dev.jsonl --out runs/strong
+  moa calibrate --recipe my-route.yaml --run fast=runs/fast --run strong=runs/strong --data dev.jsonl \\
+      --embedding openai/text-embedding-3-small --out my-route-fitted.yaml
 """
 
 
 def add_parser(commands: Any) -> None:
     calibrate = commands.add_parser(
         "calibrate",
-        help="fit a cascade's thresholds on an eval run where every tier answered",
+        help="fit a cascade's thresholds, or a router's examples, on eval runs",
         description="Fit the thresholds (or cost_weight) of a recipe's cascade on a `moa eval qa` run of it with "
-        "`strategy: always_escalate`, for a target; write the fitted recipe and report its accuracy and cost "
-        "on the training items (95 percent bootstrap intervals) and on held-out items. No model is called.",
+        "`strategy: always_escalate`, or a `route` layer's nearest-neighbour router (labelled examples, k, "
+        "cost_weight) on a run of each route, for a target; write the fitted recipe and report its accuracy and "
+        "cost on the training items (95 percent bootstrap intervals) and on held-out items. A cascade calls no "
+        "model; a router's fit embeds the questions with its embedding model.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     calibrate.add_argument("--recipe", "-r", required=True, help="the recipe the run was made with (name or path)")
-    calibrate.add_argument("--run", required=True, type=Path, metavar="DIR", help="the `moa eval qa` output folder")
+    calibrate.add_argument(
+        "--run", required=True, action="append", metavar="DIR",
+        help="the `moa eval qa` output folder (a cascade); for a route layer, NAME=DIR once per route: that route's "
+        "run alone",
+    )  # fmt: skip
+    calibrate.add_argument(
+        "--embedding", metavar="MODEL",
+        help="a route layer: the embedding model of the fitted router (default: the recipe's own, when its router is "
+        "`neighbours`)",
+    )  # fmt: skip
     calibrate.add_argument("--data", required=True, type=Path, help="the question file it was run on")
     calibrate.add_argument("--out", "-o", required=True, type=Path, help="where to write the fitted recipe (YAML)")
     calibrate.add_argument(
@@ -42,7 +61,8 @@ def add_parser(commands: Any) -> None:
                         help="the best accuracy at a mean cost of at most X: USD per 1,000 queries when every "
                         "model is priced, else tokens per query")  # fmt: skip
     target.add_argument("--max-share", type=float, metavar="P",
-                        help="the best accuracy with the last tier answering at most P %% of queries")  # fmt: skip
+                        help="the best accuracy with the last tier (the costliest route) answering at most P %% of "
+                        "queries")  # fmt: skip
     calibrate.add_argument(
         "--score", default="last-number", metavar="MODE",
         help="how answers are scored, as in `moa eval qa --score` (default last-number)",
@@ -61,11 +81,12 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from moa._errors import ConfigError
     from moa._loader import builtin_recipes, load_recipe
     from moa._resources import data_dir
+    from moa.cli._fitted import absolute_paths, write_recipe
     from moa.eval import _calibrate as fitting
     from moa.eval._common import DataError, read_jsonl
     from moa.eval._scoring import Scoring
     from moa.eval.qa import read_questions
-    from moa.recipe import CascadeLayer
+    from moa.recipe import CascadeLayer, RouteLayer
 
     if not 0 <= args.holdout < 1:
         raise ConfigError(f"--holdout must be at least 0 and below 1, got {args.holdout:g}")
@@ -81,17 +102,24 @@ def calibrate_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--score: {exc}") from None
     recipe = load_recipe(args.recipe)
     source = data_dir("recipes") / f"{args.recipe}.yaml" if args.recipe in builtin_recipes() else Path(args.recipe)
-    cascades = [i for i, layer in enumerate(recipe.layers) if isinstance(layer, CascadeLayer)]
-    if len(cascades) != 1:
-        raise ConfigError(
-            f"{args.recipe}: calibrate fits a recipe with exactly one cascade layer; it has {len(cascades)}"
-        )
-    index = cascades[0]
+    fitted = [i for i, layer in enumerate(recipe.layers) if isinstance(layer, CascadeLayer | RouteLayer)]
+    if len(fitted) != 1:
+        raise ConfigError(f"{args.recipe}: calibrate fits a recipe with exactly one cascade or route layer; it has "
+                          f"{len(fitted)}")  # fmt: skip
+    index = fitted[0]
     layer = recipe.layers[index]
+    if isinstance(layer, RouteLayer):
+        from moa.cli._calibrate_route import calibrate_route
+
+        return calibrate_route(args, recipe, index, source, scoring)
     assert isinstance(layer, CascadeLayer)
-    items_file = args.run / "items.jsonl"
+    if len(args.run) != 1 or args.embedding:
+        extra = "--embedding" if args.embedding else "--run more than once"
+        raise ConfigError(f"{extra}: a cascade is fitted on one run of it (give --run DIR once)")
+    run = Path(args.run[0])
+    items_file = run / "items.jsonl"
     if not items_file.is_file():
-        raise DataError(f"{args.run}: no items.jsonl: give the output folder of `moa eval qa`")
+        raise DataError(f"{run}: no items.jsonl: give the output folder of `moa eval qa`")
     rows = {str(row["id"]): row for row in read_questions(args.data)}
     records = read_jsonl(items_file)
     if not records:
@@ -109,44 +137,11 @@ def calibrate_command(args: argparse.Namespace) -> int:
         target = fitting.Target("best")
     policy = fitting.fit(train, args.strategy, target, unit)
     report = _report(fitting, policy, train, held, layer.names, unit, target, args)
-    data = _absolute_paths(yaml.safe_load(source.read_text(encoding="utf-8")), source.parent)
+    data = absolute_paths(yaml.safe_load(source.read_text(encoding="utf-8")), source.parent)
     key = "layers" if "layers" in data else "stages"
     data[key][index] = _fitted(data[key][index], policy, unit)
-    data["name"] = f"{data.get('name', recipe.name)}-calibrated"
-    header = "".join(f"# {line}\n" for line in report)
-    written = args.out.with_name(f".{args.out.name}.partial")
-    written.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    try:
-        load_recipe(written)  # what is written loads, or nothing is
-    except ConfigError:
-        written.unlink()
-        raise
-    written.replace(args.out)
-    for line in report:
-        print(line)
-    print(f"wrote {args.out}")
+    write_recipe(args.out, data, recipe.name, report)
     return EXIT_OK
-
-
-def _absolute_paths(data: Any, base: Path) -> Any:
-    """The recipe's mapping with every relative `recipe` and `template` path made absolute (the fitted recipe may
-    be written elsewhere); built-in names stay names."""
-    from moa._loader import builtin_recipes
-    from moa._resources import builtin_names
-
-    builtin = {*builtin_recipes(), *builtin_names("prompts", ".j2")}
-    if isinstance(data, list):
-        return [_absolute_paths(item, base) for item in data]
-    if not isinstance(data, dict):
-        return data
-    fixed = {}
-    for key, value in data.items():
-        if key in ("recipe", "template") and isinstance(value, str) and value not in builtin:
-            path = Path(value).expanduser()
-            fixed[key] = value if path.is_absolute() else str((base / path).resolve())
-        else:
-            fixed[key] = _absolute_paths(value, base)
-    return fixed
 
 
 def _fitted(config: dict[str, Any], policy: Any, unit: str) -> dict[str, Any]:
@@ -180,8 +175,8 @@ def _report(fitting: Any, policy: Any, train: list[Any], held: list[Any], names:
     def cost(value: float) -> str:
         return f"{value * scale:.4g} {per}"
 
-    lines = [f"calibrated by moa calibrate on {args.run} ({len(train)} items; {len(held)} held out, seed {args.seed})",
-             f"target: {target.describe(names, per)}"]  # fmt: skip
+    lines = [f"calibrated by moa calibrate on {args.run[0]} ({len(train)} items; {len(held)} held out, seed "
+             f"{args.seed})", f"target: {target.describe(names, per)}"]  # fmt: skip
     if policy.strategy == "threshold":
         pairs = zip(names, policy.accept, strict=False)  # every tier but the last
         shown = ", ".join(f"{n} accept {('never' if math.isinf(t) else f'{t:.4g}')}" for n, t in pairs)

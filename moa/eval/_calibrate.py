@@ -17,7 +17,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from moa.eval._common import DataError
 from moa.eval._scoring import Scoring, is_correct
@@ -158,7 +158,15 @@ def _cascade_layer(record: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     return layers[0]
 
 
-def split(items: Sequence[Item], holdout: float, seed: int) -> tuple[list[Item], list[Item]]:
+class _Keyed(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+KeyedT = TypeVar("KeyedT", bound=_Keyed)
+
+
+def split(items: Sequence[KeyedT], holdout: float, seed: int) -> tuple[list[KeyedT], list[KeyedT]]:
     """A seeded split: ``holdout`` of the items held out (at least one on each side when there are two)."""
     shuffled = sorted(items, key=lambda item: item.id)
     random.Random(seed).shuffle(shuffled)
