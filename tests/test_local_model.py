@@ -125,3 +125,37 @@ def test_eval_qa_runs_every_local_stage_recipe_end_to_end(name: str, tmp_path: P
             assert first["option"] == "brief" and 0 < first["score"] < 1 and first["tokens"] > 0
     if name == "local-cascade":
         assert summary["control"]["layer 1 (cascade)"]["runs"] == 2
+
+
+async def test_the_local_model_serves_embeddings_to_a_neighbours_router() -> None:
+    """``local/smollm2-135m`` as an embedding model: its own mean-pooled server; similar prompts are near."""
+    examples = [
+        {"prompt": "What is 17 times 23?", "scores": {"math": 1.0, "talk": 0.0}},
+        {"prompt": "Compute 45 plus 98.", "scores": {"math": 1.0, "talk": 0.0}},
+        {"prompt": "Tell me a story about a dragon and a castle.", "scores": {"math": 0.0, "talk": 1.0}},
+        {"prompt": "Write a short poem about the sea at night.", "scores": {"math": 0.0, "talk": 1.0}},
+    ]
+    recipe = {
+        "name": "local-neighbours",
+        "defaults": {"max_tokens": 8},
+        "layers": [{
+            "kind": "route",
+            "routes": [{"name": "math", "agent": {"model": "local/smollm2-135m", "system": "Answer with a number."}},
+                       {"name": "talk", "agent": {"model": "local/smollm2-135m"}}],
+            "router": {"type": "neighbours", "embedding": {"model": "local/smollm2-135m"}, "examples": examples,
+                       "k": 1},
+        }],
+    }  # fmt: skip
+    loaded = moa.load_recipe(recipe)
+    try:
+        math = await moa.run("What is 12 times 31?", loaded)
+        talk = await moa.run("Tell me a story about a knight and a dragon.", loaded)
+        servers = {key: server for key, server in _local._servers.items() if "smollm2" in key}
+    finally:
+        _local.stop_all()
+    assert (math.layers[0].answered_by, talk.layers[0].answered_by) == ("math", "talk")
+    embeds = [o for o in math.layers[0].outputs if o.text and o.text.startswith("(")]
+    assert [o.text for o in embeds] == ["(4 embedding(s) of 576 numbers)", "(1 embedding(s) of 576 numbers)"]
+    assert all(o.cost_usd == 0.0 for o in embeds)
+    assert set(servers) == {"smollm2-135m", "smollm2-135m (embedding)"}
+    assert servers["smollm2-135m (embedding)"].embedding and not servers["smollm2-135m"].embedding
