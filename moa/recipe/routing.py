@@ -148,9 +148,9 @@ class RouteLayer(Layer):
         return [self.router.embedding] if isinstance(self.router, NeighboursRouter) else []
 
     def fixed_settings(self, agent: int) -> dict[str, Any]:
-        if agent < len(self.route_agents()):
-            return {}
-        return dict(CLASSIFIER_SETTINGS) if isinstance(self.router, ClassifierRouter) else dict(EMBEDDING_SETTINGS)
+        if agent < len(self.route_agents()) or not isinstance(self.router, ClassifierRouter):
+            return {}  # (an embedding call is sent `EMBEDDING_SETTINGS` by the stage: no setting of its own)
+        return dict(CLASSIFIER_SETTINGS)
 
     def answerers(self) -> list[tuple[str, Answerer]]:
         return [(f"routes[{i}]", route) for i, route in enumerate(self.routes)]
