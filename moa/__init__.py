@@ -13,7 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from moa._call import Budget
+    from moa._call import Budget, CacheError, CallCache
     from moa._engine import LayerPlan, plan, run, run_sync
     from moa._errors import (
         BadResponseError,
@@ -68,6 +68,8 @@ _EXPORTS = {
     "AgentOutput": "moa.result",
     "BadResponseError": "moa._errors",
     "Budget": "moa._call",
+    "CacheError": "moa._call",
+    "CallCache": "moa._call",
     "Candidate": "moa.result",
     "Decision": "moa.result",
     "BudgetExceeded": "moa._errors",
@@ -147,6 +149,8 @@ __all__ = [
     "BadResponseError",
     "Budget",
     "BudgetExceeded",
+    "CacheError",
+    "CallCache",
     "CallError",
     "CallParams",
     "CallSite",

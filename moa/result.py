@@ -96,6 +96,12 @@ class AgentOutput(BaseModel):
         "`confidence` score): exp of it is the answer's confidence.",
     )
     finish_reason: str | None = Field(None, description="Why the provider stopped (`stop`, `length`...), if said.")
+    cached: bool = Field(
+        False, description="Answered from the call cache: nothing was paid (`cost_usd` 0.0); `usage` is the answer's."
+    )
+    cost_saved_usd: float | None = Field(
+        None, description="A cached answer: what it cost when it was made (None: unknown, or not cached)."
+    )
     tool_calls: list[ToolCall] = Field(
         default_factory=list, description="Every function call of the agent's tool loop, in order (agents with tools)."
     )

@@ -5,6 +5,7 @@ talks to a provider directly.
 """
 
 from .budget import Budget, BudgetRefused
+from .cache import CacheError, CallCache, Occurrences
 from .cost import Pricing, embedded, output_tokens, pricing_of, prompt_tokens, tools_tokens, total
 from .pipeline import Caller, CallFailed, CallRefused
 from .retry import Sleep, with_retries
@@ -24,6 +25,9 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "Budget",
     "BudgetRefused",
+    "CacheError",
+    "CallCache",
+    "Occurrences",
     "CallFailed",
     "CallRefused",
     "CallRecord",

@@ -8,7 +8,8 @@ Each attempt of a call runs, outermost first::
     answers  an empty answer is a failure (paid for: its cost is kept)
     provider litellm (or any ``Provider``), streaming to ``on_token`` when given
 
-and ``Caller.call`` wraps the attempts in the retry policy (``retry.py``) and
+and ``Caller.call`` looks the call up in the call cache when there is one
+(``cache.py``), wraps the attempts in the retry policy (``retry.py``) and
 records the outcome (``trace.py``): an ``AgentOutput``, or ``CallFailed`` /
 ``CallRefused`` carrying the recorded failure.  A wrapper is a function of
 the next handler, so a new concern (a cache) is one more function here.
@@ -28,6 +29,7 @@ from moa.recipe import RetryPolicy
 from moa.result import AgentOutput, Usage
 
 from .budget import Budget, BudgetRefused
+from .cache import CallCache, Occurrences
 from .cost import Pricing, output_tokens, prompt_tokens, tools_tokens, total
 from .retry import Sleep, with_retries
 from .spec import CallSpec
@@ -187,8 +189,12 @@ class Caller:
         keys: Mapping[str, str] | None = None,
         api_key: str | None = None,
         sleep: Sleep | None = None,
+        cache: CallCache | None = None,
+        occurrences: Occurrences | None = None,
     ) -> None:
         self.tracer = tracer
+        self.cache = cache
+        self.occurrences = occurrences or Occurrences()
         self.retry = retry
         self.sleep = sleep
         self.pricing = pricing
@@ -216,6 +222,8 @@ class Caller:
             keys=self._keys,
             api_key=self._api_key,
             sleep=self.sleep,
+            cache=self.cache,
+            occurrences=self.occurrences,
         )
 
     async def complete(
@@ -229,6 +237,10 @@ class Caller:
         """One model call with its retries, limits, budget and ``call_started`` / ``call_retried`` events, but
         nothing recorded: the caller records it (``call`` does; a tool loop records the whole answer once).
 
+        With a call cache, an answer stored for the same request (its n-th occurrence in this run) comes back
+        at once, with ``cost_usd`` 0.0 (nothing was paid; ``record.saved_usd`` is what it cost when made) and
+        its text sent to ``on_token`` whole; a new answer is stored.
+
         Raises ``BudgetRefused`` when the budget did not start it, ``ProviderError`` when it failed for good.
         """
         spec, messages = record.spec, record.messages
@@ -236,6 +248,11 @@ class Caller:
         request = Request(model=spec.model, messages=messages, params=spec.params, api_key=key, embed=embed)
         tokens = prompt_tokens(messages, embedded) + tools_tokens(spec.params)
         attempt = Attempt(record, request, on_token, tokens)
+        key = self.occurrences.key(request) if self.cache is not None else None
+        if self.cache is not None and key is not None:
+            stored = self.cache.get(key)
+            if stored is not None:
+                return self._hit(record, stored, on_token)
 
         def on_retry(number: int, error: ProviderError, delay: float) -> None:
             self.tracer.retried(record, number, error, delay)
@@ -243,7 +260,20 @@ class Caller:
         completion, _ = await with_retries(
             lambda: self._attempt(attempt), self.retry, on_retry=on_retry, sleep=self.sleep
         )
+        if self.cache is not None and key is not None:
+            self.cache.put(key, spec.model, completion)
         return completion
+
+    def _hit(self, record: CallRecord, stored: Completion, on_token: TokenCallback | None) -> Completion:
+        record.cached, record.saved_usd = True, stored.cost_usd
+        self.tracer.started(record)  # (the live view shows it start and finish)
+        record.attempts = 0  # no request was made
+        if on_token is not None and stored.text:
+            try:
+                on_token(stored.text)
+            except Exception as exc:
+                raise CallbackError("on_token", exc) from exc
+        return replace(stored, cost_usd=0.0)
 
     async def call(
         self,
@@ -275,4 +305,6 @@ class Caller:
             completion.finish_reason,
             mean_logprob=completion.mean_logprob,
             embeddings=completion.embeddings,
+            cached=record.cached,
+            saved_usd=record.saved_usd,
         )

@@ -32,6 +32,8 @@ class CallRecord:
     paid: Usage = field(default_factory=Usage)  # tokens of answers that came back but were refused (empty)
     paid_cost: float | None = 0.0
     last_refused_cost: float | None = 0.0  # what the latest refused (empty) answer cost, for the budget
+    cached: bool = False  # answered from the call cache
+    saved_usd: float | None = None  # a cached answer: what it cost when it was made
 
     @property
     def elapsed(self) -> float:
@@ -85,6 +87,8 @@ class Tracer:
         *,
         mean_logprob: float | None = None,
         embeddings: tuple[tuple[float, ...], ...] = (),
+        cached: bool = False,
+        saved_usd: float | None = None,
     ) -> AgentOutput:
         if embeddings:
             text = f"({len(embeddings)} embedding(s) of {len(embeddings[0])} numbers)"
@@ -100,6 +104,8 @@ class Tracer:
             mean_logprob=mean_logprob,
         )
         output._embeddings = embeddings
+        if cached:
+            output.cached, output.cost_saved_usd = True, saved_usd
         self._keep(output)
         self.emit("call_finished", record.spec.site.layer, record, attempt=record.attempts, output=output)
         return output

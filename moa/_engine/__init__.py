@@ -6,9 +6,10 @@ import asyncio
 import difflib
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from moa._call import Budget
+from moa._call import Budget, CallCache
 from moa._errors import ConfigError
 from moa._limits import Limiter
 from moa._loader import RecipeSource, load_recipe
@@ -37,6 +38,7 @@ _RUN_OPTIONS = (
     "budget",
     "deadline_s",
     "settings",
+    "cache",
 )
 
 
@@ -55,6 +57,7 @@ async def run(
     budget: Budget | None = None,
     deadline_s: float | None = None,
     settings: CallParams | None = None,
+    cache: CallCache | str | Path | None = None,
     **overrides: Any,
 ) -> MoAResult:
     """Run a prompt through a recipe and return the answer with its full trace.
@@ -77,7 +80,10 @@ async def run(
     ``max_cost_usd`` bounds what the run may spend (or ``budget``: one
     ``Budget`` shared by many runs): the run's worst case is reserved first,
     and a run that might not be paid for does not start.  ``deadline_s``
-    bounds its wall time.
+    bounds its wall time.  ``cache`` (a ``moa.CallCache`` or the path of its
+    SQLite file) answers a call asked before from its stored answer, for free,
+    and stores every new answer (the n-th identical call of a run has a key of
+    its own, so samples stay distinct).
 
     Raises ``ConfigError`` subclasses before any call for bad input;
     ``QuorumError``, ``BudgetExceeded``, ``DeadlineExceeded`` and
@@ -109,8 +115,13 @@ async def run(
         on_event=on_event,
         on_token=on_token,
         budget=budget or (Budget(max_cost_usd, allow_unpriced) if max_cost_usd is not None else None),
+        cache=cache if isinstance(cache, CallCache) or cache is None else CallCache(cache),
     )
-    return await engine.run(conversation, reuse, deadline_s)
+    try:
+        return await engine.run(conversation, reuse, deadline_s)
+    finally:
+        if engine.cache is not None and not isinstance(cache, CallCache):
+            engine.cache.close()  # opened here for this run
 
 
 def _unexpected_keyword(name: str) -> str:

@@ -19,10 +19,13 @@ from moa import _secrets
 from moa._call import (
     Budget,
     BudgetRefused,
+    CacheError,
+    CallCache,
     Caller,
     CallFailed,
     CallRefused,
     CallSpec,
+    Occurrences,
     Sleep,
     Tracer,
     embedded,
@@ -69,6 +72,9 @@ class Engine:
     on_token: TokenCallback | None = None
     sleep: Sleep | None = None
     budget: Budget | None = None
+    cache: CallCache | None = None  # answers of earlier calls (``moa._call.cache``)
+    #: Identical requests counted across this run and the recipes it runs (each n-th one has its own cache key).
+    occurrences: Occurrences = field(default_factory=Occurrences)
 
     def __post_init__(self) -> None:
         _secrets.register(self.api_key)
@@ -112,7 +118,8 @@ class Engine:
     def _nested(self, recipe: Recipe) -> Engine:
         """An engine for one run of a recipe an ``ask`` tool runs: same provider, limits, keys and settings;
         its budget is this run's (set when it starts); no events of its own (its calls are in the tool call)."""
-        return Engine(recipe, self.provider, self.limiter, self.overrides, self.api_key, sleep=self.sleep)
+        return Engine(recipe, self.provider, self.limiter, self.overrides, self.api_key, sleep=self.sleep,
+                      cache=self.cache, occurrences=self.occurrences)  # fmt: skip
 
     async def _ask(self, recipe: Recipe, question: str | list[Message]) -> MoAResult:
         """One run of a recipe an `ask` tool asks (``question``) or a stage's tier answers with (a conversation)."""
@@ -126,7 +133,9 @@ class Engine:
         return tool_runtime(caller, self._ask)
 
     def preflight(self, start: int = 0) -> None:
-        """Let the provider refuse unreachable models (missing key or extra) before any call."""
+        """Let the provider refuse unreachable models (missing key or extra) before any call; open the cache."""
+        if self.cache is not None:
+            self.cache.open()
         calls = self.calls(start)
         if isinstance(self.provider, Preflight):
             has_key = self.api_key is not None
@@ -183,6 +192,8 @@ class Engine:
             keys=self._keys,
             api_key=self.api_key,
             sleep=self.sleep,
+            cache=self.cache,
+            occurrences=self.occurrences,
         )
         try:
             async with asyncio.timeout(deadline_s):
@@ -253,7 +264,7 @@ class Engine:
         try:
             outcome = await stage_of(ctx.layer).run(ctx, inputs)
         except (QuorumError, BudgetExceeded, CallbackError, VerificationError, StageError, CascadeError, RouteError,
-                asyncio.CancelledError):  # fmt: skip
+                CacheError, asyncio.CancelledError):  # fmt: skip
             raise
         except CallRefused as exc:  # a stage's own ctx.call, not caught: the budget said no
             raise BudgetExceeded(f"layer {ctx.index + 1}: {exc}") from None

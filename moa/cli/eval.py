@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # imported lazily: `moa --help` must not load pydantic or lit
     from moa.eval import Benchmark, EvalContext, EvalOptions, RunStats
     from moa.eval.qa import QA, Scoring
 
+from moa.cli._cache_args import add_cache_arguments, open_cache
 from moa.cli._common import error
 from moa.cli.args import non_negative_float, positive_int
 
@@ -133,12 +134,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="call settings for the judge (e.g. api_base=URL)",
     )
-    parser.add_argument(
-        "--reaggregate-from",
-        type=Path,
-        metavar="DIR",
-        help="reuse the proposer layer of an earlier run's traces: no new proposer calls",
-    )
+    parser.add_argument("--reaggregate-from", type=Path, metavar="DIR",
+                        help="reuse the proposer layer of an earlier run's traces: no new proposer calls")  # fmt: skip
+    add_cache_arguments(parser, default_on=True)
     parser.add_argument(
         "--force-new",
         action="store_true",
@@ -214,12 +212,12 @@ def _run(args: argparse.Namespace, name: str) -> int:
     if options.lc_data and judge is None:
         raise ConfigError("--lc-data is used when judging: add --judge MODEL --judge-prompt FILE")
     lc_data = read_lc_data(options.lc_data) if options.lc_data else None  # a bad file fails before any call
-    judge_ctx = None
+    judge_ctx, cache = None, open_cache(args, options.out)
     if judge is not None:
         judge_recipe, judge_settings = apply_sets(judge.recipe, args.judge_sets, "--judge-set")
-        judge_ctx = EvalContext(recipe=judge_recipe, overrides=judge_settings, budget=budget)
+        judge_ctx = EvalContext(recipe=judge_recipe, overrides=judge_settings, budget=budget, cache=cache)
     reuse, reused = load_reuse(args.reaggregate_from) if args.reaggregate_from else ({}, None)
-    ctx = EvalContext(recipe=recipe, overrides=overrides, reuse=reuse, budget=budget)
+    ctx = EvalContext(recipe=recipe, overrides=overrides, reuse=reuse, budget=budget, cache=cache)
     if args.dry_run:
         return _dry_run(ctx, benchmark, rows, judge is not None)
     with OutDir(options.out, force_new=args.force_new) as out:
@@ -315,7 +313,7 @@ def _baseline(args: argparse.Namespace, options: EvalOptions, budget: Budget | N
     from moa.eval._out import OutDir
 
     recipe, overrides = apply_sets(args.baseline, args.sets)
-    ctx = EvalContext(recipe=recipe, overrides=overrides, budget=budget)
+    ctx = EvalContext(recipe=recipe, overrides=overrides, budget=budget, cache=open_cache(args, options.out))
     benchmark = _qa(args)  # the same scoring as the run it is compared with
     folder = options.out / "baseline"
     with OutDir(folder, force_new=args.force_new) as out:

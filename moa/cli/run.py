@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from moa.cli._cache_args import add_cache_arguments, open_cache
 from moa.cli._common import EXIT_FAILED, EXIT_OK, error, log_arguments, visible
 from moa.cli.args import non_negative_float, positive_float
 
@@ -55,6 +56,7 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--allow-unpriced", action="store_true",
                      help="under --max-cost, count models with no known price as free, not refuse them")  # fmt: skip
     run.add_argument("--deadline", type=positive_float, metavar="SECONDS", help="stop the whole run after this long")
+    add_cache_arguments(run, default_on=False)
     log_arguments(run)
     run.add_argument("--no-log", action="store_true", help="do not record this run in the run log")
     run.set_defaults(handler=run_command)
@@ -108,7 +110,8 @@ def run_command(args: argparse.Namespace) -> int:
             out.write("\n")
             print("moa: the answer's stream broke off; retrying it from the start", file=sys.stderr)
 
-    limits: dict[str, Any] = {"deadline_s": args.deadline, "allow_unpriced": args.allow_unpriced}
+    limits: dict[str, Any] = {"deadline_s": args.deadline, "allow_unpriced": args.allow_unpriced,
+                              "cache": open_cache(args)}  # fmt: skip
     if args.max_cost is not None:
         limits["max_cost_usd"] = args.max_cost
 

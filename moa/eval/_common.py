@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moa._call import Budget, output_tokens, plan_layer, pricing_of
+from moa._call import Budget, CallCache, output_tokens, plan_layer, pricing_of
 from moa._call.cost import CHARS_PER_TOKEN
 from moa._engine import Engine, run, run_worst_case
 from moa._errors import ConfigError
@@ -48,6 +48,7 @@ class EvalContext:
     limiter: Limiter | None = None
     reuse: Mapping[str, list[LayerResult]] = field(default_factory=dict)
     budget: Budget | None = None  # shared by every call of every item (and the judge's)
+    cache: CallCache | None = None  # answers of earlier calls (``moa.CallCache``), shared by every item
 
     def __post_init__(self) -> None:
         self.limiter = self.limiter or Limiter(self.recipe.limits)
@@ -100,6 +101,7 @@ class EvalContext:
             reuse=self.reuse.get(key, ()),
             budget=ITEM_BUDGET.get() or self.budget,
             settings=merge(self.overrides, settings),
+            cache=self.cache,
         )
 
 
@@ -232,6 +234,7 @@ def write_summary(
     stats: RunStats,
     records: Sequence[Mapping[str, Any]],
     extra: Mapping[str, Any],
+    cache: CallCache | None = None,
 ) -> dict[str, Any]:
     """``summary.json``: what the report reads (score, cost, latency and calls per item), and what went wrong.
 
@@ -265,6 +268,7 @@ def write_summary(
         "tokens": sum(int(r.get("tokens", 0)) for r in records),
         "generation_wall_s": stats.wall_s,
         "control": control_summary(records),
+        "cache": cache.summary() if cache is not None else None,  # this process's hits and misses
         "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
         **extra,
     }

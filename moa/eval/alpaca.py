@@ -120,7 +120,7 @@ async def generate(
         for r in finished
     ]
     write_json(out / OUTPUTS_FILE, outputs)
-    summary = write_summary(out, "alpacaeval", ctx.recipe, stats, finished, {"generator": name})
+    summary = write_summary(out, "alpacaeval", ctx.recipe, stats, finished, {"generator": name}, ctx.cache)
     return summary, stats
 
 

@@ -161,6 +161,7 @@ async def generate(
             "score_note": "correct / questions tried; a question whose run failed, or whose output was cut by "
             "max_tokens, counts as wrong",
         },
+        ctx.cache,
     )
     return summary, stats
 

@@ -140,7 +140,7 @@ async def generate(
         for r in finished
     ]
     write_jsonl(answers_path, answers)
-    summary = write_summary(out, "mt-bench", ctx.recipe, stats, finished, {"model_id": name})
+    summary = write_summary(out, "mt-bench", ctx.recipe, stats, finished, {"model_id": name}, ctx.cache)
     return summary, stats
 
 
