@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter
@@ -49,6 +50,7 @@ class CallCache:
         self.hits = 0
         self.misses = 0
         self.saved_usd = 0.0  # what the hits cost when they were made (priced ones)
+        self.failure: str | None = None  # why the cache stopped working mid-run (a full disk): the run goes on
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
 
@@ -56,12 +58,21 @@ class CallCache:
         return f"CallCache({str(self.path)!r}, hits={self.hits}, misses={self.misses})"
 
     def open(self) -> None:
-        """Open the file now (created when missing): a file that is no cache fails here, before any call."""
+        """Open the file now (created when missing): a file that is no cache fails here, before any call.
+        Once open, it is not checked again (each run calls this)."""
+        if self._db is not None or self.failure is not None:
+            return
         with self._lock:
             try:
                 self._connection().execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+            except CacheError as exc:
+                if not _out_of_space(exc.__context__):
+                    raise
+                self._stop(exc.__context__)  # type: ignore[arg-type]
             except sqlite3.Error as exc:
-                raise self._error(exc) from None
+                if not _out_of_space(exc):
+                    raise self._error(exc) from None
+                self._stop(exc)
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -90,12 +101,13 @@ class CallCache:
     def get(self, key: str) -> Completion | None:
         """The stored answer for ``key`` (None: none, or ``refresh``); counts a hit or a miss."""
         found = None
-        if not self.refresh:
+        if not self.refresh and self.failure is None:
             with self._lock:
                 try:
                     row = self._connection().execute("SELECT answer FROM calls WHERE key = ?", (key,)).fetchone()
                 except sqlite3.Error as exc:
-                    raise self._error(exc) from None
+                    self._stop(exc)
+                    row = None
             if row is not None:
                 found = _completion(json.loads(row[0]))
         if found is None:
@@ -106,7 +118,12 @@ class CallCache:
         return found
 
     def put(self, key: str, model: str, completion: Completion) -> None:
-        """Store an answer (an answer already stored under ``key`` is kept)."""
+        """Store an answer (an answer already stored under ``key`` is kept; ``refresh``: replaced).
+
+        A write that fails (a full disk) does not stop the run that paid for the answer: the cache stops, with
+        one warning, and ``failure`` says why (summaries report it)."""
+        if self.failure is not None:
+            return
         answer = json.dumps(dataclasses.asdict(completion), ensure_ascii=False)
         with self._lock:
             try:
@@ -116,7 +133,13 @@ class CallCache:
                     (key, model, time.time(), answer),
                 )  # fmt: skip
             except sqlite3.Error as exc:
-                raise self._error(exc) from None
+                self._stop(exc)
+
+    def _stop(self, exc: sqlite3.Error) -> None:
+        """Stop using the cache for the rest of this process (it was opened fine: a full disk, a lost file)."""
+        self.failure = f"{type(exc).__name__}: {exc}"
+        print(f"moa: the call cache {self.path} stopped working ({self.failure}); the run goes on without it",
+              file=sys.stderr)  # fmt: skip
 
     def stored(self) -> int:
         """How many answers the file holds."""
@@ -128,7 +151,9 @@ class CallCache:
 
     def summary(self) -> dict[str, Any]:
         """Hits, misses and the USD the hits saved, for run summaries."""
-        return {"path": str(self.path), "hits": self.hits, "misses": self.misses, "saved_usd": round(self.saved_usd, 6)}
+        found = {"path": str(self.path), "hits": self.hits, "misses": self.misses}
+        found["saved_usd"] = round(self.saved_usd, 6)
+        return {**found, "failure": self.failure} if self.failure else found
 
     def close(self) -> None:
         with self._lock:
@@ -148,6 +173,12 @@ class Occurrences:
         number = self._seen[base]
         self._seen[base] += 1
         return hashlib.sha256(f"{base}\n{number}".encode()).hexdigest()
+
+
+def _out_of_space(exc: BaseException | None) -> bool:
+    """A full disk (or file size limit): the run goes on without the cache, as it would without one."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("disk i/o error" in text or "disk is full" in text)
 
 
 def _material(request: Request) -> str:

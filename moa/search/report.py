@@ -1,0 +1,143 @@
+"""What a search found, with its evidence: the frontier's recipes, intervals, significance, held-out scores."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from moa.eval._stats import mcnemar_exact
+from moa.eval._store import write_atomic, write_json
+
+from .run import Score
+
+if TYPE_CHECKING:
+    from . import SearchResult
+
+
+@dataclass
+class Finding:
+    """One recipe on the frontier (or the baseline): its scores on the search questions and held out."""
+
+    label: str
+    id: str
+    recipe: str  # the recipe's name
+    calls_per_query: int
+    questions: int
+    accuracy: float
+    accuracy_ci: tuple[float, float]  # 95 % Wilson interval
+    cost: float  # mean per question, in `unit`
+    cost_ci: tuple[float, float]  # 95 % bootstrap interval
+    latency_s: float
+    right_to_wrong: int | None = None  # against the baseline, on the same questions
+    wrong_to_right: int | None = None
+    p_value: float | None = None  # McNemar's exact test against the baseline
+    held_out_accuracy: float | None = None
+    held_out_cost: float | None = None
+    held_out_questions: int = 0
+    yaml: str | None = None  # where its recipe is written
+    source: dict[str, Any] | None = None  # the recipe, as a mapping
+
+
+def findings(front: Sequence[Score], base: Score | None, keys: list[str], held: list[str],
+             unit: str) -> tuple[list[Finding], Finding | None]:  # fmt: skip
+    """The frontier's findings (cheapest first) and the baseline's, each compared with the baseline."""
+    baseline = _finding(base, keys, held, unit, None) if base is not None else None
+    return [_finding(s, keys, held, unit, base) for s in front], baseline
+
+
+def _finding(score: Score, keys: list[str], held: list[str], unit: str, base: Score | None) -> Finding:
+    answers = score.on(keys)
+    right = sum(a.correct for a in answers)
+    costs = [(a.cost_usd or 0.0) if unit == "usd" else float(a.tokens) for a in answers]
+    found = Finding(
+        label=score.candidate.label,
+        id=score.candidate.id,
+        recipe=score.candidate.recipe.name,
+        calls_per_query=score.candidate.recipe.calls_per_query,
+        questions=len(answers),
+        accuracy=right / len(answers) if answers else 0.0,
+        accuracy_ci=wilson(right, len(answers)),
+        cost=score.cost(keys, unit),
+        cost_ci=bootstrap_mean(costs),
+        latency_s=score.latency(keys),
+        source=score.candidate.source,
+    )
+    if base is not None and base is not score:
+        pairs = [(base.answered[k].correct, score.answered[k].correct) for k in keys
+                 if k in base.answered and k in score.answered]  # fmt: skip
+        found.right_to_wrong = sum(b and not s for b, s in pairs)
+        found.wrong_to_right = sum(s and not b for b, s in pairs)
+        found.p_value = mcnemar_exact(found.right_to_wrong, found.wrong_to_right)
+    if held and score.complete(held):
+        found.held_out_accuracy = score.accuracy(held)
+        found.held_out_cost = score.cost(held, unit)
+        found.held_out_questions = len(held)
+    return found
+
+
+def wilson(right: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = right / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_mean(values: list[float], draws: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """A 95 % bootstrap interval of the mean."""
+    if not values:
+        return (math.nan, math.nan)
+    generator = random.Random(seed)
+    means = sorted(sum(values[generator.randrange(len(values))] for _ in values) / len(values) for _ in range(draws))
+    return means[int(0.025 * (draws - 1))], means[math.ceil(0.975 * (draws - 1))]
+
+
+def write_outputs(out: Path, result: SearchResult, unit: str) -> None:
+    """``frontier.json``, ``search.json`` (everything), and each frontier recipe's YAML in ``recipes/``."""
+    import yaml
+
+    folder = out / "recipes"
+    folder.mkdir(parents=True, exist_ok=True)
+    for finding in result.frontier:
+        path = folder / f"{_file_name(finding)}.yaml"
+        finding.yaml = str(path)
+        recipe = finding.source or {"name": finding.recipe}
+        header = (f"# found by moa search: {finding.label}\n# accuracy {100 * finding.accuracy:.1f} % on "
+                  f"{finding.questions} questions, {finding.cost:.6g} {unit} per question\n")  # fmt: skip
+        write_atomic(path, header + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+    data = {
+        "unit": unit,
+        "frontier": [asdict(f) for f in result.frontier],
+        "baseline": asdict(result.baseline) if result.baseline else None,
+        "warning": result.warning,
+    }
+    write_json(out / "frontier.json", data)
+    write_json(out / "search.json", {**data, "candidates": result.candidates, "evaluated": result.evaluated,
+                                     "questions": result.questions, "paid_calls": result.paid_calls,
+                                     "spent_usd": result.spent_usd, "stopped": result.stopped,
+                                     "rungs": result.rungs, "left_out": result.left_out})  # fmt: skip
+
+
+def _file_name(finding: Finding) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", finding.recipe).strip("-") or "recipe"
+    return f"{name}-{finding.id[:6]}" if not name.endswith(finding.id[:6]) else name
+
+
+def table(result: SearchResult, unit: str) -> list[str]:
+    """The frontier as lines for the terminal."""
+    per = "USD/q" if unit == "usd" else "tokens/q"
+    lines = [f"{'recipe':<48} {'calls':>5} {'accuracy (95% CI)':>22} {per:>10} {'p vs base':>9} {'held out':>9}"]
+    rows = [*result.frontier, *([result.baseline] if result.baseline else [])]
+    for f in rows:
+        accuracy = f"{100 * f.accuracy:.1f} ({100 * f.accuracy_ci[0]:.0f}-{100 * f.accuracy_ci[1]:.0f})"
+        p = "base" if result.baseline is f else ("-" if f.p_value is None else f"{f.p_value:.3g}")
+        held = "-" if f.held_out_accuracy is None else f"{100 * f.held_out_accuracy:.1f}"
+        lines.append(f"{f.label[:48]:<48} {f.calls_per_query:>5} {accuracy:>22} {f.cost:>10.4g} {p:>9} {held:>9}")
+    return lines
