@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from moa.cli import calibrate, logs, recipes, run
+from moa.cli import calibrate, logs, recipes, run, search
 from moa.cli import eval as eval_command
 from moa.cli._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error
 
@@ -27,11 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Layered Mixture-of-Agents: several LLMs answer, aggregators synthesize.",
         epilog="Examples:\n  moa run 'Why is the sky blue?'\n  moa run - --recipe moa-lite < question.txt\n"
         "  moa recipes list\n  moa logs\n  moa eval qa --recipe local --data evals/qa-sample.jsonl --out runs/qa\n"
-        "  moa calibrate --recipe my-cascade.yaml --run runs/dev --data dev.jsonl --out fitted.yaml",
+        "  moa calibrate --recipe my-cascade.yaml --run runs/dev --data dev.jsonl --out fitted.yaml\n"
+        "  moa search --space space.yaml --data dev.jsonl --out runs/search --max-calls 2000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (run, recipes, logs, eval_command, calibrate):
+    for command in (run, recipes, logs, eval_command, calibrate, search):
         command.add_parser(commands)
     return parser
 

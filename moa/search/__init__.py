@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from moa._call import Budget, CallCache
 from moa._errors import ConfigError
 from moa.eval._scoring import DEFAULT_SCORING, Scoring
 
-from .report import Finding, findings, write_outputs
+from .report import Finding, SearchResult, findings, write_outputs
 from .run import Limits, Score, evaluate, pareto, rungs, split, survivors
 from .space import Candidate, read_space
 
@@ -47,21 +47,6 @@ class SearchOptions:
     scoring: Scoring = DEFAULT_SCORING
     concurrency: int = 4
     cache: CallCache | None = None
-
-
-@dataclass
-class SearchResult:
-    frontier: list[Finding]
-    baseline: Finding | None
-    candidates: int
-    evaluated: int  # candidates that answered at least one question
-    questions: int  # the search questions the final comparison is on
-    paid_calls: int
-    spent_usd: float
-    stopped: str | None
-    rungs: list[dict[str, Any]] = field(default_factory=list)
-    left_out: dict[str, int] = field(default_factory=dict)
-    warning: str | None = None
 
 
 async def search(options: SearchOptions, say: Callable[[str], None] = lambda line: None) -> SearchResult:
@@ -147,7 +132,7 @@ async def search(options: SearchOptions, say: Callable[[str], None] = lambda lin
         found, baseline, len(candidates), sum(bool(s.answered) for s in scores), len(keys), limits.paid_calls,
         limits.spent_usd, limits.stopped, history, space.left_out,
     )  # fmt: skip
-    result.warning = _warning(found, baseline)
+    result.warning, result.unit = _warning(found, baseline), unit
     write_outputs(options.out, result, unit)
     return result
 

@@ -6,17 +6,14 @@ import math
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from moa.eval._stats import mcnemar_exact
 from moa.eval._store import write_atomic, write_json
 
 from .run import Score
-
-if TYPE_CHECKING:
-    from . import SearchResult
 
 
 @dataclass
@@ -41,6 +38,22 @@ class Finding:
     held_out_questions: int = 0
     yaml: str | None = None  # where its recipe is written
     source: dict[str, Any] | None = None  # the recipe, as a mapping
+
+
+@dataclass
+class SearchResult:
+    frontier: list[Finding]
+    baseline: Finding | None
+    candidates: int
+    evaluated: int  # candidates that answered at least one question
+    questions: int  # the search questions the final comparison is on
+    paid_calls: int
+    spent_usd: float
+    stopped: str | None
+    rungs: list[dict[str, Any]] = field(default_factory=list)
+    left_out: dict[str, int] = field(default_factory=dict)
+    warning: str | None = None
+    unit: str = "tokens"  # of the costs: `usd` when every answer's cost is known
 
 
 def findings(front: Sequence[Score], base: Score | None, keys: list[str], held: list[str],
@@ -133,11 +146,12 @@ def _file_name(finding: Finding) -> str:
 def table(result: SearchResult, unit: str) -> list[str]:
     """The frontier as lines for the terminal."""
     per = "USD/q" if unit == "usd" else "tokens/q"
-    lines = [f"{'recipe':<48} {'calls':>5} {'accuracy (95% CI)':>22} {per:>10} {'p vs base':>9} {'held out':>9}"]
-    rows = [*result.frontier, *([result.baseline] if result.baseline else [])]
+    lines = [f"{'calls':>5} {'accuracy (95% CI)':>18} {per:>10} {'p vs base':>9} {'held out':>8}  recipe"]
+    base = result.baseline
+    rows = [*result.frontier, *([base] if base is not None and base.id not in {f.id for f in result.frontier} else [])]
     for f in rows:
         accuracy = f"{100 * f.accuracy:.1f} ({100 * f.accuracy_ci[0]:.0f}-{100 * f.accuracy_ci[1]:.0f})"
-        p = "base" if result.baseline is f else ("-" if f.p_value is None else f"{f.p_value:.3g}")
+        p = "base" if base is not None and f.id == base.id else ("-" if f.p_value is None else f"{f.p_value:.3g}")
         held = "-" if f.held_out_accuracy is None else f"{100 * f.held_out_accuracy:.1f}"
-        lines.append(f"{f.label[:48]:<48} {f.calls_per_query:>5} {accuracy:>22} {f.cost:>10.4g} {p:>9} {held:>9}")
+        lines.append(f"{f.calls_per_query:>5} {accuracy:>18} {f.cost:>10.4g} {p:>9} {held:>8}  {f.label}")
     return lines

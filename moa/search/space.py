@@ -171,8 +171,15 @@ def _path(where: tuple[str, ...]) -> str:
 
 
 def _short(choice: Any) -> str:
+    """A choice as a label shows it: a layer by its kind, agents by their models, a value as it is."""
     if isinstance(choice, dict) and "kind" in choice:
         return str(choice["kind"])
+    if isinstance(choice, dict) and "model" in choice:
+        count = choice.get("n", 1)
+        return str(choice["model"]).rsplit("/", 1)[-1] + (f"x{count}" if isinstance(count, int) and count > 1 else "")
+    if isinstance(choice, list) and choice and all(isinstance(c, dict) and ("model" in c or "kind" in c)
+                                                   for c in choice):  # fmt: skip
+        return "+".join(_short(c) for c in choice)
     if isinstance(choice, dict | list):
         return _digest(choice)[:6]
     return str(choice)

@@ -1,0 +1,197 @@
+"""`moa search` on a loopback setup where the best recipe is known by construction: it is found within the budget,
+the frontier's recipes load, calls shared by candidates are paid once, budgets and deadlines hold, and a killed
+search resumes without paying again for a finished call."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import moa
+from moa.cli import main
+from moa.search.space import expand
+from moa.testing import LoopbackServer
+
+QUESTIONS = 30
+
+
+def number(messages: list[dict[str, Any]]) -> int:
+    text = " ".join(str(m.get("content")) for m in messages)
+    return int(re.search(r"What is (\d+) plus", text).group(1))  # type: ignore[union-attr]
+
+
+def reply(body: dict[str, Any], index: int) -> str:
+    """weak is right on 30 % of the questions (n % 10 >= 7), strong on the other 70 %, at four times the words;
+    the `fuser` aggregator keeps a right proposal when there is one; `echo` repeats the first proposal."""
+    model, messages = body["model"], body["messages"]
+    n = number(messages)
+    right, wrong = f"Answer: {2 * n}", f"Answer: {2 * n + 1}"
+    if model == "weak":
+        return right if n % 10 >= 7 else wrong
+    if model == "strong":
+        return "Let me think this through with care, step by step. " + (right if n % 10 < 7 else wrong)
+    quoted = messages[0]["content"]  # the aggregator's system prompt lists the proposals
+    if model == "fuser":
+        return right if right in quoted else wrong
+    return re.search(r"Answer: \d+", quoted).group(0)  # type: ignore[union-attr]
+
+
+def write_setup(tmp_path: Path, server: LoopbackServer, **space: Any) -> tuple[Path, Path]:
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{n}", "prompt": f"What is {n} plus {n}?", "answers": [2 * n]}) + "\n"
+                            for n in range(QUESTIONS)))  # fmt: skip
+    for name in ("weak", "strong"):
+        single = {"name": f"{name}-alone", "defaults": {"api_base": server.base_url, "timeout": 30},
+                  "layers": [{"kind": "propose", "agents": [{"model": f"openai/{name}"}]}]}  # fmt: skip
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(single))
+    config = {
+        "name": "mix",
+        "defaults": {"api_base": server.base_url, "timeout": 30},
+        "retry": {"initial_backoff_s": 0.01, "max_backoff_s": 0.05},
+        "candidates": ["weak.yaml", "strong.yaml"],
+        "search": {"layers": [
+            {"kind": "propose", "agents": {"choose": [
+                [{"model": "openai/weak"}, {"model": "openai/strong"}],
+                [{"model": "openai/strong", "n": 2}],
+                [{"model": "openai/weak", "n": 2}]]}},
+            {"kind": "aggregate", "agents": [{"model": {"choose": ["openai/fuser", "openai/echo"]}}]},
+        ]},
+        **space,
+    }  # fmt: skip
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, data
+
+
+def search(space: Path, data: Path, out: Path, *extra: str) -> int:
+    return main(["search", "--space", str(space), "--data", str(data), "--out", str(out), "--score", "last-number",
+                 *extra])  # fmt: skip
+
+
+def chats(server: LoopbackServer) -> int:
+    return len(server.completions())
+
+
+def test_the_search_finds_the_recipe_that_is_best_by_construction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with LoopbackServer(responder=reply) as server:
+        space, data = write_setup(tmp_path, server)
+        out = tmp_path / "out"
+        assert search(space, data, out, "--holdout", "0.2") == 0
+        printed = capsys.readouterr()
+        frontier = json.loads((out / "frontier.json").read_text())
+        best = frontier["frontier"][-1]
+        assert best["accuracy"] == 1.0 and best["label"].endswith("layers[1].agents[0].model=openai/fuser")
+        assert frontier["baseline"]["label"] == "strong-alone"
+        assert frontier["baseline"]["accuracy"] == pytest.approx(0.7, abs=0.15)
+        assert best["right_to_wrong"] == 0 and best["wrong_to_right"] > 0 and best["p_value"] < 0.05
+        assert best["held_out_accuracy"] == 1.0 and best["held_out_questions"] == 6
+        # Its recipe is written and runs: weak and strong propose, the fuser aggregates.
+        recipe = moa.load_recipe(best["yaml"])
+        assert [a.model for a in recipe.layers[0].agents] == ["openai/weak", "openai/strong"]
+        assert recipe.layers[1].agents[0].model == "openai/fuser"
+        assert frontier["frontier"][0]["label"] == "weak-alone"  # the cheapest point of the frontier
+        assert "fuser" in printed.out and "paid " in printed.out and frontier["warning"] is None
+        # Fewer calls than every candidate on every question: halving drops the clear losers, the cache pays shared
+        # proposer calls once (an echo candidate reuses its fuser twin's proposals).
+        summary = json.loads((out / "search.json").read_text())
+        exhaustive = 2 * 24 + 6 * 3 * 24  # the singles and the six mixtures on the 24 search questions
+        assert summary["paid_calls"] == chats(server) < exhaustive
+        assert summary["candidates"] == 8 and [r["questions"] for r in summary["rungs"]] == [8, 24]
+        # The same command again pays nothing: every answer is checkpointed.
+        before = chats(server)
+        assert search(space, data, out, "--holdout", "0.2") == 0
+        assert chats(server) == before
+
+
+def test_a_call_budget_and_a_deadline_stop_the_search_and_say_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with LoopbackServer(responder=reply) as server:
+        space, data = write_setup(tmp_path, server)
+        assert search(space, data, tmp_path / "a", "--max-calls", "60") == 0
+        assert chats(server) <= 60
+        summary = json.loads((tmp_path / "a" / "search.json").read_text())
+        assert summary["stopped"] == "--max-calls 60 reached" and summary["paid_calls"] <= 60
+        assert "stopped: --max-calls 60 reached" in capsys.readouterr().out
+    with LoopbackServer(responder=reply, latency_s=0.05) as server:
+        space, data = write_setup(tmp_path, server)
+        started = time.monotonic()
+        code = search(space, data, tmp_path / "b", "--deadline", "1.5", "--min-items", "2")
+        assert time.monotonic() - started < 30
+        err = capsys.readouterr()
+        if code == 0:
+            assert json.loads((tmp_path / "b" / "search.json").read_text())["stopped"] == "--deadline reached"
+        else:
+            assert "the search stopped before any candidate answered" in err.err
+
+
+def test_a_space_that_is_wrong_is_refused_with_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with LoopbackServer(responder=reply) as server:
+        _, data = write_setup(tmp_path, server)
+
+        def refused(config: dict[str, Any]) -> str:
+            path = tmp_path / "bad.yaml"
+            path.write_text(yaml.safe_dump(config))
+            assert search(path, data, tmp_path / "bad") == 2
+            return capsys.readouterr().err
+
+        assert "unknown key(s) serach" in refused({"serach": {}})
+        assert "give `search` (a recipe with choices) or `candidates`" in refused({"name": "x"})
+        assert "`choose` takes a non-empty list" in refused({"search": {"layers": {"choose": []}}})
+        text = refused(
+            {"search": {"layers": [{"kind": "propose", "agents": [{"model": "openai/a", "n": {"choose": [2, 3]}}]}]}}
+        )
+        assert "no candidate is left to search: 2 not a valid recipe" in text
+        text = refused({"constraints": {"max_calls": 1}, "search": {"layers": [
+            {"kind": "propose", "agents": [{"model": "openai/a", "n": 2}]},
+            {"kind": "aggregate", "agents": [{"model": "openai/b"}]}]}})  # fmt: skip
+        assert "1 above max_calls 1" in text
+
+
+def test_choices_expand_to_every_combination_with_their_labels() -> None:
+    combos = list(expand({"a": {"choose": [1, 2]}, "b": [{"c": {"choose": ["x", {"choose": ["y", "z"]}]}}]}, ()))
+    assert [value for value, _ in combos] == [
+        {"a": 1, "b": [{"c": "x"}]}, {"a": 1, "b": [{"c": "y"}]}, {"a": 1, "b": [{"c": "z"}]},
+        {"a": 2, "b": [{"c": "x"}]}, {"a": 2, "b": [{"c": "y"}]}, {"a": 2, "b": [{"c": "z"}]},
+    ]  # fmt: skip
+    assert combos[2][1] == [("a", 1), ("b[0].c", {"choose": ["y", "z"]}), ("b[0].c", "z")]
+
+
+def test_a_search_killed_mid_run_resumes_without_paying_again_for_a_finished_call(tmp_path: Path) -> None:
+    with LoopbackServer(responder=reply, latency_s=0.02) as server:
+        space, data = write_setup(tmp_path, server)
+        out = tmp_path / "out"
+        argv = [sys.executable, "-m", "moa", "search", "--space", str(space), "--data", str(data), "--out", str(out),
+                "--concurrency", "2"]  # fmt: skip
+        env = {**os.environ, "OPENAI_API_KEY": "k"}
+        child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 240
+            while chats(server) < 40 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        # Every request either has its answer in the cache or was in flight at the kill (at most 2 questions x 3
+        # calls): no finished call was paid twice.
+        with sqlite3.connect(out / "calls.sqlite") as db:
+            stored = db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+        assert 0 <= chats(server) - stored <= 6
+        assert json.loads((out / "frontier.json").read_text())["frontier"][-1]["accuracy"] == 1.0
