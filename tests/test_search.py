@@ -110,6 +110,12 @@ def test_the_search_finds_the_recipe_that_is_best_by_construction(
         exhaustive = 2 * 24 + 6 * 3 * 24  # the singles and the six mixtures on the 24 search questions
         assert summary["paid_calls"] == chats(server) < exhaustive
         assert summary["candidates"] == 8 and [r["questions"] for r in summary["rungs"]] == [8, 24]
+        # `moa eval report` draws the frontier: every candidate of the final comparison, the frontier's labelled.
+        page = tmp_path / "report.html"
+        assert main(["eval", "report", str(out), "--html", str(page)]) == 0
+        html = page.read_text()
+        assert 'aria-label="search frontier: accuracy versus cost"' in html and "openai/fuser" in html
+        assert html.count("-point") == len(summary["points"]) == 4
         # The same command again pays nothing: every answer is checkpointed.
         before = chats(server)
         assert search(space, data, out, "--holdout", "0.2") == 0

@@ -36,8 +36,12 @@ def load_runs(directories: list[Path]) -> list[dict[str, Any]]:
     runs = []
     for directory in directories:
         path = directory / SUMMARY_FILE
+        if not path.exists() and (directory / "search.json").exists():
+            runs.append(_search_run(directory))
+            continue
         if not path.exists():
-            raise DataError(f"{directory} has no {SUMMARY_FILE}: is it the --out folder of a `moa eval` run?")
+            raise DataError(f"{directory} has no {SUMMARY_FILE}: is it the --out folder of a `moa eval` run (or of "
+                            "`moa search`)?")  # fmt: skip
         try:
             summary = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -57,9 +61,24 @@ def fmt(value: Any, digits: int = 2, prefix: str = "", suffix: str = "") -> str:
     return f"{prefix}{value}{suffix}"
 
 
+def _search_run(directory: Path) -> dict[str, Any]:
+    """A `moa search` folder as the report shows it: its frontier's points as rows, every candidate on the chart."""
+    path = directory / "search.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} cannot be read: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("frontier"), list):
+        raise DataError(f"{path} is not a moa search result")
+    return {"benchmark": "search", "directory": str(directory), "search": data}
+
+
 def table_rows(runs: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for run in runs:
+        if "search" in run:
+            rows += _search_rows(run)
+            continue
         rows.append(
             [
                 run.get("recipe", "?"),
@@ -72,6 +91,18 @@ def table_rows(runs: list[dict[str, Any]]) -> list[list[str]]:
                 str(run.get("failed", 0)),
             ]
         )
+    return rows
+
+
+def _search_rows(run: dict[str, Any]) -> list[list[str]]:
+    data = run["search"]
+    usd = data.get("unit") == "usd"
+    rows = []
+    for point in data["frontier"]:
+        cost = fmt(point.get("cost"), 5, "$") if usd else f"{fmt(point.get('cost'), 0)} tokens"
+        rows.append([str(point.get("label")), "search (frontier)", str(point.get("questions")),
+                     f"{fmt(100 * point['accuracy'], 1)} accuracy", cost, fmt(point.get("latency_s"), 2, suffix=" s"),
+                     str(point.get("calls_per_query")), "-"])  # fmt: skip
     return rows
 
 
@@ -96,11 +127,15 @@ def render_html(runs: list[dict[str, Any]]) -> str:
     for number, benchmark in enumerate(sorted({str(r.get("benchmark", "?")) for r in runs})):
         group = [r for r in runs if str(r.get("benchmark", "?")) == benchmark]
         judge_costs = [fmt(r.get("judge_cost_usd"), 4, "$") if r.get("judge") else "-" for r in group]
+        if benchmark == "search":
+            judge_costs = ["-"] * len(table_rows(group))
         sections.append(
             {
                 "benchmark": benchmark,
                 "rows": [[*cells, cost] for cells, cost in zip(table_rows(group), judge_costs, strict=True)],
-                "scatter": _scatter(group, f"chart{number}"),
+                "scatter": _frontier(group[0]["search"], f"chart{number}")
+                if benchmark == "search" and len(group) == 1
+                else _scatter([r for r in group if "search" not in r], f"chart{number}"),
                 "bars": _category_bars(group, f"bars{number}") if benchmark == "mt-bench" else None,
                 "alpaca": [_alpaca_note(r) for r in group if r.get("win_rate") is not None]
                 if benchmark == "alpacaeval"
@@ -181,6 +216,32 @@ def _scatter(runs: list[dict[str, Any]], chart: str) -> Markup | None:
         axes.set_ylabel(score_name)
         axes.grid(alpha=0.3)
         return _svg(figure, "cost versus score")
+
+
+def _frontier(data: dict[str, Any], chart: str) -> Markup | None:
+    """Every candidate of a search's final comparison (accuracy against cost per question), the frontier joined."""
+    points = [p for p in data.get("points") or [] if isinstance(p.get("accuracy"), int | float)]
+    if not points:
+        return None
+    usd = data.get("unit") == "usd"
+    on_frontier = {str(p.get("id")) for p in data["frontier"]}
+    with _charting(chart) as figure:
+        axes = figure.add_subplot()
+        for i, point in enumerate(points):
+            x, y = float(point.get("cost") or 0.0), 100 * float(point["accuracy"])
+            front = str(point.get("id")) in on_frontier
+            axes.scatter([x], [y], s=60 if front else 30, color=_COLORS[0] if front else "#9ca3af", zorder=3,
+                         gid=f"{chart}-point{i}")  # fmt: skip
+            if front:
+                axes.annotate(str(point.get("label"))[:60], (x, y), xytext=(7, 3), textcoords="offset points",
+                              fontsize=8)  # fmt: skip
+        line = sorted((float(p.get("cost") or 0.0), 100 * float(p["accuracy"])) for p in data["frontier"])
+        axes.step([x for x, _ in line], [y for _, y in line], where="post", color=_COLORS[0], alpha=0.5)
+        axes.set_xlabel("cost per question (USD)" if usd else "tokens per question (some models unpriced)")
+        axes.set_ylabel("accuracy (%)")
+        axes.set_ylim(0, 105)
+        axes.grid(alpha=0.3)
+        return _svg(figure, "search frontier: accuracy versus cost")
 
 
 def _category_bars(runs: list[dict[str, Any]], chart: str) -> Markup | None:

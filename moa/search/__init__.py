@@ -133,6 +133,8 @@ async def search(options: SearchOptions, say: Callable[[str], None] = lambda lin
         limits.spent_usd, limits.stopped, history, space.left_out,
     )  # fmt: skip
     result.warning, result.unit = _warning(found, baseline), unit
+    result.points = [{"label": s.candidate.label, "id": s.candidate.id, "calls": s.candidate.recipe.calls_per_query,
+                      "accuracy": s.accuracy(keys), "cost": s.cost(keys, unit)} for s in complete]  # fmt: skip
     write_outputs(options.out, result, unit)
     return result
 

@@ -54,6 +54,8 @@ class SearchResult:
     left_out: dict[str, int] = field(default_factory=dict)
     warning: str | None = None
     unit: str = "tokens"  # of the costs: `usd` when every answer's cost is known
+    #: Every candidate of the final comparison: label, id, calls, accuracy and cost (the report's chart).
+    points: list[dict[str, Any]] = field(default_factory=list)
 
 
 def findings(front: Sequence[Score], base: Score | None, keys: list[str], held: list[str],
@@ -135,7 +137,8 @@ def write_outputs(out: Path, result: SearchResult, unit: str) -> None:
     write_json(out / "search.json", {**data, "candidates": result.candidates, "evaluated": result.evaluated,
                                      "questions": result.questions, "paid_calls": result.paid_calls,
                                      "spent_usd": result.spent_usd, "stopped": result.stopped,
-                                     "rungs": result.rungs, "left_out": result.left_out})  # fmt: skip
+                                     "rungs": result.rungs, "left_out": result.left_out,
+                                     "points": result.points})  # fmt: skip
 
 
 def _file_name(finding: Finding) -> str:
