@@ -201,3 +201,57 @@ def test_a_search_killed_mid_run_resumes_without_paying_again_for_a_finished_cal
             stored = db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
         assert 0 <= chats(server) - stored <= 6
         assert json.loads((out / "frontier.json").read_text())["frontier"][-1]["accuracy"] == 1.0
+
+
+def judged_reply(body: dict[str, Any], index: int) -> str:
+    """terse answers in a few words, rich with detail; the grader rates an answer with detail 9, else 3."""
+    model, messages = body["model"], body["messages"]
+    if model == "grader":
+        assert messages[0]["content"].startswith("You grade one answer to a user's request.")
+        answer = messages[-1]["content"].split("[Answer]\n", 1)[1]
+        return "Reasons: fine.\n[[9]]" if "detail" in answer else "Too short.\n[[3]]"
+    if model == "terse":
+        return "It is a topic."
+    if model == "rich":
+        return "Here is the topic in detail: its history, its parts and its uses."
+    return re.search(r"1\. (.*)", messages[0]["content"]).group(1)  # type: ignore[union-attr]  # `first`
+
+
+def test_open_ended_questions_are_graded_by_a_judge_and_no_gain_is_said_plainly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with LoopbackServer(responder=judged_reply) as server:
+        data = tmp_path / "open.jsonl"
+        data.write_text("".join(json.dumps({"id": n, "prompt": f"Tell me about topic {n}."}) + "\n" for n in range(12)))
+        defaults = {"api_base": server.base_url, "timeout": 30}
+        for name in ("terse", "rich"):
+            (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "defaults": defaults, "layers": [
+                {"kind": "propose", "agents": [{"model": f"openai/{name}"}]}]}))  # fmt: skip
+        judge = tmp_path / "judge.yaml"
+        judge.write_text(yaml.safe_dump({"name": "grader", "defaults": defaults, "layers": [
+            {"kind": "propose", "agents": [{"model": "openai/grader", "temperature": 0}]}]}))  # fmt: skip
+        space = tmp_path / "space.yaml"
+        layers = [{"kind": "propose", "agents": [{"model": "openai/terse"}, {"model": "openai/rich"}]},
+                  {"kind": "aggregate", "agents": [{"model": "openai/first"}]}]  # fmt: skip
+        space.write_text(yaml.safe_dump({"name": "open", "defaults": defaults, "candidates": ["terse.yaml",
+                                         "rich.yaml"], "search": {"layers": layers}}))  # fmt: skip
+        out = tmp_path / "out"
+        assert main(["search", "--space", str(space), "--data", str(data), "--out", str(out), "--metric", "judge",
+                     "--judge", str(judge)]) == 0  # fmt: skip
+        printed = capsys.readouterr().out
+        frontier = json.loads((out / "frontier.json").read_text())
+        scores = {f["label"]: round(f["accuracy"], 3) for f in frontier["frontier"]}
+        assert scores == {"terse": round(2 / 9, 3), "rich": round(8 / 9, 3)}
+        assert frontier["baseline"]["label"] == "rich"
+        # The mixture's aggregator repeats the terse answer: no better than rich alone, and the search says so.
+        assert frontier["warning"].startswith("no candidate beats the best single model (rich, 88.9 %)")
+        assert "warning: no candidate beats the best single model" in printed
+        graded = [r for r in server.completions("grader")]
+        # Each distinct (request, answer) is judged once: the mixture's answers are terse's, judged already.
+        assert len(graded) == 2 * 12 and all("[Request]\nTell me about topic" in r.messages[-1]["content"]
+                                             for r in graded)  # fmt: skip
+        summary = json.loads((out / "search.json").read_text())
+        assert summary["paid_calls"] == len(server.completions())
+        assert main(["search", "--space", str(space), "--data", str(data), "--out", str(tmp_path / "x"), "--metric",
+                     "judge"]) == 2  # fmt: skip
+        assert "--metric judge needs --judge MODEL" in capsys.readouterr().err

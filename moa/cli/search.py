@@ -50,6 +50,10 @@ def add_parser(commands: Any) -> None:
                         help="compare with this recipe (default: the space's best single-call candidate)")  # fmt: skip
     search.add_argument("--score", default="last-number", metavar="MODE",
                         help="how answers are scored, as in `moa eval qa --score` (default last-number)")  # fmt: skip
+    search.add_argument("--metric", choices=["qa", "judge"], default="qa",
+                        help="qa: answers scored against the questions' `answers`/`regex` (default); judge: open-ended "
+                        "questions (id, prompt), each answer rated 1-10 by --judge")  # fmt: skip
+    search.add_argument("--judge", metavar="MODEL", help="--metric judge: the judge model, or a recipe (name or YAML)")
     search.add_argument("--concurrency", type=positive_int, default=4, help="questions in flight at once (4)")
     add_cache_arguments(search, default_on=True)
     search.set_defaults(handler=search_command)
@@ -74,6 +78,7 @@ def search_command(args: argparse.Namespace) -> int:
         space=args.space, data=args.data, out=args.out, budget_usd=args.budget, max_calls=args.max_calls,
         deadline_s=args.deadline, holdout=args.holdout, seed=args.seed, eta=args.eta, min_items=args.min_items,
         strategy=args.strategy, baseline=args.baseline, scoring=scoring, concurrency=args.concurrency,
+        metric=args.metric, judge=args.judge,
         cache=open_cache(args, args.out),
     )  # fmt: skip
 

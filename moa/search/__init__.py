@@ -21,6 +21,7 @@ from moa._call import Budget, CallCache
 from moa._errors import ConfigError
 from moa.eval._scoring import DEFAULT_SCORING, Scoring
 
+from .judge import judge_grader, judge_of, read_prompts
 from .report import Finding, SearchResult, findings, write_outputs
 from .run import Limits, Score, evaluate, pareto, rungs, split, survivors
 from .space import Candidate, read_space
@@ -45,6 +46,8 @@ class SearchOptions:
     strategy: str = "halving"  # or "exhaustive": every candidate on every question
     baseline: str | None = None  # a recipe to compare with (default: the best single-call candidate)
     scoring: Scoring = DEFAULT_SCORING
+    metric: str = "qa"  # or "judge": a judge rates open-ended answers (``judge``)
+    judge: str | None = None  # the judge model, or a recipe
     concurrency: int = 4
     cache: CallCache | None = None
 
@@ -57,7 +60,16 @@ async def search(options: SearchOptions, say: Callable[[str], None] = lambda lin
 
     if options.eta < 2:
         raise ConfigError(f"--eta must be 2 or more, got {options.eta}")
-    rows = read_questions(options.data)
+    if (options.metric == "judge") != (options.judge is not None):
+        raise ConfigError("--metric judge needs --judge MODEL (and --judge goes with --metric judge)")
+    unrated: list[str] = []
+    grader = None
+    if options.metric == "judge":
+        assert options.judge is not None
+        grader = judge_grader(judge_of(options.judge), options.cache, unrated)
+        rows = read_prompts(options.data)
+    else:
+        rows = read_questions(options.data)
     pricing = LiteLLMProvider()
 
     def price(recipe: Any) -> float | None:
@@ -89,7 +101,7 @@ async def search(options: SearchOptions, say: Callable[[str], None] = lambda lin
         for score in alive:
             folder = options.out / "candidates" / score.candidate.id
             answers = await evaluate(score.candidate, train[:size], folder, cache, limits, options.scoring,
-                                     options.concurrency)  # fmt: skip
+                                     options.concurrency, grader)  # fmt: skip
             score.answered.update(answers)
             unit = _unit(scores, keys)
             say(f"  {score.candidate.label}: {100 * score.accuracy(keys):.1f} % on {len(score.on(keys))}, "
@@ -126,8 +138,10 @@ async def search(options: SearchOptions, say: Callable[[str], None] = lambda lin
         for score in {id(s): s for s in [*front, *([base] if base else [])]}.values():
             folder = options.out / "candidates" / score.candidate.id / "holdout"
             score.answered.update(await evaluate(score.candidate, held, folder, cache, limits, options.scoring,
-                                                 options.concurrency))  # fmt: skip
-    found, baseline = findings(front, base, keys, held_keys, unit)
+                                                 options.concurrency, grader))  # fmt: skip
+    found, baseline = findings(front, base, keys, held_keys, unit, graded=grader is not None)
+    if unrated:
+        say(f"{len(unrated)} judgment(s) had no rating [[N]] (scored 0), e.g. question {unrated[0]}")
     result = SearchResult(
         found, baseline, len(candidates), sum(bool(s.answered) for s in scores), len(keys), limits.paid_calls,
         limits.spent_usd, limits.stopped, history, space.left_out,
@@ -182,6 +196,7 @@ def _claim(options: SearchOptions, rows: list[dict[str, Any]], candidates: list[
     identity = {
         "data": hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16],
         "holdout": options.holdout, "seed": options.seed, "scoring": str(options.scoring),
+        "metric": options.metric if options.judge is None else f"judge {options.judge}",
         "candidates": sorted(c.id for c in candidates),
     }  # fmt: skip
     path = options.out / "search-identity.json"

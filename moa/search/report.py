@@ -58,16 +58,19 @@ class SearchResult:
     points: list[dict[str, Any]] = field(default_factory=list)
 
 
-def findings(front: Sequence[Score], base: Score | None, keys: list[str], held: list[str],
-             unit: str) -> tuple[list[Finding], Finding | None]:  # fmt: skip
-    """The frontier's findings (cheapest first) and the baseline's, each compared with the baseline."""
-    baseline = _finding(base, keys, held, unit, None) if base is not None else None
-    return [_finding(s, keys, held, unit, base) for s in front], baseline
+def findings(front: Sequence[Score], base: Score | None, keys: list[str], held: list[str], unit: str,
+             graded: bool = False) -> tuple[list[Finding], Finding | None]:  # fmt: skip
+    """The frontier's findings (cheapest first) and the baseline's, each compared with the baseline (``graded``:
+    scores are a judge's ratings from 0 to 1, compared by a paired bootstrap, not right/wrong by McNemar)."""
+    baseline = _finding(base, keys, held, unit, None, graded) if base is not None else None
+    return [_finding(s, keys, held, unit, base, graded) for s in front], baseline
 
 
-def _finding(score: Score, keys: list[str], held: list[str], unit: str, base: Score | None) -> Finding:
+def _finding(score: Score, keys: list[str], held: list[str], unit: str, base: Score | None,
+             graded: bool) -> Finding:  # fmt: skip
     answers = score.on(keys)
     right = sum(a.correct for a in answers)
+    mean = score.accuracy(keys)
     costs = [(a.cost_usd or 0.0) if unit == "usd" else float(a.tokens) for a in answers]
     found = Finding(
         label=score.candidate.label,
@@ -75,19 +78,22 @@ def _finding(score: Score, keys: list[str], held: list[str], unit: str, base: Sc
         recipe=score.candidate.recipe.name,
         calls_per_query=score.candidate.recipe.calls_per_query,
         questions=len(answers),
-        accuracy=right / len(answers) if answers else 0.0,
-        accuracy_ci=wilson(right, len(answers)),
+        accuracy=mean,
+        accuracy_ci=bootstrap_mean([a.score for a in answers]) if graded else wilson(right, len(answers)),
         cost=score.cost(keys, unit),
         cost_ci=bootstrap_mean(costs),
         latency_s=score.latency(keys),
         source=score.candidate.source,
     )
     if base is not None and base is not score:
-        pairs = [(base.answered[k].correct, score.answered[k].correct) for k in keys
-                 if k in base.answered and k in score.answered]  # fmt: skip
-        found.right_to_wrong = sum(b and not s for b, s in pairs)
-        found.wrong_to_right = sum(s and not b for b, s in pairs)
-        found.p_value = mcnemar_exact(found.right_to_wrong, found.wrong_to_right)
+        both = [k for k in keys if k in base.answered and k in score.answered]
+        if graded:
+            found.p_value = paired_bootstrap_p([score.answered[k].score - base.answered[k].score for k in both])
+        else:
+            pairs = [(base.answered[k].correct, score.answered[k].correct) for k in both]
+            found.right_to_wrong = sum(b and not s for b, s in pairs)
+            found.wrong_to_right = sum(s and not b for b, s in pairs)
+            found.p_value = mcnemar_exact(found.right_to_wrong, found.wrong_to_right)
     if held and score.complete(held):
         found.held_out_accuracy = score.accuracy(held)
         found.held_out_cost = score.cost(held, unit)
@@ -103,6 +109,19 @@ def wilson(right: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_bootstrap_p(differences: list[float], draws: int = 2000, seed: int = 0) -> float:
+    """Two-sided bootstrap p-value that the mean paired difference is 0 (the share of resampled means on the
+    other side of 0 from the observed one, doubled, at most 1)."""
+    if not differences or not any(differences):
+        return 1.0
+    generator = random.Random(seed)
+    observed = sum(differences) / len(differences)
+    means = [sum(differences[generator.randrange(len(differences))] for _ in differences) / len(differences)
+             for _ in range(draws)]  # fmt: skip
+    other_side = sum(m <= 0 for m in means) if observed > 0 else sum(m >= 0 for m in means)
+    return min(1.0, 2 * (other_side + 1) / (draws + 1))
 
 
 def bootstrap_mean(values: list[float], draws: int = 1000, seed: int = 0) -> tuple[float, float]:

@@ -19,7 +19,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,14 +34,22 @@ from .space import Candidate
 
 @dataclass(frozen=True)
 class Answered:
-    """One candidate's answer to one question."""
+    """One candidate's answer to one question: its score (1 right / 0 wrong, or a judge's rating from 0 to 1)."""
 
-    correct: bool
+    score: float
     cost_usd: float | None  # every call at its price (cached ones at what they cost when made); None: unpriced
     tokens: int
     calls: int
     paid_calls: int  # calls this search made (not from the cache)
     latency_s: float
+
+    @property
+    def correct(self) -> bool:
+        return self.score >= 1.0
+
+
+#: Grades an answer: (score from 0 to 1, or None when it could not be graded; the calls grading made).
+Grader = Callable[[Mapping[str, Any], str, "Limits"], Awaitable[tuple[float | None, list[Any]]]]
 
 
 @dataclass
@@ -87,14 +95,16 @@ class Progress:
 
 
 async def evaluate(candidate: Candidate, rows: Sequence[Mapping[str, Any]], folder: Path, cache: CallCache | None,
-                   limits: Limits, scoring: Scoring, concurrency: int = 4) -> dict[str, Answered]:  # fmt: skip
+                   limits: Limits, scoring: Scoring, concurrency: int = 4,
+                   grader: Grader | None = None) -> dict[str, Answered]:  # fmt: skip
     """The candidate's answers to ``rows`` (by question id), resumed from its checkpoint in ``folder``; questions
-    the limits do not allow are left unanswered."""
+    the limits do not allow are left unanswered.  Each answer is scored against the row (``scoring``), or graded
+    by ``grader`` (a judge; its calls count against the limits, not in the candidate's cost)."""
     checkpoint = Checkpoint(folder / "items.jsonl")
     by_id = {str(row["id"]): row for row in rows}
     found = {key: _answered(record, by_id[key], scoring) for key, record in checkpoint.load().items() if key in by_id}
     ctx = EvalContext(recipe=candidate.recipe, budget=limits.budget, cache=cache)
-    most = candidate.recipe.calls_per_query
+    most = candidate.recipe.calls_per_query + (1 if grader is not None else 0)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(row: Mapping[str, Any]) -> None:
@@ -126,6 +136,10 @@ async def evaluate(candidate: Candidate, rows: Sequence[Mapping[str, Any]], fold
                           "cost_usd": None, "calls": paid, "paid_calls": paid, "latency_s": 0.0}  # fmt: skip
             else:
                 record = {"id": row["id"], "output": result.output, "key": key, **_costs(result)}
+                if grader is not None:
+                    record["grade"], judged = await grader(row, result.output, limits)
+                    paid += sum(o.model_calls for o in judged if not o.cached)
+                    limits.spent_usd += sum(o.cost_usd or 0.0 for o in judged if not o.cached)
             finally:
                 limits.settle_calls(most, paid)
                 if reserved is not None:
@@ -158,8 +172,11 @@ def _costs(result: Any) -> dict[str, Any]:
 
 def _answered(record: Mapping[str, Any], row: Mapping[str, Any], scoring: Scoring) -> Answered:
     output = record.get("output")
-    right = isinstance(output, str) and is_correct(output, dict(row), scoring)
-    return Answered(bool(right), record.get("cost_usd"), int(record.get("tokens") or 0), int(record.get("calls") or 0),
+    if "grade" in record:  # a judge's rating (None: it gave none, counted as 0)
+        score = float(record["grade"] or 0.0) if isinstance(output, str) else 0.0
+    else:
+        score = float(isinstance(output, str) and is_correct(output, dict(row), scoring))
+    return Answered(score, record.get("cost_usd"), int(record.get("tokens") or 0), int(record.get("calls") or 0),
                     int(record.get("paid_calls") or 0), float(record.get("latency_s") or 0.0))  # fmt: skip
 
 
@@ -175,7 +192,7 @@ class Score:
 
     def accuracy(self, keys: Sequence[str]) -> float:
         found = self.on(keys)
-        return sum(a.correct for a in found) / len(found) if found else 0.0
+        return sum(a.score for a in found) / len(found) if found else 0.0
 
     def cost(self, keys: Sequence[str], unit: str) -> float:
         found = self.on(keys)
