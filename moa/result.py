@@ -121,6 +121,12 @@ class AgentOutput(BaseModel):
         return self.error is None and self.text is not None
 
     @property
+    def price_usd(self) -> float | None:
+        """What this call costs in use: its cost, or for a cached answer what it cost when it was made (None:
+        unknown).  Eval summaries, decisions and searches count this; ``cost_usd`` is what this run paid."""
+        return self.cost_saved_usd if self.cached else self.cost_usd
+
+    @property
     def embeddings(self) -> tuple[tuple[float, ...], ...]:
         """An embedding call's vectors, one per text embedded, in order (empty for any other call)."""
         return self._embeddings

@@ -184,14 +184,18 @@ def test_the_cache_options_of_run_and_eval(tmp_path: Path, capsys: pytest.Captur
     data.write_text(json.dumps({"id": "q1", "prompt": "What is 1 + 1?", "answers": [2]}) + "\n")
     with LoopbackServer(responder=lambda body, index: "Answer: 2") as server:
         recipe = tmp_path / "r.yaml"
-        recipe.write_text(json.dumps(loopback_recipe(server, [{"kind": "propose", "agents": agents("openai/a")}])))
+        recipe.write_text(json.dumps(loopback_recipe(server, [{"kind": "propose", "agents": agents("openai/gpt-4o-mini")}])))
         base = ["eval", "qa", "-r", str(recipe), "--data", str(data)]
         assert main([*base, "--out", str(tmp_path / "one")]) == 0
         assert (tmp_path / "one" / "calls.sqlite").exists()
         assert main([*base, "--out", str(tmp_path / "two"), "--cache", str(tmp_path / "one" / "calls.sqlite")]) == 0
-        assert chats(server) == ["a"]
+        assert chats(server) == ["gpt-4o-mini"]
+        # A cached eval costs what the recipe costs in use; what it paid is apart (nothing, here).
+        one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+        assert one["cost_usd"] > 0 and two["cost_usd"] == one["cost_usd"] and one["paid_usd"] == one["cost_usd"]
+        assert two["paid_usd"] == 0.0 and two["cache"]["hits"] == 1 and two["cache"]["saved_usd"] > 0
         assert main([*base, "--out", str(tmp_path / "three"), "--no-cache"]) == 0
-        assert chats(server) == ["a", "a"] and not (tmp_path / "three" / "calls.sqlite").exists()
+        assert chats(server) == ["gpt-4o-mini", "gpt-4o-mini"] and not (tmp_path / "three" / "calls.sqlite").exists()
         assert json.loads((tmp_path / "three" / "summary.json").read_text())["cache"] is None
         assert main([*base, "--out", str(tmp_path / "four"), "--no-cache", "--refresh"]) == 2
         assert "--no-cache cannot go with --cache or --refresh" in capsys.readouterr().err
@@ -200,7 +204,7 @@ def test_the_cache_options_of_run_and_eval(tmp_path: Path, capsys: pytest.Captur
         run_cache = tmp_path / "run.sqlite"
         for _ in range(2):
             assert main(["run", "Hi", "-r", str(recipe), "--cache", str(run_cache), "--quiet", "--no-log"]) == 0
-        assert chats(server) == ["a", "a", "a"]
+        assert chats(server) == ["gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini"]
         assert main(["run", "Hi", "-r", str(recipe), "--cache", str(tmp_path), "--quiet", "--no-log"]) == 2
         assert "that is a folder" in capsys.readouterr().err
 

@@ -48,7 +48,7 @@ class Answering:
         messages = build_messages(self.ctx.conversation, system=answerer.agent.system)
         call = bind(self.ctx.call, spec, messages, step=index + 1, params=params)
         (output,) = await self.ctx.fanout([(spec, call)], quorum=False)  # a failed call is returned, not raised
-        cost, tokens = output.cost_usd, output.usage.total_tokens
+        cost, tokens = output.price_usd, output.usage.total_tokens  # (a cached answer at its price)
         if not output.ok:
             why = f"{output.error.type}: {output.error.message}" if output.error else "no answer"
             return Answer(None, f"its call failed ({why})", cost, tokens, output)
@@ -86,6 +86,6 @@ class Answering:
                       "name": f"{label}: {call.name}"}  # fmt: skip
             self.next_agent += 1
             self.ctx.recorded.append(call.model_copy(update=update))
-        costs = [call.cost_usd for call in calls]
+        costs = [call.price_usd for call in calls]
         cost = None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
         return cost, sum(call.usage.total_tokens for call in calls)

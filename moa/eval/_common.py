@@ -130,10 +130,13 @@ async def run_in_order(
 
 def trace_record(results: Sequence[MoAResult]) -> dict[str, Any]:
     """Totals and full traces of the runs that answered one item (MT-Bench: two turns)."""
-    costs = [r.cost_usd for r in results]
+    # What the answer costs in use (a cached call at its price when made); what this run paid is apart.
+    prices = [c.price_usd for r in results for c in r.calls if c.ok or c.price_usd]
+    paid = [r.cost_usd for r in results]
     return {
         "tokens": sum(r.usage.total_tokens for r in results),
-        "cost_usd": None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
+        "cost_usd": None if any(c is None for c in prices) else sum(c or 0.0 for c in prices),
+        "paid_usd": None if any(c is None for c in paid) else sum(c or 0.0 for c in paid),
         "calls": sum(r.model_calls for r in results),  # every step of a tool loop is a call
         "failed_calls": sum(sum(not c.ok for c in r.calls) for r in results),
         "latency_s": sum(r.latency_s for r in results),
@@ -263,6 +266,8 @@ def write_summary(
         "cost_priced_usd": sum(known),
         "cost_unpriced_items": n - len(known),
         "cost_per_item_usd": (sum(known) / n) if n and every_cost_known else None,
+        # What this run paid: less than cost_usd when answers came from the call cache (or before the cache).
+        "paid_usd": _paid(records),
         "latency_per_item_s": (sum(r.get("latency_s", 0.0) for r in records) / n) if n else None,
         "calls_per_item": (sum(r.get("calls", 0) for r in records) / n) if n else None,
         "tokens": sum(int(r.get("tokens", 0)) for r in records),
@@ -274,6 +279,11 @@ def write_summary(
     }
     write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def _paid(records: Sequence[Mapping[str, Any]]) -> float | None:
+    paid = [r.get("paid_usd", r.get("cost_usd")) for r in records]  # (records from before the cache: all paid)
+    return None if any(p is None for p in paid) else sum(paid)
 
 
 def _read_summary(out: Path) -> dict[str, Any]:

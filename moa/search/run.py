@@ -160,7 +160,7 @@ async def _answer(ctx: EvalContext, row: Mapping[str, Any], budget: Budget | Non
 
 def _costs(result: Any) -> dict[str, Any]:
     traced = trace_record([result])
-    costs = [o.cost_usd if not o.cached else o.cost_saved_usd for o in result.calls]
+    costs = [o.price_usd for o in result.calls if o.ok or o.price_usd]
     return {
         "tokens": traced["tokens"],
         "cost_usd": None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
