@@ -37,19 +37,20 @@ def builtin_recipes() -> list[str]:
     return builtin_names("recipes", ".yaml")
 
 
-def load_recipe(source: RecipeSource, *, label: str | None = None) -> Recipe:
+def load_recipe(source: RecipeSource, *, label: str | None = None, base_dir: Path | None = None) -> Recipe:
     """Load and validate a recipe.
 
     ``source`` is a ``Recipe`` (returned as is), a dict, a built-in name such
     as ``"moa-lite"``, a path to a YAML file, or YAML text.  Templates are
     compiled and checked here, so a recipe that loads will not fail mid-run on
     its configuration.  Raises ``RecipeError`` naming the source (``label``
-    replaces ``<dict>`` or ``<yaml text>`` in messages) and field.
+    replaces ``<dict>`` or ``<yaml text>`` in messages) and field.  ``base_dir``: where the relative paths
+    of a dict's templates and recipes are read from (a file's are read beside it).
     """
     if isinstance(source, Recipe):
         return source
     if isinstance(source, Mapping):
-        return _validate(dict(source), label or "<dict>", base_dir=None)
+        return _validate(dict(source), label or "<dict>", base_dir=base_dir)
     if isinstance(source, Path):
         return _load_file(source)
     if not isinstance(source, str):

@@ -114,7 +114,19 @@ async def test_a_corrupt_cache_file_is_a_clear_error_naming_it(tmp_path: Path) -
             await moa.run("Hi", recipe, api_key="k", cache=path)
         assert chats(server) == []
     assert str(caught.value).startswith(f"the call cache {path} cannot be used (DatabaseError: file is not a database)")
-    assert "delete it, or name another (--cache PATH), or run without one (--no-cache)" in str(caught.value)
+    assert ("if it is a call cache, delete it (it only saves calls); if it is some other file, name a new one "
+            "(--cache PATH); or run without one (--no-cache)") in str(caught.value)
+    # Another program's SQLite database is refused and left exactly as it was.
+    other = tmp_path / "shop.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE customers (name TEXT)")
+    before = other.read_bytes()
+    with LoopbackServer() as server:
+        recipe = loopback_recipe(server, [{"kind": "propose", "agents": agents("openai/a")}])
+        with pytest.raises(moa.CacheError, match="is an SQLite database but not a moa call cache"):
+            await moa.run("Hi", recipe, api_key="k", cache=other)
+        assert chats(server) == []
+    assert other.read_bytes() == before and not other.with_name("shop.sqlite-wal").exists()
 
 
 def test_many_processes_write_one_cache_file_at_once(tmp_path: Path) -> None:
@@ -184,7 +196,8 @@ def test_the_cache_options_of_run_and_eval(tmp_path: Path, capsys: pytest.Captur
     data.write_text(json.dumps({"id": "q1", "prompt": "What is 1 + 1?", "answers": [2]}) + "\n")
     with LoopbackServer(responder=lambda body, index: "Answer: 2") as server:
         recipe = tmp_path / "r.yaml"
-        recipe.write_text(json.dumps(loopback_recipe(server, [{"kind": "propose", "agents": agents("openai/gpt-4o-mini")}])))
+        layer = {"kind": "propose", "agents": agents("openai/gpt-4o-mini")}
+        recipe.write_text(json.dumps(loopback_recipe(server, [layer])))
         base = ["eval", "qa", "-r", str(recipe), "--data", str(data)]
         assert main([*base, "--out", str(tmp_path / "one")]) == 0
         assert (tmp_path / "one" / "calls.sqlite").exists()

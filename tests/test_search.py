@@ -127,21 +127,31 @@ def test_a_call_budget_and_a_deadline_stop_the_search_and_say_so(
 ) -> None:
     with LoopbackServer(responder=reply) as server:
         space, data = write_setup(tmp_path, server)
-        assert search(space, data, tmp_path / "a", "--max-calls", "60") == 0
+        # Too few calls for the first rung (8 questions for every candidate): an error that says what to do.
+        assert search(space, data, tmp_path / "a", "--max-calls", "60") == 2
         assert chats(server) <= 60
-        summary = json.loads((tmp_path / "a" / "search.json").read_text())
-        assert summary["stopped"] == "--max-calls 60 reached" and summary["paid_calls"] <= 60
-        assert "stopped: --max-calls 60 reached" in capsys.readouterr().out
+        assert (
+            "the search stopped (--max-calls 60 reached) before every candidate answered the 8 question(s) of "
+            "its first rung: raise the limit, or lower --min-items"
+        ) in capsys.readouterr().err
+        # Enough for the first rung, not the second: the frontier of the first, and why it stopped.
+        server.requests.clear()
+        assert search(space, data, tmp_path / "b", "--max-calls", "100", "--cache", str(tmp_path / "b.sqlite")) == 0
+        assert chats(server) <= 100
+        summary = json.loads((tmp_path / "b" / "search.json").read_text())
+        assert summary["stopped"] == "--max-calls 100 reached" and summary["paid_calls"] <= 100
+        assert [r["questions"] for r in summary["rungs"]] == [8] and summary["questions"] == 8
+        assert "stopped: --max-calls 100 reached" in capsys.readouterr().out
     with LoopbackServer(responder=reply, latency_s=0.05) as server:
         space, data = write_setup(tmp_path, server)
         started = time.monotonic()
-        code = search(space, data, tmp_path / "b", "--deadline", "1.5", "--min-items", "2")
+        code = search(space, data, tmp_path / "c", "--deadline", "1.5", "--min-items", "2")
         assert time.monotonic() - started < 30
         err = capsys.readouterr()
         if code == 0:
-            assert json.loads((tmp_path / "b" / "search.json").read_text())["stopped"] == "--deadline reached"
+            assert json.loads((tmp_path / "c" / "search.json").read_text())["stopped"] == "--deadline reached"
         else:
-            assert "the search stopped before any candidate answered" in err.err
+            assert "the search stopped (--deadline reached) before every candidate answered" in err.err
 
 
 def test_a_space_that_is_wrong_is_refused_with_what_is_wrong(

@@ -79,6 +79,13 @@ class CallCache:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if tables and not ({"calls", "meta"} >= tables and _columns(db) == _COLUMNS):
+                    db.close()  # someone else's database: not changed in any way
+                    raise CacheError(
+                        f"{self.path} is an SQLite database but not a moa call cache (its tables: "
+                        f"{', '.join(sorted(tables))}); it was left as it was: give --cache a new file's path"
+                    )
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(
@@ -94,8 +101,9 @@ class CallCache:
 
     def _error(self, exc: BaseException) -> CacheError:
         return CacheError(
-            f"the call cache {self.path} cannot be used ({type(exc).__name__}: {exc}); it only saves calls: delete "
-            "it, or name another (--cache PATH), or run without one (--no-cache)"
+            f"the call cache {self.path} cannot be used ({type(exc).__name__}: {exc}); if it is a call cache, "
+            "delete it (it only saves calls); if it is some other file, name a new one (--cache PATH); or run "
+            "without one (--no-cache)"
         )
 
     def get(self, key: str) -> Completion | None:
@@ -173,6 +181,13 @@ class Occurrences:
         number = self._seen[base]
         self._seen[base] += 1
         return hashlib.sha256(f"{base}\n{number}".encode()).hexdigest()
+
+
+_COLUMNS = ["key", "model", "created", "answer"]
+
+
+def _columns(db: sqlite3.Connection) -> list[str]:
+    return [row[1] for row in db.execute("PRAGMA table_info(calls)")]
 
 
 def _out_of_space(exc: BaseException | None) -> bool:

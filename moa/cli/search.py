@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from moa.cli._cache_args import add_cache_arguments, open_cache
-from moa.cli._common import EXIT_OK
+from moa.cli._common import EXIT_FAILED, EXIT_OK
 from moa.cli.args import non_negative_float, positive_float, positive_int
 
 EPILOG = """\
@@ -35,6 +35,8 @@ def add_parser(commands: Any) -> None:
     search.add_argument("--out", "-o", required=True, type=Path, help="the folder for the search's files")
     search.add_argument("--budget", type=non_negative_float, metavar="USD",
                         help="the most the search may pay (each question's worst case is held first)")  # fmt: skip
+    search.add_argument("--allow-unpriced", action="store_true",
+                        help="under --budget, count models with no known price as free, not refuse them")  # fmt: skip
     search.add_argument("--max-calls", type=positive_int, metavar="N",
                         help="the most model calls the search may pay for (cached calls are free)")  # fmt: skip
     search.add_argument("--deadline", type=positive_float, metavar="SECONDS", help="stop after this long")
@@ -78,7 +80,7 @@ def search_command(args: argparse.Namespace) -> int:
         space=args.space, data=args.data, out=args.out, budget_usd=args.budget, max_calls=args.max_calls,
         deadline_s=args.deadline, holdout=args.holdout, seed=args.seed, eta=args.eta, min_items=args.min_items,
         strategy=args.strategy, baseline=args.baseline, scoring=scoring, concurrency=args.concurrency,
-        metric=args.metric, judge=args.judge,
+        metric=args.metric, judge=args.judge, allow_unpriced=args.allow_unpriced,
         cache=open_cache(args, args.out),
     )  # fmt: skip
 
@@ -95,4 +97,8 @@ def search_command(args: argparse.Namespace) -> int:
           + (f"; cache {cache['hits']} hits, {cache['misses']} misses" if cache else "")
           + (f"; stopped: {result.stopped}" if result.stopped else ""))  # fmt: skip
     print(f"wrote {args.out / 'frontier.json'} and the frontier's recipes in {args.out / 'recipes'}")
+    if result.failures:
+        print(f"moa: {len(result.failures)} answer(s) failed and were counted wrong (e.g. {result.failures[0]}); "
+              "run the same command to ask them again", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
     return EXIT_OK

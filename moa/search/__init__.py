@@ -44,6 +44,7 @@ class SearchOptions:
     eta: int = 3
     min_items: int = 8
     strategy: str = "halving"  # or "exhaustive": every candidate on every question
+    allow_unpriced: bool = False  # under a budget, count unpriced models as free instead of refusing them
     baseline: str | None = None  # a recipe to compare with (default: the best single-call candidate)
     scoring: Scoring = DEFAULT_SCORING
     metric: str = "qa"  # or "judge": a judge rates open-ended answers (``judge``)
@@ -70,6 +71,8 @@ async def search(options: SearchOptions, say: Callable[[str], None] = lambda lin
         rows = read_prompts(options.data)
     else:
         rows = read_questions(options.data)
+    if not rows:
+        raise ConfigError(f"{options.data}: no question to search on")
     pricing = LiteLLMProvider()
 
     def price(recipe: Any) -> float | None:
@@ -77,15 +80,23 @@ async def search(options: SearchOptions, say: Callable[[str], None] = lambda lin
 
     space = read_space(options.space, price=price)
     candidates = list(space.candidates)
+    for why, number in space.left_out.items():
+        say(f"left out: {number} {why} (e.g. {space.examples[why]})")
     baseline_candidate = _baseline(options.baseline) if options.baseline else None
     if baseline_candidate is not None and all(c.id != baseline_candidate.id for c in candidates):
         candidates.append(baseline_candidate)
+    if options.budget_usd is not None and not options.allow_unpriced:
+        unpriced = [c.label for c in candidates if price(c.recipe) is None]
+        if unpriced:
+            raise ConfigError(f"--budget: {len(unpriced)} candidate(s) use a model with no known price (e.g. "
+                              f"{unpriced[0]}); add --allow-unpriced to count them as free, or use "
+                              "--max-calls")  # fmt: skip
     options.out.mkdir(parents=True, exist_ok=True)
     _claim(options, rows, candidates)
     train, held = split(rows, options.holdout, options.seed)
     cache = options.cache
     limits = Limits(
-        Budget(options.budget_usd) if options.budget_usd is not None else None,
+        Budget(options.budget_usd, options.allow_unpriced) if options.budget_usd is not None else None,
         options.max_calls,
         time.monotonic() + options.deadline_s if options.deadline_s else None,
     )
@@ -111,7 +122,7 @@ async def search(options: SearchOptions, say: Callable[[str], None] = lambda lin
                 break
         complete = [s for s in alive if s.complete(keys)]
         unit = _unit(scores, keys)
-        if complete:
+        if complete and len(complete) == len(alive):  # a rung counts when every candidate in it finished it
             final = (keys, complete)
             front = pareto(complete, keys, unit)
             history.append({"rung": number, "questions": size, "candidates": len(alive),
@@ -125,8 +136,9 @@ async def search(options: SearchOptions, say: Callable[[str], None] = lambda lin
             keep = by_id.get(baseline_candidate.id) if baseline_candidate else _best_single(complete or alive, keys)
             alive = survivors(complete or alive, keys, unit, options.eta, keep)
     if final is None:
-        raise ConfigError(f"the search stopped before any candidate answered every question of its first rung "
-                          f"({limits.stopped}); raise the budget")  # fmt: skip
+        raise ConfigError(f"the search stopped ({limits.stopped}) before every candidate answered the "
+                          f"{sizes[0]} question(s) of its first rung: raise the limit, or lower "
+                          "--min-items")  # fmt: skip
     keys, complete = final
     unit = _unit(scores, keys)
     base = by_id.get(baseline_candidate.id) if baseline_candidate else _best_single(complete, keys)
@@ -142,10 +154,13 @@ async def search(options: SearchOptions, say: Callable[[str], None] = lambda lin
     found, baseline = findings(front, base, keys, held_keys, unit, graded=grader is not None)
     if unrated:
         say(f"{len(unrated)} judgment(s) had no rating [[N]] (scored 0), e.g. question {unrated[0]}")
+    if limits.failures:
+        say(f"{len(limits.failures)} answer(s) failed (counted wrong here, not saved), e.g. {limits.failures[0]}")
     result = SearchResult(
         found, baseline, len(candidates), sum(bool(s.answered) for s in scores), len(keys), limits.paid_calls,
         limits.spent_usd, limits.stopped, history, space.left_out,
     )  # fmt: skip
+    result.failures = list(limits.failures)
     result.warning, result.unit = _warning(found, baseline), unit
     result.points = [{"label": s.candidate.label, "id": s.candidate.id, "calls": s.candidate.recipe.calls_per_query,
                       "accuracy": s.accuracy(keys), "cost": s.cost(keys, unit)} for s in complete]  # fmt: skip

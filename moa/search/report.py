@@ -56,6 +56,7 @@ class SearchResult:
     unit: str = "tokens"  # of the costs: `usd` when every answer's cost is known
     #: Every candidate of the final comparison: label, id, calls, accuracy and cost (the report's chart).
     points: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # answers that failed (not saved: the same command retries)
 
 
 def findings(front: Sequence[Score], base: Score | None, keys: list[str], held: list[str], unit: str,
@@ -157,7 +158,7 @@ def write_outputs(out: Path, result: SearchResult, unit: str) -> None:
                                      "questions": result.questions, "paid_calls": result.paid_calls,
                                      "spent_usd": result.spent_usd, "stopped": result.stopped,
                                      "rungs": result.rungs, "left_out": result.left_out,
-                                     "points": result.points})  # fmt: skip
+                                     "points": result.points, "failures": result.failures})  # fmt: skip
 
 
 def _file_name(finding: Finding) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from moa._call import Budget, CallCache
+from moa._secrets import redact
 from moa.eval._common import EvalContext, trace_record
 from moa.eval._scoring import Scoring, is_correct
 from moa.eval._store import Checkpoint
@@ -64,6 +65,7 @@ class Limits:
     spent_usd: float = 0.0  # what the calls this search made cost (priced ones)
     reserved_calls: int = 0
     stopped: str | None = None
+    failures: list[str] = field(default_factory=list)  # "candidate, question id: error" (not saved: retried)
 
     def reserve_calls(self, most: int) -> bool:
         if self.max_calls is None:
@@ -124,16 +126,17 @@ async def evaluate(candidate: Candidate, rows: Sequence[Mapping[str, Any]], fold
             try:
                 remaining = None if limits.deadline is None else max(0.001, limits.deadline - time.monotonic())
                 result = await asyncio.wait_for(_answer(ctx, row, reserved), remaining)
-                paid = sum(o.model_calls for o in result.calls if not o.cached)
+                paid = _paid(result.calls)
                 limits.spent_usd += sum(o.cost_usd or 0.0 for o in result.calls if not o.cached)
             except TimeoutError:
                 limits.stopped = limits.stopped or "--deadline reached"
                 return
-            except Exception as exc:  # a failed run is a wrong answer, like in `moa eval qa`
+            except Exception as exc:  # wrong in this comparison, not saved: the same command asks it again
                 partial = getattr(getattr(exc, "partial", None), "calls", None) or []
-                paid = sum(o.model_calls for o in partial if not o.cached)
-                record = {"id": row["id"], "output": None, "error": type(exc).__name__, "key": key, "tokens": 0,
-                          "cost_usd": None, "calls": paid, "paid_calls": paid, "latency_s": 0.0}  # fmt: skip
+                paid = _paid(partial)
+                limits.failures.append(redact(f"{candidate.label}, question {key}: {type(exc).__name__}: {exc}"))
+                found[key] = Answered(0.0, None, 0, paid, paid, 0.0)
+                return
             else:
                 record = {"id": row["id"], "output": result.output, "key": key, **_costs(result)}
                 if grader is not None:
@@ -158,6 +161,11 @@ async def _answer(ctx: EvalContext, row: Mapping[str, Any], budget: Budget | Non
                      provider=ctx.provider, limiter=ctx.limiter)  # fmt: skip
 
 
+def _paid(calls: Sequence[Any]) -> int:
+    """Model calls made (not from the cache) that were answered or billed: a refused connection costs nothing."""
+    return sum(o.model_calls for o in calls if not o.cached and (o.ok or (o.cost_usd or 0.0) > 0))
+
+
 def _costs(result: Any) -> dict[str, Any]:
     traced = trace_record([result])
     costs = [o.price_usd for o in result.calls if o.ok or o.price_usd]
@@ -165,7 +173,7 @@ def _costs(result: Any) -> dict[str, Any]:
         "tokens": traced["tokens"],
         "cost_usd": None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
         "calls": traced["calls"],
-        "paid_calls": sum(o.model_calls for o in result.calls if not o.cached),
+        "paid_calls": _paid(result.calls),
         "latency_s": result.latency_s,
     }
 

@@ -79,6 +79,13 @@ def read_space(path: Path, *, price: Any = None) -> Space:
     constraints = data.get("constraints") or {}
     if not isinstance(constraints, dict) or set(constraints) - _CONSTRAINTS:
         raise ConfigError(f"{path}: `constraints` takes {', '.join(sorted(_CONSTRAINTS))}")
+    calls, usd = constraints.get("max_calls"), constraints.get("max_cost_usd")
+    if calls is not None and (isinstance(calls, bool) or not isinstance(calls, int) or calls < 1):
+        raise ConfigError(f"{path}: `constraints.max_calls` is a whole number of calls of at least 1, got {calls!r}")
+    if usd is not None and (isinstance(usd, bool) or not isinstance(usd, int | float) or not usd >= 0):
+        raise ConfigError(f"{path}: `constraints.max_cost_usd` is a number of USD of at least 0, got {usd!r}")
+    if not isinstance(data.get("candidates") or [], list):
+        raise ConfigError(f"{path}: `candidates` is a list of recipes (names or paths), got {data['candidates']!r}")
     name = str(data.get("name") or path.stem)
     shared = {key: data[key] for key in ("defaults", "limits", "retry") if key in data}
     space = Space(name, [], {}, {})
@@ -98,14 +105,20 @@ def read_space(path: Path, *, price: Any = None) -> Space:
         template = data["search"]
         if not isinstance(template, dict):
             raise ConfigError(f"{path}: `search` is a recipe (a mapping with `layers`) whose values may choose")
-        combos = list(itertools.islice(expand(template, ()), MAX_CANDIDATES + 1))
-        if len(combos) > MAX_CANDIDATES:
-            raise ConfigError(f"{path}: `search` has over {MAX_CANDIDATES} combinations; narrow its choices")
-        for value, picks in combos:
-            label = ", ".join(f"{where}={_short(choice)}" for where, choice in picks) or name
-            mapping = {**shared, **value, "name": f"{name}-{_digest(value)[:6]}", "description": label}
+        try:
+            total = count(template, ())
+            combos = list(expand(template, ())) if total <= MAX_CANDIDATES else []
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if total > MAX_CANDIDATES:
+            raise ConfigError(f"{path}: `search` has {total} combinations, over {MAX_CANDIDATES}; narrow its choices")
+        labels = [", ".join(f"{where}={_short(choice)}" for where, choice in picks) or name for _, picks in combos]
+        for (value, _), label in zip(combos, labels, strict=True):
+            if labels.count(label) > 1:  # two choices that look alike: the recipe's digest tells them apart
+                label = f"{label} #{_digest(value)[:6]}"
+            mapping = {**_merged(shared, value), "name": f"{name}-{_digest(value)[:6]}", "description": label}
             try:
-                recipe = load_recipe(mapping, label=f"{path} ({label})")
+                recipe = load_recipe(mapping, label=f"{path} ({label})", base_dir=path.parent)
             except RecipeError as exc:
                 _leave_out(space, "not a valid recipe", f"{label}: {exc.problems[0][1] if exc.problems else exc}")
                 continue
@@ -114,6 +127,35 @@ def read_space(path: Path, *, price: Any = None) -> Space:
         reasons = "; ".join(f"{n} {why} (e.g. {space.examples[why]})" for why, n in space.left_out.items())
         raise ConfigError(f"{path}: no candidate is left to search{': ' + reasons if reasons else ''}")
     return space
+
+
+def _merged(shared: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
+    """The candidate's mapping: the space's `defaults`, `limits` and `retry` under its own (its keys win)."""
+    merged = {**shared, **value}
+    for key in shared:
+        if isinstance(shared[key], dict) and isinstance(value.get(key), dict):
+            merged[key] = {**shared[key], **value[key]}
+    return merged
+
+
+def count(value: Any, where: tuple[str, ...]) -> int:
+    """How many combinations ``value`` has (without making them)."""
+    if isinstance(value, dict) and set(value) == {"choose"}:
+        options = value["choose"]
+        if not isinstance(options, list) or not options:
+            raise ConfigError(f"search.{_path(where)}: `choose` takes a non-empty list of values")
+        return sum(count(option, where) for option in options)
+    items: list[tuple[Any, Any]] = []
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    total = 1
+    for key, item in items:
+        total *= count(item, (*where, f"[{key}]" if isinstance(key, int) else str(key)))
+        if total > 10 * MAX_CANDIDATES:
+            return total  # enough to refuse
+    return total
 
 
 def _admit(space: Space, seen: set[str], label: str, recipe: Recipe, source: dict[str, Any],
@@ -173,7 +215,9 @@ def _path(where: tuple[str, ...]) -> str:
 def _short(choice: Any) -> str:
     """A choice as a label shows it: a layer by its kind, agents by their models, a value as it is."""
     if isinstance(choice, dict) and "kind" in choice:
-        return str(choice["kind"])
+        agents = choice.get("agents")
+        shown = _short(agents) if isinstance(agents, list) and agents else ""
+        return f"{choice['kind']}({shown})" if shown else str(choice["kind"])
     if isinstance(choice, dict) and "model" in choice:
         count = choice.get("n", 1)
         return str(choice["model"]).rsplit("/", 1)[-1] + (f"x{count}" if isinstance(count, int) and count > 1 else "")
