@@ -4,7 +4,9 @@ import moa
 def test_public_names_are_pinned() -> None:
     assert sorted(moa.__all__) == sorted(
         [
-            "Agent", "AgentOutput", "BadResponseError", "Budget", "BudgetExceeded", "CacheError", "CallCache", "CallError", "CallParams",
+            "Agent", "AgentOutput", "BadResponseError", "Budget", "BudgetExceeded", "CallError", "CallParams",
+            # the call cache
+            "CacheError", "CallCache",
             "CallbackError", "CallSite", "CallTimeoutError", "Completion", "ConfigError", "DeadlineExceeded", "Event",
             "Layer",
             "LayerPlan", "LayerResult", "Limiter", "MissingAPIKeyError", "MoAError", "MoAResult", "PromptError",
