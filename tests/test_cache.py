@@ -114,8 +114,10 @@ async def test_a_corrupt_cache_file_is_a_clear_error_naming_it(tmp_path: Path) -
             await moa.run("Hi", recipe, api_key="k", cache=path)
         assert chats(server) == []
     assert str(caught.value).startswith(f"the call cache {path} cannot be used (DatabaseError: file is not a database)")
-    assert ("if it is a call cache, delete it (it only saves calls); if it is some other file, name a new one "
-            "(--cache PATH); or run without one (--no-cache)") in str(caught.value)
+    assert (
+        "if it is a call cache, delete it (it only saves calls); if it is some other file, name a new one "
+        "(--cache PATH); or run without one (--no-cache)"
+    ) in str(caught.value)
     # Another program's SQLite database is refused and left exactly as it was.
     other = tmp_path / "shop.sqlite"
     with sqlite3.connect(other) as db:
