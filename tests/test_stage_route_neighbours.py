@@ -220,6 +220,8 @@ def test_router_config_errors(tmp_path: Path) -> None:
     assert "`n` must be 1" in refused(embedding={"model": "openai/e", "n": 2})
     assert "`cost_weight` is 1 but no example gives a cost for math, geo" in refused(cost_weight=1)
     assert "greater than or equal to 1" in refused(k=0)
+    mixed = [{**row, "embedding": [1.0] * (1 + i % 2), "embedded_with": "openai/e"} for i, row in enumerate(examples())]
+    assert "the embeddings made with openai/e have different lengths (1, 2)" in refused(examples=mixed)
     with pytest.raises(moa.RecipeError, match=r"routes\[0\]\.when: `router: neighbours` does not read it"):
         routes = [{**ROUTES[0], "when": {"pattern": "x"}}, ROUTES[1]]
         moa.load_recipe({"name": "r", "layers": [{"kind": "route", "routes": routes, "router": router(examples())}]})

@@ -45,8 +45,8 @@ async def choose(ctx: StageContext, router: NeighboursRouter, names: list[str], 
     if isinstance(known, str):
         return known
     if len({len(v) for v in known}) > 1:
-        raise RouteError(here, f"{router.source}: the examples' embeddings are not all of one length (some were "
-                         f"made by another model than {spec.model}): calibrate again")  # fmt: skip
+        raise RouteError(here, f"{router.source}: the examples' embeddings by {spec.model} are not all of one "
+                         "length: embed the examples again (moa calibrate)")  # fmt: skip
     output = await _embed(ctx, spec, [ctx.question])
     if not output.ok or not output.embeddings:
         error = output.error

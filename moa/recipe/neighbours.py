@@ -93,6 +93,15 @@ class NeighboursRouter(_Strict):
         if self.embedding.n != 1:
             raise ValueError(f"`embedding` is called once per prompt: its `n` must be 1, got {self.embedding.n}")
         self._examples = self.examples if isinstance(self.examples, list) else read_examples(Path(self.examples))
+        sizes: dict[str, set[int]] = {}
+        for example in self._examples:
+            if example.embedding is not None and example.embedded_with:
+                sizes.setdefault(example.embedded_with, set()).add(len(example.embedding))
+        for model, found in sizes.items():
+            if len(found) > 1:
+                shown = ", ".join(str(n) for n in sorted(found))
+                raise ValueError(f"{self.source}: the embeddings made with {model} have different lengths ({shown}): "
+                                 "they cannot all be its; embed the examples again (moa calibrate)")  # fmt: skip
         return self
 
     @property
