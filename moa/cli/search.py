@@ -84,10 +84,18 @@ def search_command(args: argparse.Namespace) -> int:
         cache=open_cache(args, args.out),
     )  # fmt: skip
 
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+    live = sys.stderr.isatty()
 
-    result = signals.run(lambda: search(options, say))
+    def say(line: str) -> None:
+        print(("\r\033[K" if live else "") + line, file=sys.stderr, flush=True)
+
+    def progress(label: str) -> Any:
+        def done(count: int, total: int) -> None:  # one status line, rewritten, on a terminal
+            print(f"\r\033[K  {label[:70]}: {count}/{total} questions", end="", file=sys.stderr, flush=True)
+
+        return done if live else None
+
+    result = signals.run(lambda: search(options, say, progress))
     for line in table(result, result.unit):
         print(line)
     if result.warning:

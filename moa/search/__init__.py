@@ -53,8 +53,14 @@ class SearchOptions:
     cache: CallCache | None = None
 
 
-async def search(options: SearchOptions, say: Callable[[str], None] = lambda line: None) -> SearchResult:
-    """Run the search (resuming from ``options.out``) and write its outputs there."""
+async def search(
+    options: SearchOptions,
+    say: Callable[[str], None] = lambda line: None,
+    progress: Callable[[str], Callable[[int, int], None] | None] = lambda label: None,
+) -> SearchResult:
+    """Run the search (resuming from ``options.out``) and write its outputs there.  ``say`` gets each progress
+    line (rungs, each candidate's results, spend, the frontier); ``progress(label)`` may give a callback of the
+    questions a candidate has done (``done, total``)."""
     from moa._engine import run_worst_case
     from moa._litellm import LiteLLMProvider
     from moa.eval.qa import read_questions
@@ -112,7 +118,7 @@ async def search(options: SearchOptions, say: Callable[[str], None] = lambda lin
         for score in alive:
             folder = options.out / "candidates" / score.candidate.id
             answers = await evaluate(score.candidate, train[:size], folder, cache, limits, options.scoring,
-                                     options.concurrency, grader)  # fmt: skip
+                                     options.concurrency, grader, progress(score.candidate.label))  # fmt: skip
             score.answered.update(answers)
             unit = _unit(scores, keys)
             say(f"  {score.candidate.label}: {100 * score.accuracy(keys):.1f} % on {len(score.on(keys))}, "

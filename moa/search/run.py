@@ -97,11 +97,12 @@ class Progress:
 
 
 async def evaluate(candidate: Candidate, rows: Sequence[Mapping[str, Any]], folder: Path, cache: CallCache | None,
-                   limits: Limits, scoring: Scoring, concurrency: int = 4,
-                   grader: Grader | None = None) -> dict[str, Answered]:  # fmt: skip
+                   limits: Limits, scoring: Scoring, concurrency: int = 4, grader: Grader | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, Answered]:  # fmt: skip
     """The candidate's answers to ``rows`` (by question id), resumed from its checkpoint in ``folder``; questions
     the limits do not allow are left unanswered.  Each answer is scored against the row (``scoring``), or graded
-    by ``grader`` (a judge; its calls count against the limits, not in the candidate's cost)."""
+    by ``grader`` (a judge; its calls count against the limits, not in the candidate's cost).  ``progress(done,
+    total)`` is called as questions finish."""
     checkpoint = Checkpoint(folder / "items.jsonl")
     by_id = {str(row["id"]): row for row in rows}
     found = {key: _answered(record, by_id[key], scoring) for key, record in checkpoint.load().items() if key in by_id}
@@ -149,6 +150,8 @@ async def evaluate(candidate: Candidate, rows: Sequence[Mapping[str, Any]], fold
                     reserved.close()
             checkpoint.append(record)
             found[key] = _answered(record, row, scoring)
+            if progress is not None:
+                progress(len(found), len(rows))
 
     await asyncio.gather(*(one(row) for row in rows if str(row["id"]) not in found))
     return found
