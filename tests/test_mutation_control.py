@@ -633,3 +633,82 @@ async def test_stored_embeddings_of_two_lengths_are_a_route_error() -> None:
         "layer 1 (route): router.examples: the examples' embeddings are not all of one length (some were made by "
         "another model than openai/e): calibrate again"
     )
+
+
+def test_similarities_that_add_up_to_less_than_one_still_weigh_the_mean() -> None:
+    from moa._stages.neighbours import pick
+
+    rows = [{"prompt": "a", "scores": {"x": 1.0, "y": 0.0}}, {"prompt": "b", "scores": {"x": 0.0, "y": 0.0}}]
+    # Similarities 0.5 and 0.3: x = (0.5 x 1 + 0.3 x 0) / 0.8, not the plain mean 0.5.
+    choice = pick(neighbours_router(rows), ["x", "y"], (1.0, 0.0), [(0.5, math.sqrt(0.75)), (0.3, math.sqrt(0.91))])
+    assert choice.quality == pytest.approx(0.625)
+
+
+async def test_a_provider_that_gives_no_embedding_or_too_few_is_no_route_chosen() -> None:
+    one = Completion("", prompt_tokens=1, embeddings=((1.0, 0.0),))
+    fake = FakeProvider(replies={"openai/e": [one]})  # one vector for the two examples
+    loaded = moa.load_recipe(neighbours_recipe(GEO_ROWS, default="geo"))
+    result = await moa.run("the sum of 2 and 3", loaded, provider=fake)
+    assert result.layers[0].decisions[0].reason == "the examples' embeddings failed (no embeddings); the default route"
+    # The examples' vectors, then none for the prompt.
+    fake.replies["openai/e"] = [Completion("", prompt_tokens=1, embeddings=((1.0, 0.0), (0.0, 1.0))),
+                                Completion("", prompt_tokens=1)]  # fmt: skip
+    result = await moa.run("the sum of 2 and 3", loaded, provider=fake)
+    assert result.layers[0].decisions[0].reason == "no embedding; the default route"
+
+
+# --- what an eval says of its controlling layers ---------------------------------------------------------------------
+
+
+def trace(*decisions: dict[str, Any], kind: str = "cascade") -> dict[str, Any]:
+    return {"traces": [{"layers": [{"index": 1, "kind": kind, "decisions": list(decisions)}]}]}
+
+
+def test_the_control_summary_in_usd_counts_free_answers_as_free() -> None:
+    from moa.eval._control import control_lines, control_summary
+
+    records = [
+        trace({"option": "a", "action": "escalate", "cost_usd": 0.0, "tokens": 10},
+              {"option": "b", "action": "accept", "cost_usd": 0.5, "tokens": 30}),
+        trace({"option": "a", "action": "accept", "cost_usd": 0.0, "tokens": 20}),
+    ]  # fmt: skip
+    summary = control_summary(records)
+    assert summary == {
+        "layer 1 (cascade)": {
+            "runs": 2,
+            "answered_by": {"b": 0.5, "a": 0.5},
+            "ran": {"a": 1.0, "b": 0.5},
+            "unit": "usd",
+            "cost_per_run": 0.25,
+            "cost_if_always": {"a": 0.0, "b": 0.5},
+            "costliest": "b",
+            "saved_vs_costliest": 0.5,
+        }
+    }
+    assert control_lines("n", {"control": summary}) == [
+        "n: layer 1 (cascade) answered by b 50 %, a 50 %; 50 % less cost than always b (its mean where it ran)"
+    ]
+    # A layer whose decisions say nothing of what they took: no cost to compare.
+    (found,) = control_summary([trace({"option": "a", "action": "route"}, kind="route")]).values()
+    assert (found["cost_if_always"], found["costliest"], found["saved_vs_costliest"]) == ({}, None, None)
+
+
+@pytest.mark.parametrize(
+    ("unit", "saved", "costliest", "said"),
+    [
+        ("usd", 0.9, "x", "; 90 % less cost than always x (its mean where it ran)"),
+        ("usd", -0.9, "x", "; 90 % more cost than always x (its mean where it ran)"),
+        ("usd", 0.0, "x", "; 0 % less cost than always x (its mean where it ran)"),
+        ("tokens", 0.9, "x", "; 90 % fewer tokens than always x (its mean where it ran)"),
+        ("tokens", -0.9, "x", "; 90 % more tokens than always x (its mean where it ran)"),
+        ("tokens", 0.0, "x", "; 0 % fewer tokens than always x (its mean where it ran)"),
+        ("usd", None, "x", ""),
+    ],
+)
+def test_a_control_line_says_what_was_saved_or_spent_more_in_its_unit(
+    unit: str, saved: float | None, costliest: str, said: str
+) -> None:
+    from moa.eval._control import control_lines
+
+    found = {"answered_by": {}, "unit": unit, "saved_vs_costliest": saved, "costliest": costliest}
+    assert control_lines("n", {"control": {"layer 1 (route)": found}}) == [f"n: layer 1 (route) answered by none{said}"]
