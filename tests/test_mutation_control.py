@@ -712,3 +712,58 @@ def test_a_control_line_says_what_was_saved_or_spent_more_in_its_unit(
 
     found = {"answered_by": {}, "unit": unit, "saved_vs_costliest": saved, "costliest": costliest}
     assert control_lines("n", {"control": {"layer 1 (route)": found}}) == [f"n: layer 1 (route) answered by none{said}"]
+
+
+# --- embedding responses ---------------------------------------------------------------------------------------------
+
+
+def embedding_request(*texts: str) -> Any:
+    from moa._provider import Request
+
+    return Request("openai/e", [{"role": "user", "content": text} for text in texts], embed=True)
+
+
+def refused_embedding(response: Any, texts: int = 2) -> str:
+    from moa._embeddings import embedding_completion
+    from moa._errors import BadResponseError
+
+    with pytest.raises(BadResponseError) as caught:
+        embedding_completion(response, embedding_request(*["t"] * texts), None)
+    return str(caught.value)
+
+
+def test_embedding_vectors_come_back_in_the_order_of_their_index_with_the_prompt_tokens() -> None:
+    from types import SimpleNamespace
+
+    from moa._embeddings import embedding_completion, texts
+    from moa._provider import Request
+
+    data = [{"index": 1, "embedding": [0, 1]}, {"index": 0, "embedding": [1.5, 0]}]
+    found = embedding_completion({"data": data, "usage": {"prompt_tokens": 5}}, embedding_request("a", "b"), 0.25)
+    assert (found.text, found.embeddings, found.prompt_tokens, found.cost_usd) == (
+        "",
+        ((1.5, 0.0), (0.0, 1.0)),
+        5,
+        0.25,
+    )
+    # A response of objects (litellm's) without usage: no tokens counted.
+    items = [SimpleNamespace(index=1, embedding=[0.0, 1.0]), SimpleNamespace(index=0, embedding=[1.0, 0.0])]
+    found = embedding_completion(SimpleNamespace(data=items), embedding_request("a", "b"), None)
+    assert (found.embeddings, found.prompt_tokens) == (((1.0, 0.0), (0.0, 1.0)), 0)
+    # A message without content is an empty text.
+    assert texts(Request("openai/e", [{"role": "user"}], embed=True)) == [""]
+
+
+@pytest.mark.parametrize("vector", [[], [1.0, True], [1.0, float("nan")], (1.0, 2.0), "1.0"])
+def test_an_embedding_that_is_not_one_flat_list_of_finite_numbers_is_a_bad_response(vector: Any) -> None:
+    assert refused_embedding({"data": [{"index": 0, "embedding": vector}]}, texts=1) == (
+        "model openai/e: an embedding is not one list of numbers (a server that returns a vector per token needs "
+        "pooling: llama.cpp's --pooling mean)"
+    )
+
+
+def test_embeddings_of_another_count_or_of_two_lengths_are_a_bad_response() -> None:
+    one = {"data": [{"index": 0, "embedding": [1.0]}]}
+    assert refused_embedding(one) == "model openai/e: 1 embedding(s) came back for 2 text(s)"
+    two = {"data": [{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": [1.0, 2.0]}]}
+    assert refused_embedding(two) == "model openai/e: the embeddings have different lengths"
