@@ -70,6 +70,21 @@ _TEMPLATES = (
 )
 _RUNLOG = ("tests/test_runlog.py", "tests/test_cli.py", "tests/test_cli_trust.py", "tests/test_mutation_runlog.py")
 _STATS = ("tests/test_benchmark_logic.py", "tests/test_evals.py", "tests/test_mutation_stats.py")
+#: Cost-aware control: cascades, routes (by rules, a classifier or neighbours) and their calibration.  In-process
+#: and loopback-server tests only (never tests/test_local_model.py, which starts llama models).
+_CONTROL_STAGES = (
+    "tests/test_stage_cascade.py",
+    "tests/test_stage_route.py",
+    "tests/test_stage_route_neighbours.py",
+    "tests/test_mutation_control.py",
+)
+_CONTROL_EVAL = (
+    "tests/test_calibrate.py",
+    "tests/test_calibrate_routes.py",
+    "tests/test_stage_cascade.py",
+    "tests/test_stage_route.py",
+    "tests/test_mutation_control.py",
+)
 
 #: The core modules and the test files each one's mutants are run against (fast, in-process tests only:
 #: tests marked ``slow`` start subprocesses, which never import the mutants).  A file that does not exist
@@ -128,6 +143,14 @@ MODULES: dict[str, tuple[str, ...]] = {
     "moa/_sandbox/_verdict.py": _SANDBOX,
     "moa/_sandbox/_types.py": _SANDBOX,
     "moa/_sandbox/_container.py": _SANDBOX,
+    "moa/_stages/cascade.py": _CONTROL_STAGES,
+    "moa/_stages/route.py": _CONTROL_STAGES,
+    "moa/_stages/neighbours.py": _CONTROL_STAGES,
+    "moa/_stages/answering.py": _CONTROL_STAGES,
+    "moa/eval/_calibrate.py": _CONTROL_EVAL,
+    "moa/eval/_calibrate_routes.py": _CONTROL_EVAL,
+    "moa/eval/_control.py": _CONTROL_EVAL,
+    "moa/_embeddings.py": ("tests/test_stage_route_neighbours.py", "tests/test_mutation_control.py"),
 }
 
 #: Tests left out of every selection (none now: no test times the wall clock; one that did failed under
