@@ -391,7 +391,7 @@ async def test_a_recipe_tiers_answer_is_its_last_layers_and_its_calls_are_the_la
     assert result.layers[0].decisions[1].cost_usd is None
 
 
-async def test_a_recipe_tier_that_fails_is_passed_over_with_its_first_line_and_its_calls_kept(tmp_path: Path) -> None:
+async def test_a_recipe_tier_that_fails_is_passed_over_with_its_error_and_causes_and_its_calls_kept(tmp_path: Path) -> None:
     fake = FakeProvider(replies={"openai/s": [said("S says", usd=0.5, tokens=4)],
                                  "openai/t": [said("T says", usd=0.25, tokens=6)],
                                  "openai/f": [RequestRejectedError("no fusing today")],
@@ -402,10 +402,10 @@ async def test_a_recipe_tier_that_fails_is_passed_over_with_its_first_line_and_i
     result = await moa.run("Q", cascade(tiers, regex), provider=fake)
     failed = result.layers[0].decisions[0]
     assert (failed.option, failed.action) == ("strong", "failed")
-    # The error's first line only (its causes follow on lines of their own).
-    assert (
-        failed.reason
-        == "its recipe failed (QuorumError: layer 2 failed: 0 of 1 calls succeeded, min_success is 1; causes:)"
+    # The error on one line, its causes included.
+    assert failed.reason == (
+        "its recipe failed (QuorumError: layer 2 failed: 0 of 1 calls succeeded, min_success is 1; causes: "
+        "RequestRejectedError: layer 2, agent 0 (openai/f), sample 0, model openai/f: no fusing today)"
     )
     assert (failed.cost_usd, failed.tokens) == (0.75, 10)
     assert [(o.name, o.agent, o.step) for o in result.layers[0].outputs] == [

@@ -67,8 +67,9 @@ class Answering:
             cost, tokens = self._record(index, label, list(partial.calls) if partial is not None else [])
             if isinstance(exc, BudgetExceeded | CallbackError | DeadlineExceeded):
                 raise  # the run's limits, not the recipe's want of an answer: the run stops
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            return Answer(None, f"its recipe failed ({type(exc).__name__}: {first})", cost, tokens)
+            lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()]
+            why = " ".join(lines)[:300]  # its causes too (a QuorumError lists them on lines of their own)
+            return Answer(None, f"its recipe failed ({type(exc).__name__}: {why})", cost, tokens)
         cost, tokens = self._record(index, label, list(result.calls))
         final = result.layers[-1].passed_on()[:1] if result.layers else []
         candidate = Candidate.model_construct(
