@@ -391,7 +391,7 @@ async def test_a_recipe_tiers_answer_is_its_last_layers_and_its_calls_are_the_la
     assert result.layers[0].decisions[1].cost_usd is None
 
 
-async def test_a_recipe_tier_that_fails_is_passed_over_with_its_error_and_causes_and_its_calls_kept(tmp_path: Path) -> None:
+async def test_a_failed_recipe_tier_is_passed_over_with_its_error_causes_and_calls(tmp_path: Path) -> None:
     fake = FakeProvider(replies={"openai/s": [said("S says", usd=0.5, tokens=4)],
                                  "openai/t": [said("T says", usd=0.25, tokens=6)],
                                  "openai/f": [RequestRejectedError("no fusing today")],
