@@ -47,19 +47,21 @@ def main() -> int:
     parser.add_argument("--seed", default="0")
     parser.add_argument("--report-only", action="store_true", help="print the table of finished runs")
     args = parser.parse_args()
-    recipe, score = args.recipe, ["--score", args.score, "--cache", str(args.out / "calls.sqlite")]
+    recipe, score = args.recipe, ["--score", args.score]
+    cache = ["--cache", str(args.out / "calls.sqlite")]  # one call cache for the evals
     always, fitted, live = args.out / "always", args.out / "fitted.yaml", args.out / "fitted"
     if args.report_only:
         print(table(always, live, args.data, args.score))
         return 0
-    if moa("eval", "qa", "-r", str(recipe), "--data", str(args.data), "--out", str(always), *score) not in (0, 1):
+    if moa("eval", "qa", "-r", str(recipe), "--data", str(args.data), "--out", str(always), *score,
+           *cache) not in (0, 1):  # fmt: skip
         return 1
     if moa("calibrate", "-r", str(recipe), "--run", str(always), "--data", str(args.data), "--out", str(fitted),
            "--holdout", args.holdout, "--seed", args.seed, *score) != 0:  # fmt: skip
         return 1
     if args.live:
         baseline = ["--baseline", str(args.baseline)] if args.baseline else []
-        moa("eval", "qa", "-r", str(fitted), "--data", str(args.data), "--out", str(live), *baseline, *score)
+        moa("eval", "qa", "-r", str(fitted), "--data", str(args.data), "--out", str(live), *baseline, *score, *cache)
     print(table(always, live, args.data, args.score))
     print(replayed(always, fitted, args.data, args.score))
     return 0

@@ -241,3 +241,17 @@ def test_relative_paths_survive_a_fitted_recipe_written_elsewhere_and_a_bad_one_
     assert calibrate(relative, tiny, data, tmp_path / "x.yaml", "--holdout", "0.9") == 2
     assert "1 item(s), all held out (--holdout 0.9): nothing to fit on" in capsys.readouterr().err
     assert not (tmp_path / "x.yaml").exists() and not list(tmp_path.glob(".*.partial"))
+
+
+def test_a_tier_alone_that_is_as_accurate_for_less_is_named() -> None:
+    from moa.eval._calibrate import Item, Policy, TierAnswer, single_beats
+
+    # The cheap tier is never right, so the cascade pays for it on every item: the second tier alone is as accurate
+    # for less; with a cheap tier that is right when sure, the cascade pays for itself.
+    useless = [Item(f"q{n}", (TierAnswer(0.1, False, 1.0), TierAnswer(0.9, n % 2 == 0, 10.0))) for n in range(6)]
+    policy = Policy("threshold", accept=[0.5])
+    found = single_beats(policy, useless)
+    assert found is not None and found[0] == 1 and found[1].cost == 10.0 and found[1].accuracy == 0.5
+    useful = [Item(f"q{n}", (TierAnswer(0.9 if n < 3 else 0.1, n < 3, 1.0), TierAnswer(0.9, True, 10.0)))
+              for n in range(6)]  # fmt: skip
+    assert single_beats(policy, useful) is None

@@ -190,6 +190,11 @@ def _report(fitting: Any, policy: Any, train: list[Any], held: list[Any], names:
     lines.append(f"train: accuracy {100 * found.accuracy:.1f} % (95 % CI {100 * ci['accuracy'][0]:.1f}-"
                  f"{100 * ci['accuracy'][1]:.1f}), {cost(found.cost)} (95 % CI {ci['cost'][0] * scale:.4g}-"
                  f"{ci['cost'][1] * scale:.4g}), {names[-1]} answers {100 * found.last_share:.0f} %")  # fmt: skip
+    better = fitting.single_beats(policy, train)
+    if better is not None:
+        n, o = names[better[0]], better[1]
+        lines.append(f"warning: {n} alone is as accurate on the training items ({100 * o.accuracy:.1f} %) at less "
+                     f"cost ({cost(o.cost)}): here a cascade does not pay; use {n} alone")  # fmt: skip
     for label, items in (("held out", held),) if held else ():
         mine = fitting.replay(policy, items)
         tiers = ", ".join(f"{n} alone {100 * fitting.single(items, t).accuracy:.1f} % at "

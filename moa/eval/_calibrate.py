@@ -265,6 +265,15 @@ def single(items: Sequence[Item], tier: int) -> Outcome:
     return Outcome(sum(i.tiers[tier].correct for i in items) / n, sum(i.tiers[tier].cost for i in items) / n, 0.0)
 
 
+def single_beats(policy: Policy, items: Sequence[Item]) -> tuple[int, Outcome] | None:
+    """The tier that alone is as accurate as the fitted cascade on ``items`` at less cost (the most accurate such,
+    then the cheapest); None when the cascade pays for itself."""
+    found = replay(policy, items)
+    alone = [(t, single(items, t)) for t in range(len(items[0].tiers) if items else 0)]
+    better = [(t, o) for t, o in alone if o.accuracy >= found.accuracy - 1e-12 and o.cost < found.cost - 1e-12]
+    return max(better, key=lambda pair: (pair[1].accuracy, -pair[1].cost)) if better else None
+
+
 def always(items: Sequence[Item]) -> Outcome:
     """Every tier runs, the last answers (always escalate)."""
     n = max(1, len(items))
