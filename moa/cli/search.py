@@ -25,7 +25,7 @@ def add_parser(commands: Any) -> None:
         help="find the best recipes for your questions under a budget",
         description="Evaluate a search space's candidate recipes on your questions (`moa eval qa` scoring) by "
         "successive halving through a shared call cache, and write the accuracy/cost frontier: each point's recipe, "
-        "accuracy with a 95 %% interval, cost per question, McNemar's p against the best single model, and the "
+        "accuracy with a 95 % interval, cost per question, McNemar's p against the best single model, and the "
         "held-out scores.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
