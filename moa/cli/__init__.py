@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from moa.cli import calibrate, logs, recipes, run, search
+from moa.cli import calibrate, logs, recipes, run, search, serve
 from moa.cli import eval as eval_command
 from moa.cli._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (run, recipes, logs, eval_command, calibrate, search):
+    for command in (run, recipes, logs, eval_command, calibrate, search, serve):
         command.add_parser(commands)
     return parser
 

@@ -1,0 +1,102 @@
+"""``moa serve``: every recipe as an OpenAI-compatible chat model, on one shared limiter."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from moa.cli._common import EXIT_OK
+from moa.cli.args import non_negative_float, positive_float, positive_int
+
+EPILOG = """\
+Examples:
+  moa serve --recipes local moa-lite --port 8000
+  moa serve --recipes my-recipes/ --api-key-env MOA_SERVE_TOKEN
+Then, from any OpenAI client: base_url http://127.0.0.1:8000/v1, model = a recipe's name.
+"""
+
+
+def add_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve recipes as OpenAI-compatible models",
+        description="Serve recipes over HTTP as OpenAI-compatible chat models: GET /v1/models, POST "
+        "/v1/chat/completions (the recipe named by `model`; stream: true streams the final stage), GET /healthz, "
+        "GET /v1/moa/runs/{id} (a run's trace; its id is in the x-moa-run-id header).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--recipes", nargs="+", metavar="NAME|PATH|DIR",
+                       help="the recipes to serve: built-in names, YAML files, or folders of them (default: every "
+                       "built-in recipe)")  # fmt: skip
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="the port (default 8000; 0: any free port)")
+    serve.add_argument("--api-key-env", metavar="NAME",
+                       help="require `Authorization: Bearer <value of $NAME>` (all but /healthz)")  # fmt: skip
+    serve.add_argument("--max-cost", type=non_negative_float, metavar="USD",
+                       help="a budget for every request together (each run's worst case is held first)")  # fmt: skip
+    serve.add_argument("--deadline", type=positive_float, metavar="SECONDS", help="each request's time limit")
+    serve.add_argument("--max-body", type=positive_int, default=1_000_000, metavar="BYTES",
+                       help="the largest request body accepted (default 1,000,000; larger: 413)")  # fmt: skip
+    serve.add_argument("--shutdown-timeout", type=positive_float, default=30.0, metavar="SECONDS",
+                       help="on SIGTERM or Ctrl-C, how long runs in flight may finish (default 30)")  # fmt: skip
+    serve.set_defaults(handler=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from moa._errors import ConfigError
+
+    try:
+        import uvicorn
+    except ModuleNotFoundError:
+        raise ConfigError("moa serve needs its extra: pip install 'moa-pipeline[serve]' (from a checkout: pip install "
+                          "-e '.[serve]')") from None  # fmt: skip
+    from moa._loader import builtin_recipes, load_recipe
+    from moa.serve import ServeConfig, create_app
+
+    token = None
+    if args.api_key_env:
+        token = os.environ.get(args.api_key_env)
+        if not token:
+            raise ConfigError(f"--api-key-env {args.api_key_env}: that variable is not set (or empty)")
+    recipes: dict[str, Any] = {}
+    for reference in args.recipes or builtin_recipes():
+        path = Path(reference)
+        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [reference]
+        if path.is_dir() and not files:
+            raise ConfigError(f"--recipes {reference}: the folder holds no .yaml recipe")
+        for source in files:
+            recipe = load_recipe(source)
+            if recipe.name in recipes:
+                raise ConfigError(f"--recipes: two recipes are named {recipe.name!r}; each model needs its own name")
+            recipes[recipe.name] = recipe
+    config = ServeConfig(recipes, token=token, budget_usd=args.max_cost, max_body_bytes=args.max_body,
+                         deadline_s=args.deadline, log=_printer())  # fmt: skip
+    listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((args.host, args.port))
+        listener.listen(2048)  # connections queue from now on, before the app is up
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    port = listener.getsockname()[1]
+    print(f"moa serve: listening on http://{args.host}:{port}/v1 ({len(recipes)} recipes: "
+          f"{', '.join(recipes)})", file=sys.stderr, flush=True)  # fmt: skip
+    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=args.shutdown_timeout))  # fmt: skip
+    server.run(sockets=[listener])
+    print("moa serve: stopped", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+def _printer() -> Any:
+    import json
+
+    def log(entry: dict[str, Any]) -> None:
+        print("moa serve: " + json.dumps(entry), file=sys.stderr, flush=True)
+
+    return log

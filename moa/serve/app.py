@@ -1,0 +1,321 @@
+"""``moa serve``'s ASGI app: every recipe as an OpenAI-compatible chat model (Starlette; SSE by sse-starlette).
+
+``POST /v1/chat/completions`` runs the recipe named by ``model`` on the
+request's messages (``temperature``, ``max_tokens``, ``top_p``, ``stop`` and
+``seed`` become call settings for every call); ``stream: true`` streams the
+final stage's text as OpenAI chunks (``stream_options.include_usage``: a last
+chunk with the run's whole usage).  ``GET /v1/models`` lists the recipes,
+``GET /healthz`` answers ok, ``GET /v1/moa/runs/{id}`` returns a run's trace
+(the id is in every answer's ``x-moa-run-id`` header).  Errors have OpenAI's
+JSON shape: unknown model 404, bad request 400, missing token 401, budget 402,
+body too large 413, quorum lost 502, deadline 504.
+
+One limiter is shared by every request (a provider's limits hold across
+clients), and one budget when the server has one.  A client that goes away
+cancels its run's calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from moa._call import Budget
+from moa._errors import (
+    BudgetExceeded,
+    CallbackError,
+    ConfigError,
+    DeadlineExceeded,
+    MoAError,
+    QuorumError,
+)
+from moa._limits import Limiter
+from moa._overrides import call_overrides
+from moa._secrets import redact
+from moa.recipe import Recipe
+from moa.result import MoAResult
+
+#: OpenAI request fields that become call settings, and how.
+SETTINGS = {"temperature": "temperature", "max_tokens": "max_tokens", "max_completion_tokens": "max_tokens",
+            "top_p": "top_p"}  # fmt: skip
+EXTRA = ("stop", "seed", "presence_penalty", "frequency_penalty")
+
+
+@dataclass
+class ServeConfig:
+    """What the server serves and under which limits."""
+
+    recipes: dict[str, Recipe]
+    token: str | None = None  # the bearer token clients must send (None: no auth)
+    budget_usd: float | None = None  # for all requests together
+    max_body_bytes: int = 1_000_000
+    deadline_s: float | None = None  # per request
+    keep_runs: int = 1000  # traces kept for GET /v1/moa/runs/{id}
+    limiter: Limiter | None = None
+    provider: Any = None  # a moa Provider (tests); litellm by default
+    log: Any = None  # called with one dict per request (the run log)
+    runs: OrderedDict[str, MoAResult] = field(default_factory=OrderedDict)
+    in_flight: int = 0  # runs going on now (GET /healthz says how many)
+
+    def __post_init__(self) -> None:
+        if self.limiter is None:
+            limits: dict[str, Any] = {}
+            for recipe in self.recipes.values():
+                limits.update(recipe.limits)  # one limiter for all: a provider's limits hold across recipes
+            self.limiter = Limiter(limits)
+        self.budget = Budget(self.budget_usd) if self.budget_usd is not None else None
+
+
+def error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+    """An error in OpenAI's shape; never a key (``redact``)."""
+    body = {"error": {"message": redact(message), "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def failure(exc: BaseException) -> JSONResponse:
+    """A run's error as the status a client expects."""
+    if isinstance(exc, BudgetExceeded):
+        return error(402, str(exc), "insufficient_quota", "budget_exceeded")
+    if isinstance(exc, DeadlineExceeded):
+        return error(504, str(exc), "timeout", "deadline_exceeded")
+    if isinstance(exc, QuorumError):
+        return error(502, str(exc), "upstream_error", "quorum_lost")
+    if isinstance(exc, ConfigError):
+        return error(400, str(exc), "invalid_request_error")
+    if isinstance(exc, MoAError):
+        return error(502, str(exc), "upstream_error")
+    return error(500, f"{type(exc).__name__}: {exc}", "server_error")
+
+
+def create_app(config: ServeConfig) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "recipes": len(config.recipes), "runs_in_flight": config.in_flight})
+
+    async def models(request: Request) -> Response:
+        if (denied := _auth(request, config)) is not None:
+            return denied
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "moa",
+                 "description": recipe.description or ""} for name, recipe in config.recipes.items()]  # fmt: skip
+        return JSONResponse({"object": "list", "data": data})
+
+    async def run_trace(request: Request) -> Response:
+        if (denied := _auth(request, config)) is not None:
+            return denied
+        found = config.runs.get(request.path_params["run_id"])
+        if found is None:
+            return error(404, f"no run {request.path_params['run_id']!r} (the server keeps the last "
+                         f"{config.keep_runs})", "invalid_request_error", "run_not_found")  # fmt: skip
+        return JSONResponse(found.model_dump(mode="json"))
+
+    async def chat(request: Request) -> Response:
+        if (denied := _auth(request, config)) is not None:
+            return denied
+        parsed = await _body(request, config)
+        if isinstance(parsed, Response):
+            return parsed
+        checked = _request(parsed, config)
+        if isinstance(checked, Response):
+            return checked
+        recipe, messages, settings, stream, usage_chunk = checked
+        run_id = f"run-{secrets.token_hex(8)}"
+        if stream:
+            return await _stream(request, config, run_id, recipe, messages, settings, usage_chunk)
+        task = asyncio.ensure_future(_run(config, recipe, messages, settings))
+        if not await _finished_or_gone(request, task):
+            _log(config, run_id, recipe, None, asyncio.CancelledError("the client went away: its calls were cancelled"))
+            return Response(status_code=499)
+        try:
+            result = task.result()
+        except BaseException as exc:
+            _log(config, run_id, recipe, None, exc)
+            return failure(exc)
+        _keep(config, run_id, result)
+        _log(config, run_id, recipe, result, None)
+        return JSONResponse(_completion(run_id, recipe, result), headers={"x-moa-run-id": run_id})
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/v1/models", models),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/moa/runs/{run_id}", run_trace),
+    ]
+    return Starlette(routes=routes)
+
+
+def _auth(request: Request, config: ServeConfig) -> Response | None:
+    if config.token is None:
+        return None
+    given = request.headers.get("authorization", "")
+    if not secrets.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
+        return error(401, "a valid bearer token is needed (Authorization: Bearer <token>)", "invalid_request_error",
+                     "invalid_api_key")  # fmt: skip
+    return None
+
+
+async def _body(request: Request, config: ServeConfig) -> Mapping[str, Any] | Response:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
+        return error(413, f"the request body is over {config.max_body_bytes} bytes", "invalid_request_error")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > config.max_body_bytes:
+            return error(413, f"the request body is over {config.max_body_bytes} bytes", "invalid_request_error")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return error(400, f"the request body is not JSON: {exc}", "invalid_request_error")
+    if not isinstance(body, dict):
+        return error(400, "the request body must be a JSON object", "invalid_request_error")
+    return body
+
+
+def _request(body: Mapping[str, Any], config: ServeConfig) -> Any:
+    from moa._errors import PromptError
+    from moa._prompt import normalize_prompt
+
+    name = body.get("model")
+    if not isinstance(name, str) or name not in config.recipes:
+        known = ", ".join(config.recipes)
+        return error(404, f"the model {name!r} does not exist; models (recipes): {known}", "invalid_request_error",
+                     "model_not_found")  # fmt: skip
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return error(400, "`messages` must be a non-empty list of {role, content}", "invalid_request_error")
+    try:
+        conversation = normalize_prompt(messages)
+    except (PromptError, TypeError, ValueError) as exc:
+        return error(400, f"`messages`: {exc}", "invalid_request_error")
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for field_name, setting in SETTINGS.items():
+        if body.get(field_name) is not None:
+            values[setting] = body[field_name]
+    for field_name in EXTRA:
+        if body.get(field_name) is not None:
+            extra[field_name] = body[field_name]
+    if extra:
+        values["extra"] = extra
+    try:
+        settings = call_overrides(values, "request") if values else None
+    except ConfigError as exc:
+        return error(400, str(exc), "invalid_request_error")
+    stream = body.get("stream") is True
+    options = body.get("stream_options") or {}
+    usage_chunk = stream and isinstance(options, dict) and options.get("include_usage") is True
+    return config.recipes[name], conversation, settings, stream, usage_chunk
+
+
+async def _run(config: ServeConfig, recipe: Recipe, messages: Any, settings: Any, on_token: Any = None) -> MoAResult:
+    from moa._engine import run
+
+    config.in_flight += 1
+    try:
+        return await run(messages, recipe, limiter=config.limiter, settings=settings, budget=config.budget,
+                         deadline_s=config.deadline_s, on_token=on_token, provider=config.provider)  # fmt: skip
+    finally:
+        config.in_flight -= 1
+
+
+async def _finished_or_gone(request: Request, task: asyncio.Future[Any]) -> bool:
+    """Wait for the run; if the client disconnects first, cancel it (its calls) and say so."""
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.25)  # (its outcome is read by the caller)
+        if not task.done() and await request.is_disconnected():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            return False
+    return True
+
+
+def _completion(run_id: str, recipe: Recipe, result: MoAResult) -> dict[str, Any]:
+    final = result.layers[-1].passed_on()[:1] if result.layers else []
+    finish = final[0].finish_reason if final and final[0].finish_reason else "stop"
+    return {
+        "id": f"chatcmpl-{run_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": recipe.name if recipe.name else "moa",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.output}, "finish_reason": finish}],
+        "usage": _usage(result),
+    }
+
+
+def _usage(result: MoAResult) -> dict[str, int]:
+    """The whole run's tokens: every call of every layer."""
+    return {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
+            "total_tokens": result.usage.total_tokens}  # fmt: skip
+
+
+async def _stream(request: Request, config: ServeConfig, run_id: str, recipe: Recipe, messages: Any, settings: Any,
+                  usage_chunk: bool) -> Response:  # fmt: skip
+    from sse_starlette.sse import EventSourceResponse
+
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
+    task = asyncio.ensure_future(_run(config, recipe, messages, settings, on_token=pieces.put_nowait))
+    task.add_done_callback(lambda _: pieces.put_nowait(None))
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return json.dumps({"id": f"chatcmpl-{run_id}", "object": "chat.completion.chunk", "created": created,
+                           "model": recipe.name, "choices": [choice]})  # fmt: skip
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while (piece := await pieces.get()) is not None:
+                yield chunk({"content": piece})
+            try:
+                result = task.result()
+            except BaseException as exc:
+                _log(config, run_id, recipe, None, exc)
+                yield json.dumps(json.loads(bytes(failure(exc).body)))
+                return
+            _keep(config, run_id, result)
+            _log(config, run_id, recipe, result, None)
+            yield chunk({}, "stop")
+            if usage_chunk:
+                yield json.dumps({"id": f"chatcmpl-{run_id}", "object": "chat.completion.chunk", "created": created,
+                                  "model": recipe.name, "choices": [], "usage": _usage(result)})  # fmt: skip
+            yield "[DONE]"
+        finally:
+            if not task.done():  # the client went away: cancel the run's calls
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    return EventSourceResponse(events(), headers={"x-moa-run-id": run_id}, ping=15)
+
+
+def _keep(config: ServeConfig, run_id: str, result: MoAResult) -> None:
+    config.runs[run_id] = result
+    while len(config.runs) > config.keep_runs:
+        config.runs.popitem(last=False)
+
+
+def _log(config: ServeConfig, run_id: str, recipe: Recipe, result: MoAResult | None, exc: BaseException | None) -> None:
+    if config.log is None:
+        return
+    entry = {"run_id": run_id, "recipe": recipe.name, "ok": exc is None,
+             "error": None if exc is None else redact(f"{type(exc).__name__}: {exc}")[:300],
+             "cost_usd": result.cost_usd if result else None,
+             "tokens": result.usage.total_tokens if result else None}  # fmt: skip
+    with contextlib.suppress(Exception):
+        config.log(entry)
+
+
+__all__ = ["CallbackError", "ServeConfig", "create_app"]

@@ -1,0 +1,202 @@
+"""`moa serve` as a subprocess on a free port, driven by the official openai SDK (sync and async, streaming and
+not) and by litellm as a client; its recipes call the loopback server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from moa.testing import LoopbackServer
+
+pytestmark = pytest.mark.slow
+TOKEN = "serve-test-token-4471"
+
+
+def reply(body: dict[str, Any], index: int) -> str:
+    model = body["model"]
+    if model == "agg":
+        return "The sum is four."
+    return f"{model} says four"
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Any]:
+    """``served(**latency_by_model)``: a loopback upstream, three recipes, and `moa serve` on a free port."""
+    started: list[tuple[subprocess.Popen[str], LoopbackServer]] = []
+
+    def start(latency: dict[str, float] | None = None, limit: int | None = None) -> Any:
+        upstream = LoopbackServer(responder=reply, latency_by_model=latency or {}).start()
+        folder = tmp_path / f"recipes{len(started)}"
+        folder.mkdir()
+        defaults = {"api_base": upstream.base_url, "timeout": 900}
+        limits = {"openai": {"max_concurrency": limit}} if limit else {}
+        recipes = {
+            "mix": [{"kind": "propose", "agents": [{"model": "openai/p1"}, {"model": "openai/p2"}]},
+                    {"kind": "aggregate", "agents": [{"model": "openai/agg"}]}],
+            "single": [{"kind": "propose", "agents": [{"model": "openai/solo"}]}],
+        }  # fmt: skip
+        for name, layers in recipes.items():
+            data = {"name": name, "defaults": defaults, "layers": layers, **({"limits": limits} if limits else {})}
+            (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
+        env = {**os.environ, "MOA_SERVE_TOKEN": TOKEN, "OPENAI_API_KEY": "upstream-key"}
+        argv = [sys.executable, "-m", "moa", "serve", "--recipes", str(folder), "--port", "0", "--api-key-env",
+                "MOA_SERVE_TOKEN", "--shutdown-timeout", "60"]  # fmt: skip
+        process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+        line = process.stderr.readline()  # type: ignore[union-attr]
+        assert "listening on" in line, line + (process.stderr.read() if process.stderr else "")
+        base = line.split("listening on ", 1)[1].split()[0]
+        started.append((process, upstream))
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()  # type: ignore[arg-type]
+        return base, upstream, process, lines
+
+    yield start
+    for process, upstream in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        upstream.stop()
+
+
+def test_the_openai_sdk_gets_answers_streams_usage_and_traces(served: Any) -> None:
+    base, upstream, _, _ = served()
+    client = openai.OpenAI(base_url=base, api_key=TOKEN)
+    assert sorted(m.id for m in client.models.list()) == ["mix", "single"]
+    raw = client.chat.completions.with_raw_response.create(model="mix", messages=[{"role": "user", "content": "2+2?"}])
+    answer = raw.parse()
+    assert answer.choices[0].message.content == "The sum is four." and answer.choices[0].finish_reason == "stop"
+    # Usage is the whole run's: three calls, as the upstream counted them.
+    sent = [r for r in upstream.requests if r.path.endswith("/chat/completions")]
+    assert [r.model for r in sent[:2]] in (["p1", "p2"], ["p2", "p1"]) and sent[2].model == "agg"
+    assert answer.usage is not None and answer.usage.total_tokens > 0
+    run_id = raw.headers["x-moa-run-id"]
+    trace = httpx.get(f"{base}/moa/runs/{run_id}", headers={"authorization": f"Bearer {TOKEN}"}).json()
+    assert [len(layer["outputs"]) for layer in trace["layers"]] == [2, 1]
+    assert trace["usage"]["total_tokens"] == answer.usage.total_tokens
+    # Settings of the request reach every call.
+    client.chat.completions.create(model="single", messages=[{"role": "user", "content": "hi"}], temperature=0.3,
+                                   max_tokens=7, seed=5, stop=["x"])  # fmt: skip
+    last = upstream.requests[-1].body or {}
+    assert (last["temperature"], last["max_tokens"], last["seed"], last["stop"]) == (0.3, 7, 5, ["x"])
+    # Streaming: the final stage's text in order, then the run's usage.
+    chunks = list(client.chat.completions.create(model="mix", messages=[{"role": "user", "content": "2+2?"}],
+                                                 stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "The sum is four."
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+
+async def test_the_async_sdk_and_litellm_as_clients(served: Any) -> None:
+    import litellm
+
+    base, _, _, _ = served()
+    client = openai.AsyncOpenAI(base_url=base, api_key=TOKEN)
+    answer = await client.chat.completions.create(model="single", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "solo says four"
+    stream = await client.chat.completions.create(model="single", messages=[{"role": "user", "content": "hi"}],
+                                                  stream=True)  # fmt: skip
+    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == "solo says four"
+    through = await litellm.acompletion(model="openai/mix", api_base=base, api_key=TOKEN,
+                                        messages=[{"role": "user", "content": "2+2?"}])  # fmt: skip
+    assert through.choices[0].message.content == "The sum is four."
+
+
+def test_errors_have_openai_s_shape_and_status(served: Any) -> None:
+    base, upstream, _, _ = served()
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base, api_key="wrong").models.list()
+    client = openai.OpenAI(base_url=base, api_key=TOKEN, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    assert "the model 'nope' does not exist; models (recipes): mix, single" in str(caught.value)
+    headers = {"authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
+    junk = httpx.post(f"{base}/chat/completions", content=b"{not json", headers=headers)
+    assert junk.status_code == 400 and junk.json()["error"]["type"] == "invalid_request_error"
+    empty = httpx.post(f"{base}/chat/completions", json={"model": "mix", "messages": []}, headers=headers)
+    assert empty.status_code == 400 and "`messages`" in empty.json()["error"]["message"]
+    big = httpx.post(f"{base}/chat/completions", content=b"x" * 1_000_001, headers=headers)
+    assert big.status_code == 413
+    upstream.add_fault("400", times=10, model="solo")  # the recipe's only call fails: the quorum is lost
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model="single", messages=[{"role": "user", "content": "hi"}])
+    assert failed.value.status_code == 502 and "upstream-key" not in str(failed.value)
+    assert httpx.get(f"{base.removesuffix('/v1')}/healthz").json()["status"] == "ok"  # no token needed
+
+
+def _in_flight(base: str) -> int:
+    return int(httpx.get(f"{base.removesuffix('/v1')}/healthz").json()["runs_in_flight"])
+
+
+def _wait(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 300  # a bound against a hang only
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_client_that_goes_away_cancels_its_calls(served: Any) -> None:
+    base, upstream, _, lines = served(latency={"p1": 600, "p2": 600})  # the proposers would take ten minutes
+    host, port = base.removeprefix("http://").removesuffix("/v1").rsplit(":", 1)
+    body = json.dumps({"model": "mix", "messages": [{"role": "user", "content": "2+2?"}]}).encode()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection((host, int(port))) as client:
+        client.sendall(request)
+        _wait(lambda: len(upstream.requests) == 2, "the proposers were asked")
+    # The client hung up. Without the cancel the run would go on for ten minutes; it ends now, and the aggregator is
+    # never asked.
+    _wait(lambda: _in_flight(base) == 0, "the run was cancelled")
+    _wait(lambda: any("the client went away" in line for line in lines), "the cancel was logged")
+    assert [r.model for r in upstream.requests].count("agg") == 0
+
+
+def test_fifty_clients_share_one_limit(served: Any) -> None:
+    base, upstream, _, _ = served(latency={"solo": 0.2}, limit=5)
+    client = openai.OpenAI(base_url=base, api_key=TOKEN, max_retries=0, timeout=600)
+    results: list[str] = []
+    started = time.monotonic()
+    threads = [threading.Thread(target=lambda: results.append(client.chat.completions.create(
+        model="single", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content or ""))
+        for _ in range(50)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    assert results == ["solo says four"] * 50 and len(upstream.requests) == 50
+    assert elapsed >= 50 / 5 * 0.2 * 0.95  # at most five upstream calls at once, across all clients
+
+
+def test_shutdown_lets_runs_in_flight_finish(served: Any) -> None:
+    base, _, process, _ = served(latency={"solo": 1.5})
+    answers: list[str] = []
+
+    def ask() -> None:
+        client = openai.OpenAI(base_url=base, api_key=TOKEN, max_retries=0, timeout=120)
+        answers.append(client.chat.completions.create(model="single", messages=[{"role": "user", "content": "hi"}])
+                       .choices[0].message.content or "")  # fmt: skip
+
+    worker = threading.Thread(target=ask)
+    worker.start()
+    _wait(lambda: _in_flight(base) == 1, "the run started")
+    process.send_signal(signal.SIGTERM)
+    worker.join()
+    assert answers == ["solo says four"]  # the run in flight finished before the server stopped
+    assert process.wait(timeout=120) in (0, -signal.SIGTERM)  # (uvicorn ends by the signal it caught)
