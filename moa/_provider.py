@@ -86,6 +86,8 @@ def provider_of(model: str) -> str:
     ``openai``, ``claude-3-5-sonnet`` -> ``anthropic``); any other bare name is
     its own group.
     """
+    if model.startswith("local:"):
+        return "local"  # a user's GGUF file: the local provider, like the bundled models
     if "/" in model:
         return model.split("/", 1)[0]
     for prefix, provider in _BARE_PREFIXES:

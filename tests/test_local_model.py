@@ -159,3 +159,44 @@ async def test_the_local_model_serves_embeddings_to_a_neighbours_router() -> Non
     assert all(o.cost_usd == 0.0 for o in embeds)
     assert set(servers) == {"smollm2-135m", "smollm2-135m (embedding)"}
     assert servers["smollm2-135m (embedding)"].embedding and not servers["smollm2-135m"].embedding
+
+
+def test_a_local_moa_of_two_gguf_files(tmp_path: Path) -> None:
+    """The bundled model and a GGUF file of the user's own (here a copy of the same weights: the suite has one tiny
+    model), each on its own managed server, in one MoA."""
+    import shutil
+
+    second = tmp_path / "second-model.gguf"
+    shutil.copyfile(_local.model_file("smollm2-135m"), second)
+    recipe = {
+        "name": "two-files",
+        "defaults": {"max_tokens": 12, "temperature": 0},
+        "layers": [
+            {"kind": "propose", "agents": [{"model": "local/smollm2-135m"}, {"model": f"local:{second}"}]},
+            {"kind": "aggregate", "agents": [{"model": f"local:{second}"}]},
+        ],
+    }
+    try:
+        result = moa.run_sync("Name a colour.", recipe)
+        servers = dict(_local._servers)
+    finally:
+        _local.stop_all()
+    assert [o.model for o in result.calls] == ["local/smollm2-135m", f"local:{second}", f"local:{second}"]
+    assert all(o.ok and o.cost_usd == 0.0 for o in result.calls) and result.output.strip()
+    assert set(servers) == {"smollm2-135m", str(second.resolve())}
+
+
+def test_gguf_files_that_cannot_be_served_are_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(model: str) -> str:
+        with pytest.raises(moa.ConfigError) as caught:
+            moa.run_sync("Hi", {"name": "r", "layers": [{"kind": "propose", "agents": [{"model": model}]}]})
+        return str(caught.value)
+
+    assert refused(f"local:{tmp_path / 'missing.gguf'}") == f"local:{tmp_path / 'missing.gguf'}: no such file"
+    text = tmp_path / "notes.gguf"
+    text.write_text("these are notes, not weights")
+    assert "not a GGUF file (it does not start with 'GGUF')" in refused(f"local:{text}")
+    weights = tmp_path / "big.gguf"
+    weights.write_bytes(b"GGUF" + b"\0" * 1000)
+    monkeypatch.setattr(_local, "_available_memory", lambda: 100)
+    assert "the model needs about 0.0 GiB of memory and 0.0 GiB is free; it does not fit" in refused(f"local:{weights}")
