@@ -48,6 +48,7 @@ def served(tmp_path: Path) -> Iterator[Any]:
             "mix": [{"kind": "propose", "agents": [{"model": "openai/p1"}, {"model": "openai/p2"}]},
                     {"kind": "aggregate", "agents": [{"model": "openai/agg"}]}],
             "single": [{"kind": "propose", "agents": [{"model": "openai/solo"}]}],
+            "priced": [{"kind": "propose", "agents": [{"model": "openai/gpt-4o-mini", "max_tokens": 50}]}],
         }  # fmt: skip
         for name, layers in recipes.items():
             data = {"name": name, "defaults": defaults, "layers": layers, **({"limits": limits} if limits else {})}
@@ -75,7 +76,7 @@ def served(tmp_path: Path) -> Iterator[Any]:
 def test_the_openai_sdk_gets_answers_streams_usage_and_traces(served: Any) -> None:
     base, upstream, _, _ = served()
     client = openai.OpenAI(base_url=base, api_key=TOKEN)
-    assert sorted(m.id for m in client.models.list()) == ["mix", "single"]
+    assert sorted(m.id for m in client.models.list()) == ["mix", "priced", "single"]
     raw = client.chat.completions.with_raw_response.create(model="mix", messages=[{"role": "user", "content": "2+2?"}])
     answer = raw.parse()
     assert answer.choices[0].message.content == "The sum is four." and answer.choices[0].finish_reason == "stop"
@@ -123,7 +124,16 @@ def test_errors_have_openai_s_shape_and_status(served: Any) -> None:
     client = openai.OpenAI(base_url=base, api_key=TOKEN, max_retries=0)
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
-    assert "the model 'nope' does not exist; models (recipes): mix, single" in str(caught.value)
+    assert "the model 'nope' does not exist; models (recipes): mix, priced, single" in str(caught.value)
+    # A request may bound what it costs: under its worst case it is refused (402) before any call.
+    with pytest.raises(openai.APIStatusError) as poor:
+        client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "hi"}],
+                                       extra_body={"moa": {"max_cost_usd": 1e-9}})  # fmt: skip
+    assert poor.value.status_code == 402 and "worst case" in str(poor.value)
+    assert not any(r.model == "gpt-4o-mini" for r in upstream.requests)
+    rich = client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "hi"}],
+                                          extra_body={"moa": {"max_cost_usd": 1.0}})  # fmt: skip
+    assert rich.choices[0].message.content == "gpt-4o-mini says four"
     headers = {"authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
     junk = httpx.post(f"{base}/chat/completions", content=b"{not json", headers=headers)
     assert junk.status_code == 400 and junk.json()["error"]["type"] == "invalid_request_error"

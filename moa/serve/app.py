@@ -60,6 +60,7 @@ class ServeConfig:
     recipes: dict[str, Recipe]
     token: str | None = None  # the bearer token clients must send (None: no auth)
     budget_usd: float | None = None  # for all requests together
+    per_request_usd: float | None = None  # the most one request may cost (a request may ask for less)
     max_body_bytes: int = 1_000_000
     deadline_s: float | None = None  # per request
     keep_runs: int = 1000  # traces kept for GET /v1/moa/runs/{id}
@@ -129,10 +130,13 @@ def create_app(config: ServeConfig) -> Starlette:
         if isinstance(checked, Response):
             return checked
         recipe, messages, settings, stream, usage_chunk = checked
+        budget = _budget(parsed, config)
+        if isinstance(budget, Response):
+            return budget
         run_id = f"run-{secrets.token_hex(8)}"
         if stream:
-            return await _stream(request, config, run_id, recipe, messages, settings, usage_chunk)
-        task = asyncio.ensure_future(_run(config, recipe, messages, settings))
+            return await _stream(request, config, run_id, recipe, messages, settings, usage_chunk, budget)
+        task = asyncio.ensure_future(_run(config, recipe, messages, settings, budget=budget))
         if not await _finished_or_gone(request, task):
             _log(config, run_id, recipe, None, asyncio.CancelledError("the client went away: its calls were cancelled"))
             return Response(status_code=499)
@@ -218,15 +222,39 @@ def _request(body: Mapping[str, Any], config: ServeConfig) -> Any:
     return config.recipes[name], conversation, settings, stream, usage_chunk
 
 
-async def _run(config: ServeConfig, recipe: Recipe, messages: Any, settings: Any, on_token: Any = None) -> MoAResult:
+def _budget(body: Mapping[str, Any], config: ServeConfig) -> Budget | Response | None:
+    """The request's budget: the lower of the server's per-request cap and what it asks (``moa.max_cost_usd``,
+    e.g. the openai SDK's ``extra_body``), held from the server's budget when there is one."""
+    from moa._call import BudgetRefused
+
+    asked = (body.get("moa") or {}).get("max_cost_usd") if isinstance(body.get("moa"), dict) else None
+    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int | float) or not asked >= 0):
+        return error(400, f"`moa.max_cost_usd` must be a number of USD of at least 0, got {asked!r}",
+                     "invalid_request_error")  # fmt: skip
+    limits = [v for v in (config.per_request_usd, asked) if v is not None]
+    if not limits:
+        return config.budget
+    if config.budget is None:
+        return Budget(min(limits))
+    try:
+        return config.budget.child(min(limits))
+    except BudgetRefused as exc:
+        return error(402, f"the server's budget cannot hold this request: {exc}", "insufficient_quota",
+                     "budget_exceeded")  # fmt: skip
+
+
+async def _run(config: ServeConfig, recipe: Recipe, messages: Any, settings: Any, on_token: Any = None,
+               budget: Budget | None = None) -> MoAResult:  # fmt: skip
     from moa._engine import run
 
     config.in_flight += 1
     try:
-        return await run(messages, recipe, limiter=config.limiter, settings=settings, budget=config.budget,
+        return await run(messages, recipe, limiter=config.limiter, settings=settings, budget=budget,
                          deadline_s=config.deadline_s, on_token=on_token, provider=config.provider)  # fmt: skip
     finally:
         config.in_flight -= 1
+        if budget is not None and budget is not config.budget:
+            budget.close()  # a request's share of the server's budget: what it did not spend goes back
 
 
 async def _finished_or_gone(request: Request, task: asyncio.Future[Any]) -> bool:
@@ -261,11 +289,11 @@ def _usage(result: MoAResult) -> dict[str, int]:
 
 
 async def _stream(request: Request, config: ServeConfig, run_id: str, recipe: Recipe, messages: Any, settings: Any,
-                  usage_chunk: bool) -> Response:  # fmt: skip
+                  usage_chunk: bool, budget: Budget | None) -> Response:  # fmt: skip
     from sse_starlette.sse import EventSourceResponse
 
     pieces: asyncio.Queue[str | None] = asyncio.Queue()
-    task = asyncio.ensure_future(_run(config, recipe, messages, settings, on_token=pieces.put_nowait))
+    task = asyncio.ensure_future(_run(config, recipe, messages, settings, on_token=pieces.put_nowait, budget=budget))
     task.add_done_callback(lambda _: pieces.put_nowait(None))
     created = int(time.time())
 
