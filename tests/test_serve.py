@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -53,7 +54,8 @@ def served(tmp_path: Path) -> Iterator[Any]:
         for name, layers in recipes.items():
             data = {"name": name, "defaults": defaults, "layers": layers, **({"limits": limits} if limits else {})}
             (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
-        env = {**os.environ, "MOA_SERVE_TOKEN": TOKEN, "OPENAI_API_KEY": "upstream-key"}
+        env = {**os.environ, "MOA_SERVE_TOKEN": TOKEN, "OPENAI_API_KEY": "upstream-key",
+               "MOA_LOG_DB": str(tmp_path / "runs.sqlite")}  # fmt: skip
         argv = [sys.executable, "-m", "moa", "serve", "--recipes", str(folder), "--port", "0", "--api-key-env",
                 "MOA_SERVE_TOKEN", "--shutdown-timeout", "60"]  # fmt: skip
         process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
@@ -73,8 +75,8 @@ def served(tmp_path: Path) -> Iterator[Any]:
         upstream.stop()
 
 
-def test_the_openai_sdk_gets_answers_streams_usage_and_traces(served: Any) -> None:
-    base, upstream, _, _ = served()
+def test_the_openai_sdk_gets_answers_streams_usage_and_traces(served: Any, tmp_path: Path) -> None:
+    base, upstream, _, lines = served()
     client = openai.OpenAI(base_url=base, api_key=TOKEN)
     assert sorted(m.id for m in client.models.list()) == ["mix", "priced", "single"]
     raw = client.chat.completions.with_raw_response.create(model="mix", messages=[{"role": "user", "content": "2+2?"}])
@@ -100,6 +102,11 @@ def test_the_openai_sdk_gets_answers_streams_usage_and_traces(served: Any) -> No
     assert text == "The sum is four."
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[-2].choices[0].finish_reason == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    # Every request is a line on stderr and a run in the run log (`moa logs`).
+    _wait(lambda: sum('"ok": true' in line for line in lines) == 3, "three requests logged")
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        found = sorted(db.execute("SELECT recipe, status FROM runs").fetchall())
+    assert found == [("mix", "done"), ("mix", "done"), ("single", "done")]  # (written by worker threads: any order)
 
 
 async def test_the_async_sdk_and_litellm_as_clients(served: Any) -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from moa.cli._common import EXIT_OK
+from moa.cli._common import EXIT_OK, log_arguments
 from moa.cli.args import non_negative_float, positive_float, positive_int
 
 EPILOG = """\
@@ -46,6 +46,8 @@ def add_parser(commands: Any) -> None:
                        help="the largest request body accepted (default 1,000,000; larger: 413)")  # fmt: skip
     serve.add_argument("--shutdown-timeout", type=positive_float, default=30.0, metavar="SECONDS",
                        help="on SIGTERM or Ctrl-C, how long runs in flight may finish (default 30)")  # fmt: skip
+    log_arguments(serve)
+    serve.add_argument("--no-log", action="store_true", help="do not record the requests' runs in the run log")
     serve.set_defaults(handler=serve_command)
 
 
@@ -77,8 +79,8 @@ def serve_command(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--recipes: two recipes are named {recipe.name!r}; each model needs its own name")
             recipes[recipe.name] = recipe
     config = ServeConfig(recipes, token=token, budget_usd=args.max_cost, per_request_usd=args.max_cost_per_request,
-                         max_body_bytes=args.max_body,
-                         deadline_s=args.deadline, log=_printer())  # fmt: skip
+                         max_body_bytes=args.max_body, deadline_s=args.deadline,
+                         log=_logger(args.log_db, args.no_log))  # fmt: skip
     listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -96,10 +98,30 @@ def serve_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _printer() -> Any:
+def _logger(path: Path | None, off: bool) -> Any:
+    """Each request as one JSON line on stderr, and its run in the run log (unless --no-log)."""
     import json
+    import threading
 
-    def log(entry: dict[str, Any]) -> None:
+    from moa._runlog import RunLog, RunLogError
+
+    runlog = None if off else RunLog(path)
+    lock = threading.Lock()
+    warned: list[str] = []
+
+    def log(entry: dict[str, Any], recipe: Any, messages: Any, result: Any, exc: BaseException | None) -> None:
+        if runlog is not None and not warned:
+            try:
+                with lock:
+                    number = runlog.start(recipe.name, recipe.model_dump_json(), messages)
+                    calls = result.calls if result is not None else list(getattr(getattr(exc, "partial", None),
+                                                                                 "calls", None) or [])  # fmt: skip
+                    status = "done" if result is not None else "failed"
+                    runlog.finish(number, status, calls, result=result, error=entry["error"])
+                entry = {**entry, "log_id": number}
+            except RunLogError as failed:
+                warned.append(str(failed))
+                print(f"moa serve: warning: {failed}; requests are no longer logged", file=sys.stderr, flush=True)
         print("moa serve: " + json.dumps(entry), file=sys.stderr, flush=True)
 
     return log

@@ -66,7 +66,8 @@ class ServeConfig:
     keep_runs: int = 1000  # traces kept for GET /v1/moa/runs/{id}
     limiter: Limiter | None = None
     provider: Any = None  # a moa Provider (tests); litellm by default
-    log: Any = None  # called with one dict per request (the run log)
+    #: Called (in a worker thread) once per request: (entry dict, recipe, messages, result or None, error or None).
+    log: Any = None
     runs: OrderedDict[str, MoAResult] = field(default_factory=OrderedDict)
     in_flight: int = 0  # runs going on now (GET /healthz says how many)
 
@@ -138,15 +139,16 @@ def create_app(config: ServeConfig) -> Starlette:
             return await _stream(request, config, run_id, recipe, messages, settings, usage_chunk, budget)
         task = asyncio.ensure_future(_run(config, recipe, messages, settings, budget=budget))
         if not await _finished_or_gone(request, task):
-            _log(config, run_id, recipe, None, asyncio.CancelledError("the client went away: its calls were cancelled"))
+            gone = asyncio.CancelledError("the client went away: its calls were cancelled")
+            _log(config, run_id, recipe, messages, None, gone)
             return Response(status_code=499)
         try:
             result = task.result()
         except BaseException as exc:
-            _log(config, run_id, recipe, None, exc)
+            _log(config, run_id, recipe, messages, None, exc)
             return failure(exc)
         _keep(config, run_id, result)
-        _log(config, run_id, recipe, result, None)
+        _log(config, run_id, recipe, messages, result, None)
         return JSONResponse(_completion(run_id, recipe, result), headers={"x-moa-run-id": run_id})
 
     routes = [
@@ -310,11 +312,11 @@ async def _stream(request: Request, config: ServeConfig, run_id: str, recipe: Re
             try:
                 result = task.result()
             except BaseException as exc:
-                _log(config, run_id, recipe, None, exc)
+                _log(config, run_id, recipe, messages, None, exc)
                 yield json.dumps(json.loads(bytes(failure(exc).body)))
                 return
             _keep(config, run_id, result)
-            _log(config, run_id, recipe, result, None)
+            _log(config, run_id, recipe, messages, result, None)
             yield chunk({}, "stop")
             if usage_chunk:
                 yield json.dumps({"id": f"chatcmpl-{run_id}", "object": "chat.completion.chunk", "created": created,
@@ -335,15 +337,21 @@ def _keep(config: ServeConfig, run_id: str, result: MoAResult) -> None:
         config.runs.popitem(last=False)
 
 
-def _log(config: ServeConfig, run_id: str, recipe: Recipe, result: MoAResult | None, exc: BaseException | None) -> None:
+def _log(config: ServeConfig, run_id: str, recipe: Recipe, messages: Any, result: MoAResult | None,
+         exc: BaseException | None) -> None:  # fmt: skip
+    """Hand the request to ``config.log`` in a worker thread (a run log writes SQLite: not on the event loop)."""
     if config.log is None:
         return
     entry = {"run_id": run_id, "recipe": recipe.name, "ok": exc is None,
              "error": None if exc is None else redact(f"{type(exc).__name__}: {exc}")[:300],
              "cost_usd": result.cost_usd if result else None,
              "tokens": result.usage.total_tokens if result else None}  # fmt: skip
-    with contextlib.suppress(Exception):
-        config.log(entry)
+
+    def write() -> None:
+        with contextlib.suppress(Exception):
+            config.log(entry, recipe, messages, result, exc)
+
+    asyncio.get_running_loop().run_in_executor(None, write)
 
 
 __all__ = ["CallbackError", "ServeConfig", "create_app"]
