@@ -99,7 +99,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--no-log", action="store_true", help="serve with --no-log (no run-log writes)")
     args = parser.parse_args()
+    extra = ["--no-log"] if args.no_log else []
     upstream, line = start([sys.executable, "-m", "moa.testing", "--latency", str(args.latency)], "PORT")
     api_base = f"http://127.0.0.1:{line.split()[1]}/v1"
     folder = Path(tempfile.mkdtemp())
@@ -113,7 +115,7 @@ def main() -> int:
     for recipe in (one, two):
         (folder / f"{recipe['name']}.yaml").write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "OPENAI_API_KEY": "k"}
-    server, line = start([sys.executable, "-m", "moa", "serve", "--recipes", str(folder), "--port", "0"],
+    server, line = start([sys.executable, "-m", "moa", "serve", "--recipes", str(folder), "--port", "0", *extra],
                          "listening on", env)  # fmt: skip
     base = line.split("listening on ", 1)[1].split()[0]
     try:
