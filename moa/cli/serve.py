@@ -83,6 +83,7 @@ def serve_command(args: argparse.Namespace) -> int:
                          log=_logger(args.log_db, args.no_log))  # fmt: skip
     listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it (Linux)
     try:
         listener.bind((args.host, args.port))
         listener.listen(2048)  # connections queue from now on, before the app is up
