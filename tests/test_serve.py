@@ -39,7 +39,7 @@ def served(tmp_path: Path) -> Iterator[Any]:
     """``served(**latency_by_model)``: a loopback upstream, three recipes, and `moa serve` on a free port."""
     started: list[tuple[subprocess.Popen[str], LoopbackServer]] = []
 
-    def start(latency: dict[str, float] | None = None, limit: int | None = None) -> Any:
+    def start(latency: dict[str, float] | None = None, limit: int | None = None, args: tuple[str, ...] = ()) -> Any:
         upstream = LoopbackServer(responder=reply, latency_by_model=latency or {}).start()
         folder = tmp_path / f"recipes{len(started)}"
         folder.mkdir()
@@ -57,7 +57,7 @@ def served(tmp_path: Path) -> Iterator[Any]:
         env = {**os.environ, "MOA_SERVE_TOKEN": TOKEN, "OPENAI_API_KEY": "upstream-key",
                "MOA_LOG_DB": str(tmp_path / "runs.sqlite")}  # fmt: skip
         argv = [sys.executable, "-m", "moa", "serve", "--recipes", str(folder), "--port", "0", "--api-key-env",
-                "MOA_SERVE_TOKEN", "--shutdown-timeout", "60"]  # fmt: skip
+                "MOA_SERVE_TOKEN", "--shutdown-timeout", "60", *args]  # fmt: skip
         process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
         line = process.stderr.readline()  # type: ignore[union-attr]
         assert "listening on" in line, line + (process.stderr.read() if process.stderr else "")
@@ -217,3 +217,18 @@ def test_shutdown_lets_runs_in_flight_finish(served: Any) -> None:
     worker.join()
     assert answers == ["solo says four"]  # the run in flight finished before the server stopped
     assert process.wait(timeout=120) in (0, -signal.SIGTERM)  # (uvicorn ends by the signal it caught)
+
+
+def test_a_deadline_is_504_and_the_server_s_budget_is_402(served: Any) -> None:
+    base, _, _, _ = served(latency={"solo": 600}, args=("--deadline", "1"))
+    client = openai.OpenAI(base_url=base, api_key=TOKEN, max_retries=0, timeout=600)
+    with pytest.raises(openai.APIStatusError) as late:
+        client.chat.completions.create(model="single", messages=[{"role": "user", "content": "hi"}])
+    assert late.value.status_code == 504
+    base, upstream, _, _ = served(args=("--max-cost", "0.0000001"))
+    client = openai.OpenAI(base_url=base, api_key=TOKEN, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as poor:  # its worst case does not fit what the server may spend
+        client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "hi"}])
+    assert poor.value.status_code == 402 and not any(r.model == "gpt-4o-mini" for r in upstream.requests)
+    with pytest.raises(openai.BadRequestError, match="no known price for openai/solo"):  # unpriced, under a budget
+        client.chat.completions.create(model="single", messages=[{"role": "user", "content": "hi"}])

@@ -41,6 +41,8 @@ def add_parser(commands: Any) -> None:
                        help="a budget for every request together (each run's worst case is held first)")  # fmt: skip
     serve.add_argument("--max-cost-per-request", type=non_negative_float, metavar="USD",
                        help="the most one request may cost (a request may ask for less: moa.max_cost_usd)")  # fmt: skip
+    serve.add_argument("--allow-unpriced", action="store_true",
+                       help="under a budget, count models with no known price as free, not refuse them")  # fmt: skip
     serve.add_argument("--deadline", type=positive_float, metavar="SECONDS", help="each request's time limit")
     serve.add_argument("--max-body", type=positive_int, default=1_000_000, metavar="BYTES",
                        help="the largest request body accepted (default 1,000,000; larger: 413)")  # fmt: skip
@@ -79,7 +81,7 @@ def serve_command(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--recipes: two recipes are named {recipe.name!r}; each model needs its own name")
             recipes[recipe.name] = recipe
     config = ServeConfig(recipes, token=token, budget_usd=args.max_cost, per_request_usd=args.max_cost_per_request,
-                         max_body_bytes=args.max_body, deadline_s=args.deadline,
+                         max_body_bytes=args.max_body, deadline_s=args.deadline, allow_unpriced=args.allow_unpriced,
                          log=_logger(args.log_db, args.no_log))  # fmt: skip
     listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

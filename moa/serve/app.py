@@ -61,6 +61,7 @@ class ServeConfig:
     token: str | None = None  # the bearer token clients must send (None: no auth)
     budget_usd: float | None = None  # for all requests together
     per_request_usd: float | None = None  # the most one request may cost (a request may ask for less)
+    allow_unpriced: bool = False  # under a budget, count unpriced models as free instead of refusing them
     max_body_bytes: int = 1_000_000
     deadline_s: float | None = None  # per request
     keep_runs: int = 1000  # traces kept for GET /v1/moa/runs/{id}
@@ -77,7 +78,7 @@ class ServeConfig:
             for recipe in self.recipes.values():
                 limits.update(recipe.limits)  # one limiter for all: a provider's limits hold across recipes
             self.limiter = Limiter(limits)
-        self.budget = Budget(self.budget_usd) if self.budget_usd is not None else None
+        self.budget = Budget(self.budget_usd, self.allow_unpriced) if self.budget_usd is not None else None
 
 
 def error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
@@ -237,7 +238,7 @@ def _budget(body: Mapping[str, Any], config: ServeConfig) -> Budget | Response |
     if not limits:
         return config.budget
     if config.budget is None:
-        return Budget(min(limits))
+        return Budget(min(limits), config.allow_unpriced)
     try:
         return config.budget.child(min(limits))
     except BudgetRefused as exc:
