@@ -265,3 +265,13 @@ def test_open_ended_questions_are_graded_by_a_judge_and_no_gain_is_said_plainly(
         assert main(["search", "--space", str(space), "--data", str(data), "--out", str(tmp_path / "x"), "--metric",
                      "judge"]) == 2  # fmt: skip
         assert "--metric judge needs --judge MODEL" in capsys.readouterr().err
+
+
+def test_too_few_questions_to_hold_out_are_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with LoopbackServer(responder=reply) as server:
+        space, _ = write_setup(tmp_path, server)
+        one = tmp_path / "one.jsonl"
+        one.write_text(json.dumps({"id": "q3", "prompt": "What is 3 plus 3?", "answers": [6]}) + "\n")
+        assert search(space, one, tmp_path / "out", "--holdout", "0.5") == 0
+        said = capsys.readouterr().err
+        assert "--holdout 0.5: 1 question(s) are too few to hold any out; nothing is held out" in said

@@ -100,6 +100,8 @@ async def search(
     options.out.mkdir(parents=True, exist_ok=True)
     _claim(options, rows, candidates)
     train, held = split(rows, options.holdout, options.seed)
+    if options.holdout > 0 and not held:
+        say(f"--holdout {options.holdout:g}: {len(rows)} question(s) are too few to hold any out; nothing is held out")
     cache = options.cache
     limits = Limits(
         Budget(options.budget_usd, options.allow_unpriced) if options.budget_usd is not None else None,
