@@ -102,10 +102,10 @@ class Tracer:
             finish=finish_reason,
             tools=tools,
             mean_logprob=mean_logprob,
+            cached=cached,
+            saved_usd=saved_usd,
         )
         output._embeddings = embeddings
-        if cached:
-            output.cached, output.cost_saved_usd = True, saved_usd
         self._keep(output)
         self.emit("call_finished", record.spec.site.layer, record, attempt=record.attempts, output=output)
         return output
@@ -151,6 +151,8 @@ def output_of(
     finish: str | None = None,
     tools: Sequence[ToolCall] = (),
     mean_logprob: float | None = None,
+    cached: bool = False,
+    saved_usd: float | None = None,
 ) -> AgentOutput:
     """The trace entry of one call (failed calls cost what they paid: 0.0 unless an answer was refused)."""
     site = record.spec.site
@@ -170,6 +172,8 @@ def output_of(
         mean_logprob=mean_logprob,
         finish_reason=finish,
         cost_usd=cost,
+        cached=cached,
+        cost_saved_usd=saved_usd,
         latency_s=record.elapsed,
         attempts=attempts,
         tool_calls=list(tools),

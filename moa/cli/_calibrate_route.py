@@ -51,7 +51,7 @@ def calibrate_route(args: argparse.Namespace, recipe: Any, index: int, source: P
     known, asked = vectors[: len(train)], vectors[len(train) :]
     examples = [item.example(names, vector, embedding.model) for item, vector in zip(train, known, strict=True)]
     lists = fitting.neighbour_lists(known, known, leave_out_self=True)
-    target = _target(cascade, args)
+    target = cascade.Target.of(args.max_cost, args.max_share)
     policy, strong = fitting.fit(train, lists, examples, names, target, unit)
     examples_file = args.out.with_name(f"{args.out.stem}.examples.jsonl")
     report = _report(fitting, policy, strong, train, held, lists, fitting.neighbour_lists(asked, known,
@@ -92,14 +92,6 @@ def _runs(given: list[str], names: list[str]) -> dict[str, Path]:
     if missing:
         raise ConfigError(f"--run: no run of the route(s) {', '.join(missing)} (give NAME=DIR for each route)")
     return runs
-
-
-def _target(cascade: Any, args: argparse.Namespace) -> Any:
-    if args.max_cost is not None:
-        return cascade.Target("max_cost", args.max_cost)
-    if args.max_share is not None:
-        return cascade.Target("max_share", args.max_share)
-    return cascade.Target("best")
 
 
 def _progress(done: int, total: int) -> None:

@@ -129,12 +129,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     if not train:
         raise DataError(f"{items_file}: {len(items)} item(s), all held out (--holdout {args.holdout:g}): nothing to "
                         "fit on; lower --holdout or run more questions")  # fmt: skip
-    if args.max_cost is not None:
-        target = fitting.Target("max_cost", args.max_cost)
-    elif args.max_share is not None:
-        target = fitting.Target("max_share", args.max_share)
-    else:
-        target = fitting.Target("best")
+    target = fitting.Target.of(args.max_cost, args.max_share)
     policy = fitting.fit(train, args.strategy, target, unit)
     report = _report(fitting, policy, train, held, layer.names, unit, target, args)
     data = absolute_paths(yaml.safe_load(source.read_text(encoding="utf-8")), source.parent)

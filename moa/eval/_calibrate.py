@@ -15,9 +15,10 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from operator import attrgetter
+from typing import Any, TypeVar
 
 from moa.eval._common import DataError
 from moa.eval._scoring import Scoring, is_correct
@@ -46,6 +47,13 @@ class Target:
 
     kind: str
     value: float | None = None
+
+    @classmethod
+    def of(cls, max_cost: float | None, max_share: float | None) -> Target:
+        """The target the command line asks for: ``--max-cost``, ``--max-share``, else the best single tier's."""
+        if max_cost is not None:
+            return cls("max_cost", max_cost)
+        return cls("max_share", max_share) if max_share is not None else cls("best")
 
     def describe(self, names: Sequence[str], unit: str) -> str:
         if self.kind == "best":
@@ -158,17 +166,14 @@ def _cascade_layer(record: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     return layers[0]
 
 
-class _Keyed(Protocol):
-    @property
-    def id(self) -> str: ...
+T = TypeVar("T")
 
 
-KeyedT = TypeVar("KeyedT", bound=_Keyed)
-
-
-def split(items: Sequence[KeyedT], holdout: float, seed: int) -> tuple[list[KeyedT], list[KeyedT]]:
-    """A seeded split: ``holdout`` of the items held out (at least one on each side when there are two)."""
-    shuffled = sorted(items, key=lambda item: item.id)
+def split(items: Sequence[T], holdout: float, seed: int,
+          key: Callable[[Any], str] = attrgetter("id")) -> tuple[list[T], list[T]]:  # fmt: skip
+    """A seeded split, in a seeded order: ``holdout`` of the items held out (at least one on each side when there
+    are two); ``key`` gives an item's id (the order does not depend on the input's)."""
+    shuffled = sorted(items, key=key)
     random.Random(seed).shuffle(shuffled)
     held = round(len(shuffled) * holdout)
     if holdout > 0 and len(shuffled) >= 2:

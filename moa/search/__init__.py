@@ -24,7 +24,7 @@ from moa.eval._scoring import DEFAULT_SCORING, Scoring
 from .judge import judge_grader, judge_of, read_prompts
 from .report import Finding, SearchResult, findings, write_outputs
 from .run import Limits, Score, evaluate, pareto, rungs, split, survivors
-from .space import Candidate, read_space
+from .space import Candidate, read_space, recipe_id
 
 __all__ = ["SearchOptions", "SearchResult", "search"]
 
@@ -180,9 +180,8 @@ def _baseline(reference: str) -> Candidate:
     from moa._loader import load_recipe
 
     recipe = load_recipe(reference)
-    ident = hashlib.sha256(json.dumps(recipe.model_dump(mode="json", exclude={"name", "description"}),
-                                      sort_keys=True, default=str).encode()).hexdigest()[:10]  # fmt: skip
-    return Candidate(ident, f"baseline {recipe.name}", recipe, recipe.model_dump(mode="json", exclude_defaults=True))
+    source = recipe.model_dump(mode="json", exclude_defaults=True)
+    return Candidate(recipe_id(recipe), f"baseline {recipe.name}", recipe, source)
 
 
 def _best_single(scores: list[Score], keys: list[str]) -> Score | None:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moa.eval._calibrate import _interval
 from moa.eval._stats import mcnemar_exact
 from moa.eval._store import write_atomic, write_json
 
@@ -126,12 +127,12 @@ def paired_bootstrap_p(differences: list[float], draws: int = 2000, seed: int = 
 
 
 def bootstrap_mean(values: list[float], draws: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """A 95 % bootstrap interval of the mean."""
+    """A 95 % bootstrap interval of the mean (the calibration's interval rule)."""
     if not values:
         return (math.nan, math.nan)
     generator = random.Random(seed)
-    means = sorted(sum(values[generator.randrange(len(values))] for _ in values) / len(values) for _ in range(draws))
-    return means[int(0.025 * (draws - 1))], means[math.ceil(0.975 * (draws - 1))]
+    return _interval([sum(values[generator.randrange(len(values))] for _ in values) / len(values)
+                      for _ in range(draws)])  # fmt: skip
 
 
 def write_outputs(out: Path, result: SearchResult, unit: str) -> None:

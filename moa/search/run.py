@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 
 from moa._call import Budget, CallCache
 from moa._secrets import redact
+from moa.eval._calibrate import split as split_items
 from moa.eval._common import EvalContext, trace_record
 from moa.eval._scoring import Scoring, is_correct
 from moa.eval._store import Checkpoint
@@ -239,13 +239,9 @@ def rungs(total: int, eta: int, smallest: int) -> list[int]:
 
 
 def split(rows: Sequence[Mapping[str, Any]], holdout: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """Search and held-out questions, shuffled by ``seed`` (the order the rungs take them in)."""
-    shuffled = sorted(rows, key=lambda row: str(row["id"]))
-    random.Random(seed).shuffle(shuffled)
-    held = round(len(shuffled) * holdout)
-    if holdout > 0 and len(shuffled) >= 2:
-        held = min(max(held, 1), len(shuffled) - 1)
-    return shuffled[held:], shuffled[:held]
+    """Search and held-out questions, shuffled by ``seed`` (the order the rungs take them in): the calibration's
+    split, by question id."""
+    return split_items(list(rows), holdout, seed, key=lambda row: str(row["id"]))
 
 
 def survivors(scores: Sequence[Score], keys: Sequence[str], unit: str, eta: int, keep: Score | None) -> list[Score]:

@@ -171,12 +171,17 @@ def _admit(space: Space, seen: set[str], label: str, recipe: Recipe, source: dic
             shown = "unpriced" if worst is None else f"${worst:.4g}"
             _leave_out(space, f"above max_cost_usd {most}", f"{label} ({shown} per query at worst)")
             return
-    ident = _digest(recipe.model_dump(mode="json", exclude={"name", "description"}))[:10]
+    ident = recipe_id(recipe)
     if ident in seen:
         _leave_out(space, "the same recipe as another", label)
         return
     seen.add(ident)
     space.candidates.append(Candidate(ident, label, recipe, source))
+
+
+def recipe_id(recipe: Recipe) -> str:
+    """What a recipe is, as a short digest: two recipes that differ only in name or description are one."""
+    return _digest(recipe.model_dump(mode="json", exclude={"name", "description"}))[:10]
 
 
 def _leave_out(space: Space, why: str, example: str) -> None:

@@ -35,7 +35,6 @@ from starlette.routing import Route
 from moa._call import Budget
 from moa._errors import (
     BudgetExceeded,
-    CallbackError,
     ConfigError,
     DeadlineExceeded,
     MoAError,
@@ -355,4 +354,4 @@ def _log(config: ServeConfig, run_id: str, recipe: Recipe, messages: Any, result
     asyncio.get_running_loop().run_in_executor(None, write)
 
 
-__all__ = ["CallbackError", "ServeConfig", "create_app"]
+__all__ = ["ServeConfig", "create_app"]
