@@ -231,8 +231,9 @@ def _budget(body: Mapping[str, Any], config: ServeConfig) -> Budget | Response |
     from moa._call import BudgetRefused
 
     asked = (body.get("moa") or {}).get("max_cost_usd") if isinstance(body.get("moa"), dict) else None
-    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int | float) or not asked >= 0
-                              or not math.isfinite(asked)):
+    if asked is not None and (
+        isinstance(asked, bool) or not isinstance(asked, int | float) or not asked >= 0 or not math.isfinite(asked)
+    ):
         return error(400, f"`moa.max_cost_usd` must be a finite number of USD, at least 0, got {asked!r}",
                      "invalid_request_error")  # fmt: skip
     limits = [v for v in (config.per_request_usd, asked) if v is not None]
