@@ -146,6 +146,9 @@ def test_errors_have_openai_s_shape_and_status(served: Any) -> None:
     assert junk.status_code == 400 and junk.json()["error"]["type"] == "invalid_request_error"
     empty = httpx.post(f"{base}/chat/completions", json={"model": "mix", "messages": []}, headers=headers)
     assert empty.status_code == 400 and "`messages`" in empty.json()["error"]["message"]
+    endless = b'{"model": "priced", "messages": [{"role": "user", "content": "hi"}], "moa": {"max_cost_usd": Infinity}}'
+    refused = httpx.post(f"{base}/chat/completions", content=endless, headers=headers)
+    assert refused.status_code == 400 and "must be a finite number of USD" in refused.json()["error"]["message"]
     big = httpx.post(f"{base}/chat/completions", content=b"x" * 1_000_001, headers=headers)
     assert big.status_code == 413
     upstream.add_fault("400", times=10, model="solo")  # the recipe's only call fails: the quorum is lost
