@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,20 @@ def default_timeout() -> float:
 
 class RunLogError(MoAError):
     """The run log cannot be opened, read or written (locked, corrupt, read-only, no such folder)."""
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run that has ended, to be recorded whole (``RunLog.record_finished``)."""
+
+    recipe: str
+    recipe_json: str
+    prompt: Sequence[dict[str, Any]]
+    status: str  # "done" or "failed"
+    calls: Sequence[AgentOutput]
+    result: MoAResult | None = None
+    error: str | None = None
+    started_at: float = 0.0
 
 
 class RunLog:
@@ -218,6 +233,39 @@ class RunLog:
             )
             db.execute("DELETE FROM calls WHERE run_id=?", (run_id,))
             db.executemany(_INSERT_CALL, [_call_row(run_id, position, c) for position, c in enumerate(calls)])
+
+    def record_finished(self, runs: Sequence[FinishedRun]) -> list[int]:
+        """Record runs that have ended, all in one transaction (a server logs many at once); their ids, in order."""
+        ids = []
+        with self._db() as db:
+            for run in runs:
+                calls = run.calls
+                cost = run.result.cost_usd if run.result else _sum_cost(calls)
+                cursor = db.execute(
+                    "INSERT INTO runs (started_at, finished_at, status, recipe, recipe_json, prompt_json, output, "
+                    "error, calls, failed_calls, prompt_tokens, completion_tokens, cost_usd, latency_s) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run.started_at,
+                        time.time(),
+                        run.status,
+                        run.recipe,
+                        run.recipe_json,
+                        json.dumps(list(run.prompt)),
+                        run.result.output if run.result else None,
+                        run.error,
+                        len(calls),
+                        sum(not c.ok for c in calls),
+                        sum(c.usage.prompt_tokens for c in calls),
+                        sum(c.usage.completion_tokens for c in calls),
+                        cost,
+                        run.result.latency_s if run.result else None,
+                    ),
+                )
+                run_id = int(cursor.lastrowid or 0)
+                db.executemany(_INSERT_CALL, [_call_row(run_id, position, c) for position, c in enumerate(calls)])
+                ids.append(run_id)
+        return ids
 
     def record_call(self, run_id: int, position: int, call: AgentOutput) -> None:
         """Record one finished call while the run goes on, so that not even ``kill -9`` loses it.

@@ -63,6 +63,7 @@ def serve_command(args: argparse.Namespace) -> int:
                           "-e '.[serve]')") from None  # fmt: skip
     from moa._loader import builtin_recipes, load_recipe
     from moa.serve import ServeConfig, create_app
+    from moa.serve._log import RequestLog
 
     token = None
     if args.api_key_env:
@@ -80,9 +81,10 @@ def serve_command(args: argparse.Namespace) -> int:
             if recipe.name in recipes:
                 raise ConfigError(f"--recipes: two recipes are named {recipe.name!r}; each model needs its own name")
             recipes[recipe.name] = recipe
+    request_log = RequestLog(args.log_db, runlog=not args.no_log)
     config = ServeConfig(recipes, token=token, budget_usd=args.max_cost, per_request_usd=args.max_cost_per_request,
                          max_body_bytes=args.max_body, deadline_s=args.deadline, allow_unpriced=args.allow_unpriced,
-                         log=_logger(args.log_db, args.no_log))  # fmt: skip
+                         log=request_log)  # fmt: skip
     listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it (Linux)
@@ -94,37 +96,11 @@ def serve_command(args: argparse.Namespace) -> int:
     port = listener.getsockname()[1]
     print(f"moa serve: listening on http://{args.host}:{port}/v1 ({len(recipes)} recipes: "
           f"{', '.join(recipes)})", file=sys.stderr, flush=True)  # fmt: skip
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=args.shutdown_timeout))  # fmt: skip
+    # No proxy headers: nothing here reads the client's address, and parsing them costs every request.
+    settings = uvicorn.Config(create_app(config), log_level="warning", access_log=False, proxy_headers=False,
+                              timeout_graceful_shutdown=args.shutdown_timeout)  # fmt: skip
+    server = uvicorn.Server(settings)
     server.run(sockets=[listener])
+    request_log.close()
     print("moa serve: stopped", file=sys.stderr, flush=True)
     return EXIT_OK
-
-
-def _logger(path: Path | None, off: bool) -> Any:
-    """Each request as one JSON line on stderr, and its run in the run log (unless --no-log)."""
-    import json
-    import threading
-
-    from moa._runlog import RunLog, RunLogError
-
-    runlog = None if off else RunLog(path)
-    lock = threading.Lock()
-    warned: list[str] = []
-
-    def log(entry: dict[str, Any], recipe: Any, messages: Any, result: Any, exc: BaseException | None) -> None:
-        if runlog is not None and not warned:
-            try:
-                with lock:
-                    number = runlog.start(recipe.name, recipe.model_dump_json(), messages)
-                    calls = result.calls if result is not None else list(getattr(getattr(exc, "partial", None),
-                                                                                 "calls", None) or [])  # fmt: skip
-                    status = "done" if result is not None else "failed"
-                    runlog.finish(number, status, calls, result=result, error=entry["error"])
-                entry = {**entry, "log_id": number}
-            except RunLogError as failed:
-                warned.append(str(failed))
-                print(f"moa serve: warning: {failed}; requests are no longer logged", file=sys.stderr, flush=True)
-        print("moa serve: " + json.dumps(entry), file=sys.stderr, flush=True)
-
-    return log

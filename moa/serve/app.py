@@ -67,7 +67,8 @@ class ServeConfig:
     keep_runs: int = 1000  # traces kept for GET /v1/moa/runs/{id}
     limiter: Limiter | None = None
     provider: Any = None  # a moa Provider (tests); litellm by default
-    #: Called (in a worker thread) once per request: (entry dict, recipe, messages, result or None, error or None).
+    #: Called once per request, on the event loop (so it must not block: ``moa.serve._log.RequestLog`` queues):
+    #: (entry dict, recipe, messages, result or None, error or None).
     log: Any = None
     runs: OrderedDict[str, MoAResult] = field(default_factory=OrderedDict)
     in_flight: int = 0  # runs going on now (GET /healthz says how many)
@@ -264,14 +265,23 @@ async def _run(config: ServeConfig, recipe: Recipe, messages: Any, settings: Any
 
 async def _finished_or_gone(request: Request, task: asyncio.Future[Any]) -> bool:
     """Wait for the run; if the client disconnects first, cancel it (its calls) and say so."""
-    while not task.done():
-        await asyncio.wait({task}, timeout=0.25)  # (its outcome is read by the caller)
-        if not task.done() and await request.is_disconnected():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            return False
-    return True
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)  # (its outcome is read by the caller)
+    finally:
+        gone.cancel()
+    if task.done():
+        return True
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    return False
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client hangs up (the body has been read: the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _completion(run_id: str, recipe: Recipe, result: MoAResult) -> dict[str, Any]:
@@ -342,19 +352,15 @@ def _keep(config: ServeConfig, run_id: str, result: MoAResult) -> None:
 
 def _log(config: ServeConfig, run_id: str, recipe: Recipe, messages: Any, result: MoAResult | None,
          exc: BaseException | None) -> None:  # fmt: skip
-    """Hand the request to ``config.log`` in a worker thread (a run log writes SQLite: not on the event loop)."""
+    """Hand the request to ``config.log`` (which must not block: it is called on the event loop)."""
     if config.log is None:
         return
     entry = {"run_id": run_id, "recipe": recipe.name, "ok": exc is None,
              "error": None if exc is None else redact(f"{type(exc).__name__}: {exc}")[:300],
              "cost_usd": result.cost_usd if result else None,
              "tokens": result.usage.total_tokens if result else None}  # fmt: skip
-
-    def write() -> None:
-        with contextlib.suppress(Exception):
-            config.log(entry, recipe, messages, result, exc)
-
-    asyncio.get_running_loop().run_in_executor(None, write)
+    with contextlib.suppress(Exception):
+        config.log(entry, recipe, messages, result, exc)
 
 
 __all__ = ["ServeConfig", "create_app"]
