@@ -143,6 +143,14 @@ class CallCache:
             except sqlite3.Error as exc:
                 self._stop(exc)
 
+    async def lookup(self, key: str) -> Completion | None:
+        """``get`` as the call pipeline asks it (a cache in another process, ``moa.distributed``, answers later)."""
+        return self.get(key)
+
+    async def store(self, key: str, model: str, completion: Completion) -> None:
+        """``put`` as the call pipeline asks it."""
+        self.put(key, model, completion)
+
     def _stop(self, exc: sqlite3.Error) -> None:
         """Stop using the cache for the rest of this process (it was opened fine: a full disk, a lost file)."""
         self.failure = f"{type(exc).__name__}: {exc}"

@@ -250,7 +250,7 @@ class Caller:
         attempt = Attempt(record, request, on_token, tokens)
         key = self.occurrences.key(request) if self.cache is not None else None
         if self.cache is not None and key is not None:
-            stored = self.cache.get(key)
+            stored = await self.cache.lookup(key)
             if stored is not None:
                 return self._hit(record, stored, on_token)
 
@@ -261,7 +261,7 @@ class Caller:
             lambda: self._attempt(attempt), self.retry, on_retry=on_retry, sleep=self.sleep
         )
         if self.cache is not None and key is not None:
-            self.cache.put(key, spec.model, completion)
+            await self.cache.store(key, spec.model, completion)
         return completion
 
     def _hit(self, record: CallRecord, stored: Completion, on_token: TokenCallback | None) -> Completion:

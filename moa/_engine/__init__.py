@@ -99,6 +99,8 @@ async def run(
         raise ConfigError(f"deadline_s must be a positive number of seconds, got {deadline_s!r}")
     if budget is not None and not isinstance(budget, Budget):
         raise TypeError(f"budget must be a moa.Budget, got {type(budget).__name__}")
+    if cache is not None and not isinstance(cache, str | Path) and not callable(getattr(cache, "lookup", None)):
+        raise TypeError(f"cache must be a moa.CallCache or the path of one, got {type(cache).__name__}")
     loaded = load_recipe(recipe)
     conversation = normalize_prompt(prompt)
     call_settings = merge(settings, call_overrides(overrides, "moa.run") if overrides else None)
@@ -115,12 +117,12 @@ async def run(
         on_event=on_event,
         on_token=on_token,
         budget=budget or (Budget(max_cost_usd, allow_unpriced) if max_cost_usd is not None else None),
-        cache=cache if isinstance(cache, CallCache) or cache is None else CallCache(cache),
+        cache=CallCache(cache) if isinstance(cache, str | Path) else cache,  # (or any object that acts as one)
     )
     try:
         return await engine.run(conversation, reuse, deadline_s)
     finally:
-        if engine.cache is not None and not isinstance(cache, CallCache):
+        if engine.cache is not None and isinstance(cache, str | Path):
             engine.cache.close()  # opened here for this run
 
 

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
@@ -116,6 +117,11 @@ class CompiledTemplate:
 
     source: str  # the file it came from
     template: jinja2.Template
+    text: str = ""  # what was compiled
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A compiled Jinja template does not pickle; its text does (a recipe sent to a Ray worker).
+        return compile_text, (self.text, self.source)
 
     def render(self, *, responses: list[str], layer: int, step: int = 0) -> str:
         try:
@@ -227,7 +233,7 @@ def compile_text(text: str, source: str) -> CompiledTemplate:
             raise TemplateError(
                 f"template {source} never uses `responses`, so the previous layer's outputs would not reach the model"
             )
-        compiled = CompiledTemplate(source=source, template=_ENV.from_string(parsed))
+        compiled = CompiledTemplate(source=source, template=_ENV.from_string(parsed), text=text)
     # A trial render with stand-in answers: sandbox violations, bad attribute access and oversized
     # output fail now, at load time, not in the middle of a paid run.
     compiled.render(responses=["<answer 1>", "<answer 2>"], layer=2, step=1)

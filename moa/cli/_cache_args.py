@@ -41,4 +41,8 @@ def open_cache(args: argparse.Namespace, out: Path | None = None) -> Any:
     if path.is_dir():
         raise ConfigError(f"--cache {path}: that is a folder; give the path of the cache file (e.g. "
                           f"{path / EVAL_CACHE})")  # fmt: skip
-    return CallCache(path, refresh=args.refresh)
+    from moa.eval._runner import RUNNER
+
+    cache = CallCache(path, refresh=args.refresh)
+    runner = RUNNER.get()  # --ray: the workers share it, through an actor that owns the file
+    return runner.use_cache(cache) if runner is not None else cache

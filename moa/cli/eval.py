@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # imported lazily: `moa --help` must not load pydantic or lit
 
 from moa.cli._cache_args import add_cache_arguments, open_cache
 from moa.cli._common import error
+from moa.cli._ray_args import PER_WORKER, add_ray_arguments, with_ray
 from moa.cli.args import non_negative_float, positive_int
 
 EXIT_OK, EXIT_INCOMPLETE = 0, 1
@@ -111,7 +112,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", "-r", required=True, help="built-in name or YAML path")
     parser.add_argument("--out", type=Path, required=True, help="folder for outputs, traces and checkpoints")
     parser.add_argument("--limit", type=positive_int, help="only the first N items")
-    parser.add_argument("--concurrency", type=positive_int, default=8, help="items in flight at once (default 8)")
+    parser.add_argument("--concurrency", type=positive_int, help=f"items in flight (8; --ray: {PER_WORKER} a worker)")
+    add_ray_arguments(parser)
     parser.add_argument("--max-cost", type=non_negative_float, metavar="USD",
                         help="budget for every call of the run, judge included: a call whose worst case does not "
                         "fit is not started, items in flight finish, and the run can be resumed later")  # fmt: skip
@@ -176,7 +178,7 @@ def _options(args: argparse.Namespace, benchmark: str) -> EvalOptions:
         data=getattr(args, _DATA[benchmark]),
         out=args.out,
         limit=args.limit,
-        concurrency=args.concurrency,
+        concurrency=args.concurrency or 8,
         name=getattr(args, "generator" if alpaca else "model_id", None),
         judge=getattr(args, "judge", None),
         judge_prompt=getattr(args, "judge_prompt" if alpaca else "judge_prompts", None),
@@ -186,6 +188,7 @@ def _options(args: argparse.Namespace, benchmark: str) -> EvalOptions:
     )
 
 
+@with_ray
 def _run(args: argparse.Namespace, name: str) -> int:
     """One driver for every benchmark: check everything, claim --out, generate, judge, report."""
     from moa._errors import ConfigError

@@ -9,6 +9,7 @@ from typing import Any
 
 from moa.cli._cache_args import add_cache_arguments, open_cache
 from moa.cli._common import EXIT_FAILED, EXIT_OK
+from moa.cli._ray_args import PER_WORKER, add_ray_arguments, with_ray
 from moa.cli.args import non_negative_float, positive_float, positive_int
 
 EPILOG = """\
@@ -56,11 +57,14 @@ def add_parser(commands: Any) -> None:
                         help="qa: answers scored against the questions' `answers`/`regex` (default); judge: open-ended "
                         "questions (id, prompt), each answer rated 1-10 by --judge")  # fmt: skip
     search.add_argument("--judge", metavar="MODEL", help="--metric judge: the judge model, or a recipe (name or YAML)")
-    search.add_argument("--concurrency", type=positive_int, default=4, help="questions in flight at once (4)")
+    search.add_argument("--concurrency", type=positive_int, help="questions in flight at once (4; with --ray, "
+                        f"{PER_WORKER} per worker)")  # fmt: skip
+    add_ray_arguments(search)
     add_cache_arguments(search, default_on=True)
     search.set_defaults(handler=search_command)
 
 
+@with_ray
 def search_command(args: argparse.Namespace) -> int:
     from moa._errors import ConfigError
     from moa.cli import signals
@@ -79,7 +83,7 @@ def search_command(args: argparse.Namespace) -> int:
     options = SearchOptions(
         space=args.space, data=args.data, out=args.out, budget_usd=args.budget, max_calls=args.max_calls,
         deadline_s=args.deadline, holdout=args.holdout, seed=args.seed, eta=args.eta, min_items=args.min_items,
-        strategy=args.strategy, baseline=args.baseline, scoring=scoring, concurrency=args.concurrency,
+        strategy=args.strategy, baseline=args.baseline, scoring=scoring, concurrency=args.concurrency or 4,
         metric=args.metric, judge=args.judge, allow_unpriced=args.allow_unpriced,
         cache=open_cache(args, args.out),
     )  # fmt: skip

@@ -20,7 +20,7 @@ from moa._overrides import merge
 from moa._prompt import is_blank, normalize_prompt
 from moa._provider import Provider
 from moa.eval._control import control_summary
-from moa.eval._runner import ITEM_BUDGET, Record, RunStats, run_items
+from moa.eval._runner import ITEM_BUDGET, RUNNER, Record, RunStats, run_items
 from moa.eval._store import Checkpoint, write_json
 from moa.recipe import CallParams, Recipe
 from moa.result import LayerResult, MoAResult
@@ -49,9 +49,12 @@ class EvalContext:
     reuse: Mapping[str, list[LayerResult]] = field(default_factory=dict)
     budget: Budget | None = None  # shared by every call of every item (and the judge's)
     cache: CallCache | None = None  # answers of earlier calls (``moa.CallCache``), shared by every item
+    #: Where runs are made: None, here; a ``moa.distributed.RayRunner``, on Ray workers (default: ``RUNNER``'s).
+    runner: Any = None
 
     def __post_init__(self) -> None:
         self.limiter = self.limiter or Limiter(self.recipe.limits)
+        self.runner = self.runner or RUNNER.get()
         if self.provider is None:
             from moa._litellm import LiteLLMProvider
 
@@ -91,18 +94,21 @@ class EvalContext:
         spec = plan_layer(self.recipe, len(self.recipe.layers) - 1, self.overrides)[0]
         return output_tokens(pricing, spec.model, spec.params) * CHARS_PER_TOKEN
 
-    async def answer(self, prompt: Any, key: str = "", settings: CallParams | None = None) -> MoAResult:
-        """One run of the recipe; ``settings`` (e.g. MT-Bench's temperature) beat the context's overrides."""
-        return await run(
-            prompt,
-            self.recipe,
-            provider=self.provider,
-            limiter=self.limiter,
-            reuse=self.reuse.get(key, ()),
-            budget=ITEM_BUDGET.get() or self.budget,
-            settings=merge(self.overrides, settings),
-            cache=self.cache,
-        )
+    async def answer(
+        self, prompt: Any, key: str = "", settings: CallParams | None = None, budget: Budget | None = None
+    ) -> MoAResult:
+        """One run of the recipe; ``settings`` (e.g. MT-Bench's temperature) beat the context's overrides.
+
+        ``budget`` (else the item's, else the context's) pays for it; with a ``runner`` the run is made there."""
+        budget = budget or ITEM_BUDGET.get() or self.budget
+        merged = merge(self.overrides, settings)
+        if self.runner is not None:
+            worst = self.worst_case(prompt, key, settings) if budget is not None else None
+            result: MoAResult = await self.runner.run(prompt, self.recipe, reuse=self.reuse.get(key, ()),
+                                                      budget=budget, settings=merged, worst_case_usd=worst)  # fmt: skip
+            return result
+        return await run(prompt, self.recipe, provider=self.provider, limiter=self.limiter,
+                         reuse=self.reuse.get(key, ()), budget=budget, settings=merged, cache=self.cache)  # fmt: skip
 
 
 async def run_in_order(

@@ -39,6 +39,8 @@ from moa.eval._store import Checkpoint
 Record = dict[str, Any]
 #: The budget of the item the current task works on (a child of the run's budget).
 ITEM_BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("moa_item_budget", default=None)
+#: Where every ``EvalContext`` made while it is set runs its recipe (``moa.distributed.RayRunner``; None: here).
+RUNNER: contextvars.ContextVar[Any] = contextvars.ContextVar("moa_runner", default=None)
 
 
 @dataclass

@@ -39,13 +39,15 @@ def judge_of(reference: str) -> Recipe:
 
 def judge_grader(judge: Recipe, cache: CallCache | None, unrated: list[str]) -> Grader:
     """A grader asking ``judge``; the ids of questions whose judgment had no rating are added to ``unrated``."""
-    from moa._engine import run
+    from moa.eval._common import EvalContext
+
+    ctx = EvalContext(recipe=judge, cache=cache)  # (on Ray workers too, when the search runs there)
 
     async def grade(row: Mapping[str, Any], answer: str, limits: Limits) -> tuple[float | None, list[Any]]:
         messages = [{"role": "system", "content": JUDGE_SYSTEM},
                     {"role": "user", "content": f"[Request]\n{row['prompt']}\n\n[Answer]\n{answer}"}]  # fmt: skip
         try:
-            result = await run(messages, judge, budget=limits.budget, cache=cache)
+            result = await ctx.answer(messages, budget=limits.budget)
         except MoAError as exc:
             unrated.append(str(row["id"]))
             partial = getattr(exc, "partial", None)

@@ -158,10 +158,7 @@ async def evaluate(candidate: Candidate, rows: Sequence[Mapping[str, Any]], fold
 
 
 async def _answer(ctx: EvalContext, row: Mapping[str, Any], budget: Budget | None) -> Any:
-    from moa._engine import run
-
-    return await run(row["prompt"], ctx.recipe, budget=budget or ctx.budget, cache=ctx.cache,
-                     provider=ctx.provider, limiter=ctx.limiter)  # fmt: skip
+    return await ctx.answer(row["prompt"], budget=budget)
 
 
 def _paid(calls: Sequence[Any]) -> int:

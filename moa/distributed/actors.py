@@ -1,0 +1,227 @@
+"""The Ray actors of a distributed run: the workers, the limiter every worker draws from, and the call cache.
+
+- ``Limits`` holds one ``moa.Limiter`` per set of provider limits (a recipe's
+  ``limits``), so a provider's concurrency, requests and tokens per minute hold
+  across every worker: a call takes a *ticket* here before it starts and gives
+  it back when it ends.  Tickets are kept by owner (a worker), so the slots of
+  a worker that dies are given back when the driver says so (``forget``).
+- ``Cache`` owns the call cache file (``moa.CallCache``) on the driver's node:
+  every worker, on any node, reads and writes the same answers.
+- ``Worker`` runs recipes with the async engine (as many runs at once as it is
+  sent), its calls under the two actors above.
+
+Only ``moa.distributed.runner`` creates them; importing this module imports Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import pickle
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from moa._call import Budget, CallCache
+from moa._errors import RunError
+from moa._limits import Limiter
+from moa._provider import Completion
+from moa._secrets import redact
+from moa.recipe import ProviderLimit
+
+
+@ray.remote
+class Limits:
+    """Provider limits shared by every worker (an async actor: its methods interleave on one event loop)."""
+
+    def __init__(self) -> None:
+        self.limiters: dict[str, Limiter] = {}
+        self.tickets: dict[int, tuple[str, asyncio.Event, asyncio.Task[None]]] = {}
+        self.numbers = itertools.count(1)
+        self.in_flight = 0
+        self.peak = 0
+        self.granted = 0
+
+    async def register(self, key: str, limits: Mapping[str, Mapping[str, Any]]) -> None:
+        if key not in self.limiters:
+            self.limiters[key] = Limiter({name: ProviderLimit(**limit) for name, limit in limits.items()})
+
+    async def acquire(self, owner: str, key: str, model: str, tokens: int) -> int:
+        """Wait until a call to ``model`` may start under the limits ``key``; its ticket."""
+        ticket = next(self.numbers)
+        held, done = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            async with self.limiters[key].gate(model).slot(tokens):
+                self.in_flight += 1
+                self.peak = max(self.peak, self.in_flight)
+                self.granted += 1
+                held.set()
+                try:
+                    await done.wait()
+                finally:
+                    self.in_flight -= 1
+
+        task = asyncio.ensure_future(hold())
+        self.tickets[ticket] = (owner, done, task)
+        waiting = asyncio.ensure_future(held.wait())
+        await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if task.done() and not held.is_set():  # the gate failed (an unknown limits key): say so
+            self.tickets.pop(ticket, None)
+            task.result()
+        return ticket
+
+    async def release(self, ticket: int) -> None:
+        found = self.tickets.pop(ticket, None)
+        if found is not None:
+            found[1].set()
+
+    async def forget(self, owner: str) -> int:
+        """Give back every ticket ``owner`` holds or waits for (a worker that died); how many."""
+        lost = [ticket for ticket, (who, _, _) in self.tickets.items() if who == owner]
+        for ticket in lost:
+            await self.release(ticket)
+        return len(lost)
+
+    async def stats(self) -> dict[str, int]:
+        """Calls in flight now, the most ever in flight at once, tickets granted and tickets outstanding."""
+        return {"in_flight": self.in_flight, "peak": self.peak, "granted": self.granted, "tickets": len(self.tickets)}
+
+
+@ray.remote
+class Cache:
+    """The run's call cache, opened once on the driver's node (a synchronous actor: one request at a time)."""
+
+    def __init__(self, path: str, refresh: bool) -> None:
+        self.cache = CallCache(path, refresh=refresh)
+        self.cache.open()
+
+    def get(self, key: str) -> Completion | None:
+        return self.cache.get(key)
+
+    def put(self, key: str, model: str, completion: Completion) -> None:
+        self.cache.put(key, model, completion)
+
+    def summary(self) -> dict[str, Any]:
+        return self.cache.summary()
+
+
+class RemoteLimiter:
+    """A worker's view of ``Limits``: ``gate(model).slot(tokens)`` as the call pipeline uses a ``moa.Limiter``."""
+
+    def __init__(self, actor: Any, owner: str, key: str) -> None:
+        self.actor, self.owner, self.key = actor, owner, key
+
+    def gate(self, model: str) -> _RemoteGate:
+        return _RemoteGate(self, model)
+
+
+class _RemoteGate:
+    def __init__(self, limiter: RemoteLimiter, model: str) -> None:
+        self.limiter, self.model = limiter, model
+
+    @asynccontextmanager
+    async def slot(self, tokens: int = 0) -> AsyncIterator[None]:
+        actor = self.limiter.actor
+        pending = actor.acquire.remote(self.limiter.owner, self.limiter.key, self.model, tokens)
+        try:
+            ticket = await pending
+        except asyncio.CancelledError:  # the run was cancelled while waiting: give the slot back once granted
+            _PENDING.add(task := asyncio.ensure_future(_release_when_granted(actor, pending)))
+            task.add_done_callback(_PENDING.discard)
+            raise
+        try:
+            yield
+        finally:
+            actor.release.remote(ticket)
+
+
+_PENDING: set[asyncio.Future[None]] = set()  # releases waiting for their ticket (kept from the collector)
+
+
+async def _release_when_granted(actor: Any, pending: Any) -> None:
+    try:
+        actor.release.remote(await pending)
+    except Exception:  # the limiter is gone too: nothing is held
+        return
+
+
+class RemoteCache:
+    """A worker's view of ``Cache``: what the call pipeline asks of a ``moa.CallCache``."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def open(self) -> None:  # opened (and checked) by the driver
+        return None
+
+    async def lookup(self, key: str) -> Completion | None:
+        found: Completion | None = await self.actor.get.remote(key)
+        return found
+
+    async def store(self, key: str, model: str, completion: Completion) -> None:
+        self.actor.put.remote(key, model, completion)  # not awaited: the answer is the caller's already
+
+
+@ray.remote
+class Worker:
+    """Runs recipes with the async engine; many runs at once (an async actor)."""
+
+    def __init__(self, owner: str, environment: Mapping[str, str], limits: Any, cache: Any) -> None:
+        os.environ.update(environment)  # provider keys and endpoints, given by the driver (never logged)
+        from moa._litellm import LiteLLMProvider
+
+        self.owner = owner
+        self.provider = LiteLLMProvider()
+        self.limits = limits
+        self.cache = RemoteCache(cache) if cache is not None else None
+        self.recipes: dict[str, Any] = {}
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+    async def run(
+        self,
+        prompt: Any,
+        recipe_key: str,
+        recipe_box: list[Any],
+        limits_key: str,
+        reuse: Sequence[Any],
+        held_usd: float | None,
+        allow_unpriced: bool,
+        settings: Any,
+    ) -> tuple[str, Any, float]:
+        """("ok", the MoAResult, USD spent) or ("error", the exception, USD spent)."""
+        from moa._engine import run
+
+        recipe = self.recipes.get(recipe_key)
+        if recipe is None:
+            recipe = self.recipes[recipe_key] = await recipe_box[0]
+        budget = Budget(held_usd, allow_unpriced) if held_usd is not None else None
+        limiter = RemoteLimiter(self.limits, self.owner, limits_key)
+        try:
+            cache: Any = self.cache  # (a worker's view of the shared cache: all the engine asks of one)
+            result = await run(prompt, recipe, provider=self.provider, limiter=limiter,  # type: ignore[arg-type]
+                               reuse=reuse, budget=budget, settings=settings, cache=cache)  # fmt: skip
+        except Exception as exc:
+            return "error", portable(exc), budget.spent_usd if budget is not None else 0.0
+        return "ok", result, budget.spent_usd if budget is not None else 0.0
+
+
+def portable(exc: Exception) -> Exception:
+    """``exc`` itself when it survives pickling (a moa error keeps its type and its ``partial`` run), else a
+    ``RunError`` with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RunError(redact(f"{type(exc).__name__}: {exc}"))
+    return exc
+
+
+def cache_path(cache: CallCache | None) -> str | None:
+    return None if cache is None else str(Path(cache.path).resolve())

@@ -1,0 +1,240 @@
+"""The driver's side of a distributed run: a pool of Ray workers that make the runs an eval or a search asks for.
+
+``moa eval ... --ray`` and ``moa search ... --ray`` set a ``RayRunner`` for every
+``EvalContext`` (``moa.eval._runner.RUNNER``); each run is then sent to the least
+busy worker and its ``MoAResult`` comes back here, where items are scored,
+checkpointed and summarised exactly as in a local run (the same files, resumable
+the same way).
+
+- **Limits**: every worker's calls take their slot from one ``Limits`` actor,
+  so a recipe's per-provider concurrency, rpm and tpm hold for all workers
+  together.
+- **Budget**: the driver holds the whole budget.  A run is sent with its worst
+  case reserved here (the item's reservation when an eval holds one); the
+  worker spends within it and reports what it spent, which settles it.
+- **Faults**: a worker that dies takes its runs in flight with it: what they
+  spent is unknown, so their whole reservations count as spent; the worker's
+  limiter slots are given back, a new worker takes its place, and the runs are
+  made again on the pool (``attempts`` times in all).  Calls those runs had
+  finished come back from the call cache.  A driver that dies is resumed from
+  its checkpoints by running the same command again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from moa._call import Budget, CallCache
+from moa._call.budget import BudgetRefused
+from moa._errors import BudgetExceeded, ConfigError, RunError
+from moa.recipe import Recipe
+from moa.result import MoAResult
+
+#: Environment variables handed to every worker (a cluster's nodes do not share the driver's environment):
+#: provider keys, endpoints and settings.  Their values are never logged.
+FORWARDED = re.compile(r"(_API_KEY|_API_BASE|_BASE_URL|_API_VERSION|_KEY|_TOKEN|_SECRET|_SECRET_ACCESS_KEY)$"
+                       r"|^(MOA_|LITELLM_|OPENAI_|AZURE_|AWS_|VERTEX|GOOGLE_|HF_|NO_PROXY|HTTPS?_PROXY)")  # fmt: skip
+INSTALL_HINT = "pip install 'moa-pipeline[ray]'  (from a checkout: pip install -e '.[ray]')"
+
+
+class RayUnavailableError(ConfigError):
+    """Ray is not installed, or the cluster cannot be reached."""
+
+
+class RayRunner:
+    """A pool of ``workers`` Ray workers (default: one per CPU of the cluster) and the actors they share.
+
+    ``address``: None starts a Ray of this machine's own (stopped by ``close``); else the address of a running
+    cluster to join (``ray start --head`` prints it; ``auto`` finds one on this machine).
+    Workers start with the first run; ``use_cache`` before it gives them the call cache they all share.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        workers: int | None = None,
+        attempts: int = 3,
+    ) -> None:
+        try:
+            import ray
+        except ModuleNotFoundError:
+            raise RayUnavailableError(f"--ray needs Ray: {INSTALL_HINT}") from None
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from moa.distributed.actors import Limits
+
+        self.ray = ray
+        self.attempts = attempts
+        self.owned = address is None and not ray.is_initialized()
+        try:
+            if not ray.is_initialized():
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING, configure_logging=False)  # fmt: skip
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RayUnavailableError(f"--ray {address}: cannot reach a Ray cluster there: {exc}") from None
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.size = workers or max(1, cpus)
+        self.worker_cpus = min(1.0, max(0.01, cpus / self.size))  # more workers than CPUs: they share them
+        self.here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.limits = (
+            _remote(Limits).options(num_cpus=0, max_concurrency=100_000, scheduling_strategy=self.here).remote()
+        )
+        self.cache: Any = None
+        self.cache_path: str | None = None
+        self.environment = {k: v for k, v in os.environ.items() if FORWARDED.search(k)}
+        self.workers: list[tuple[str, Any]] = []
+        self.busy = [0] * self.size
+        self.replaced = 0  # workers that died and were replaced
+        self.retried = 0  # runs made again after their worker died
+        self._recipes: dict[int, tuple[Recipe, str, list[Any]]] = {}
+        self._registered: dict[str, Any] = {}
+
+    def use_cache(self, cache: CallCache) -> CacheView:
+        """Share ``cache``'s file among the workers (an actor on this node owns it); what stands for it here."""
+        from moa.distributed.actors import Cache
+
+        cache.open()  # a file that is not a cache is a CacheError now, before any call
+        cache.close()
+        path = str(cache.path.resolve())
+        if self.cache is None:
+            if self.workers:
+                raise ConfigError("--ray: the call cache must be given before the first run")
+            self.cache = _remote(Cache).options(num_cpus=0, scheduling_strategy=self.here).remote(path, cache.refresh)
+            self.cache_path = path
+        elif path != self.cache_path:
+            raise ConfigError(f"--ray: one call cache per command ({self.cache_path}), not also {path}")
+        return CacheView(self, path)
+
+    def _spawn(self) -> tuple[str, Any]:
+        from moa.distributed.actors import Worker
+
+        owner = f"worker-{uuid.uuid4().hex[:8]}"
+        actor = (
+            _remote(Worker)
+            .options(num_cpus=self.worker_cpus, max_concurrency=10_000)
+            .remote(owner, self.environment, self.limits, self.cache)
+        )
+        return owner, actor
+
+    def _recipe(self, recipe: Recipe) -> tuple[str, list[Any]]:
+        known = self._recipes.get(id(recipe))
+        if known is None or known[0] is not recipe:
+            key = uuid.uuid4().hex
+            known = self._recipes[id(recipe)] = (recipe, key, [self.ray.put(recipe)])  # boxed: resolved once
+        return known[1], known[2]
+
+    async def _limits_key(self, recipe: Recipe) -> str:
+        limits = {name: limit.model_dump() for name, limit in recipe.limits.items()}
+        key = json.dumps(limits, sort_keys=True)
+        if key not in self._registered:
+            self._registered[key] = self.limits.register.remote(key, limits)
+        await self._registered[key]
+        return key
+
+    async def run(
+        self,
+        prompt: Any,
+        recipe: Recipe,
+        *,
+        reuse: Sequence[Any] = (),
+        budget: Budget | None = None,
+        settings: Any = None,
+        worst_case_usd: float | None = None,
+    ) -> MoAResult:
+        """One run of ``recipe`` on a worker: its result, or the error it raised there."""
+        from ray.exceptions import RayActorError, WorkerCrashedError
+
+        if not self.workers:
+            self.workers = [self._spawn() for _ in range(self.size)]
+        recipe_key, box = self._recipe(recipe)
+        limits_key = await self._limits_key(recipe)
+        for attempt in range(1, self.attempts + 1):
+            held = _reserve(budget, worst_case_usd)
+            index = min(range(self.size), key=self.busy.__getitem__)
+            owner, actor = self.workers[index]
+            self.busy[index] += 1
+            try:
+                status, payload, spent = await actor.run.remote(
+                    prompt, recipe_key, box, limits_key, list(reuse), held, budget.allow_unpriced if budget else False,
+                    settings,
+                )  # fmt: skip
+            except (RayActorError, WorkerCrashedError):
+                if budget is not None and held is not None:
+                    budget.settle(held, held)  # what the lost run spent is unknown: all it could have
+                await self._replace(index, owner)
+                if attempt < self.attempts:
+                    self.retried += 1
+                    continue
+                raise RunError(f"the run was lost {self.attempts} times with its Ray worker (the worker process "
+                               "died each time: out of memory? killed?)") from None  # fmt: skip
+            finally:
+                self.busy[index] -= 1
+            if budget is not None and held is not None:
+                budget.settle(held, spent)
+            if status == "ok":
+                return payload  # type: ignore[no-any-return]
+            raise payload
+        raise AssertionError("unreachable")
+
+    async def _replace(self, index: int, owner: str) -> None:
+        """The worker at ``index`` died: give back its limiter slots and start another in its place (once)."""
+        if self.workers[index][0] != owner:
+            return  # another run on the same worker replaced it already
+        self.workers[index] = self._spawn()
+        self.replaced += 1
+        await self.limits.forget.remote(owner)
+
+    async def limiter_stats(self) -> dict[str, int]:
+        stats: dict[str, int] = await self.limits.stats.remote()
+        return stats
+
+    async def worker_pids(self) -> list[int]:
+        return list(await asyncio.gather(*(actor.pid.remote() for _, actor in self.workers)))
+
+    def cache_summary(self) -> dict[str, Any] | None:
+        return None if self.cache is None else self.ray.get(self.cache.summary.remote())
+
+    def describe(self) -> str:
+        nodes = sum(1 for node in self.ray.nodes() if node.get("Alive"))
+        where = "a Ray of this machine" if self.owned else f"the Ray cluster ({nodes} node(s))"
+        return f"{self.size} Ray worker(s) on {where}"
+
+    def close(self) -> None:
+        if self.owned and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def _remote(actor_class: Any) -> Any:
+    """A Ray actor class as it is (``@ray.remote`` turns the class into one; mypy does not see Ray)."""
+    return actor_class
+
+
+def _reserve(budget: Budget | None, worst_case_usd: float | None) -> float | None:
+    """Hold the run's worst case in ``budget`` (the worker spends within it); raise as the engine would."""
+    if budget is None:
+        return None
+    try:
+        return budget.reserve(worst_case_usd)
+    except BudgetRefused as exc:
+        raise BudgetExceeded(f"{exc}; raise the budget or lower max_tokens") from None
+
+
+class CacheView:
+    """What an eval's summary asks of its call cache (``summary()``), for the cache the workers share."""
+
+    def __init__(self, runner: RayRunner, path: str) -> None:
+        self.runner, self.path = runner, path
+
+    def open(self) -> None:  # opened and checked by ``RayRunner.use_cache``
+        return None
+
+    def summary(self) -> Mapping[str, Any] | None:
+        return self.runner.cache_summary()
