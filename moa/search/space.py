@@ -17,9 +17,10 @@ search:                                                            # every combi
 
 Any value of ``search`` (a model, a sample count, a whole layer, the list of
 layers) may be ``{choose: [a, b, ...]}``, nested too; each combination is one
-candidate recipe (with the space's ``defaults``, ``limits`` and ``retry``).  A
-combination that is no valid recipe, or breaks a constraint, is left out and
-counted.
+candidate recipe (with the space's ``defaults``, ``limits``, ``retry`` and
+``local_models``: the last is checked once, with its paths read beside the
+space file).  A combination that is no valid recipe, or breaks a constraint,
+is left out and counted.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from moa._errors import ConfigError, RecipeError
-from moa._loader import load_recipe
+from moa._loader import load_recipe, local_models_problems
 from moa.recipe import Recipe
+from moa.recipe.local_models import absolute
 
 #: More candidates than this is a space to narrow, not to search.
 MAX_CANDIDATES = 5000
-_SPACE_KEYS = {"name", "description", "defaults", "limits", "retry", "constraints", "candidates", "search"}
+_SPACE_KEYS = {"name", "description", "defaults", "limits", "retry", "local_models", "constraints", "candidates",
+               "search"}  # fmt: skip
 _CONSTRAINTS = {"max_calls", "max_cost_usd"}
 
 
@@ -87,7 +90,11 @@ def read_space(path: Path, *, price: Any = None) -> Space:
     if not isinstance(data.get("candidates") or [], list):
         raise ConfigError(f"{path}: `candidates` is a list of recipes (names or paths), got {data['candidates']!r}")
     name = str(data.get("name") or path.stem)
-    shared = {key: data[key] for key in ("defaults", "limits", "retry") if key in data}
+    shared = {key: data[key] for key in ("defaults", "limits", "retry", "local_models") if key in data}
+    if "local_models" in shared:  # checked once here, not as a reason every combination is left out
+        problems = local_models_problems(shared["local_models"], path.parent)
+        if problems:
+            raise ConfigError(f"{path}: " + "; ".join(f"{where}: {message}" for where, message in problems))
     space = Space(name, [], {}, {})
     seen: set[str] = set()
     sources = [(f"candidates[{i}]", ref) for i, ref in enumerate(data.get("candidates") or [])]
@@ -116,7 +123,9 @@ def read_space(path: Path, *, price: Any = None) -> Space:
         for (value, _), label in zip(combos, labels, strict=True):
             if labels.count(label) > 1:  # two choices that look alike: the recipe's digest tells them apart
                 label = f"{label} #{_digest(value)[:6]}"
-            mapping = {**_merged(shared, value), "name": f"{name}-{_digest(value)[:6]}", "description": label}
+            # `local_models` paths made absolute: a frontier recipe is written to OUT/recipes/, its files stay found.
+            mapping = {**absolute(_merged(shared, value), path.parent), "name": f"{name}-{_digest(value)[:6]}",
+                       "description": label}  # fmt: skip
             try:
                 recipe = load_recipe(mapping, label=f"{path} ({label})", base_dir=path.parent)
             except RecipeError as exc:
