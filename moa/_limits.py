@@ -20,6 +20,9 @@ from moa._provider import provider_of
 from moa.recipe import ProviderLimit
 
 DEFAULT_KEY = "default"
+LOCAL = "local"
+#: Each local model's limit unless the recipe sets ``limits.local``: its server answers one request at a time.
+LOCAL_LIMIT = ProviderLimit(max_concurrency=1)
 
 
 class ProviderGate:
@@ -89,8 +92,14 @@ class Limiter:
 
     def gate(self, model: str) -> ProviderGate:
         provider = provider_of(model)
-        gate = self._gates.get(provider)
+        # Each local model is served by a llama.cpp server of its own, which answers one request at a time:
+        # its own gate, by default one call at a time (``limits.local`` sets every local model's).
+        key = model if provider == LOCAL else provider
+        gate = self._gates.get(key)
         if gate is None:
-            limit = self.limits.get(provider) or self.limits.get(DEFAULT_KEY) or ProviderLimit()
-            gate = self._gates[provider] = ProviderGate(limit)
+            if provider == LOCAL:
+                limit = self.limits.get(LOCAL) or LOCAL_LIMIT
+            else:
+                limit = self.limits.get(provider) or self.limits.get(DEFAULT_KEY) or ProviderLimit()
+            gate = self._gates[key] = ProviderGate(limit)
         return gate

@@ -26,6 +26,36 @@ def test_gates_are_shared_per_provider_and_default_applies() -> None:
     assert limiter.gate("together_ai/x").limit.max_concurrency == 5
 
 
+def test_each_local_model_has_a_gate_of_its_own_one_call_at_a_time_by_default() -> None:
+    limiter = Limiter({"default": ProviderLimit(max_concurrency=5)})
+    bundled, own = limiter.gate("local/smollm2-135m"), limiter.gate("local:/models/qwen.gguf")
+    assert bundled is not own and bundled is limiter.gate("local/smollm2-135m")
+    assert bundled.limit.max_concurrency == own.limit.max_concurrency == 1  # (not the default's 5)
+    assert limiter.gate("openai/a").limit.max_concurrency == 5
+    limiter = Limiter({"local": ProviderLimit(max_concurrency=2)})
+    assert limiter.gate("local/smollm2-135m").limit.max_concurrency == 2
+    assert limiter.gate("local:/models/qwen.gguf") is not limiter.gate("local/smollm2-135m")
+
+
+async def test_two_local_models_each_answer_one_call_at_a_time_and_both_at_once() -> None:
+    limiter = Limiter()
+    inside: dict[str, int] = {"local/a": 0, "local/b": 0}
+    most: dict[str, int] = {"local/a": 0, "local/b": 0}
+    both = asyncio.Event()
+
+    async def call(model: str) -> None:
+        async with limiter.gate(model).slot():
+            inside[model] += 1
+            most[model] = max(most[model], inside[model])
+            if all(inside.values()):
+                both.set()
+            await asyncio.wait_for(both.wait(), 5)  # each model's call waits until the other model has one in
+            inside[model] -= 1
+
+    await asyncio.gather(*(call(model) for model in ["local/a", "local/b"] * 3))
+    assert most == {"local/a": 1, "local/b": 1}
+
+
 def test_rpm_paces_request_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     limiter = Limiter({"p": ProviderLimit(rpm=600)})  # 10 per second
     gate = limiter.gate("p/m")

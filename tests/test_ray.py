@@ -131,6 +131,35 @@ def test_every_item_once_under_one_concurrency_limit_for_all_workers(tmp_path: P
     assert "(0 now, 30 from checkpoint)" in output and len(server.completions()) == 90
 
 
+def test_a_limit_below_the_number_of_workers_is_held_by_the_limiter_actor(
+    tmp_path: Path, server: CountingServer
+) -> None:
+    recipe, questions = _files(tmp_path, server, items=12, limits={"openai": {"max_concurrency": 2}})
+    code, output = _finish(_eval(recipe, questions, tmp_path / "out", "--ray", "--ray-workers", "3"))
+    assert code == 0, output
+    assert sorted(_keys(tmp_path / "out")) == sorted(f"q{i}" for i in range(12))
+    assert len(server.completions()) == 36 and server.peak == 2
+
+
+@pytest.mark.parametrize("most", [3, 4, 7, 32, 100])
+@pytest.mark.parametrize("workers", [1, 3, 4])
+def test_divided_limits_add_up_to_the_whole_and_never_pass_it(most: int, workers: int) -> None:
+    from moa.distributed.actors import divisible, shares
+    from moa.recipe import ProviderLimit
+
+    limits = {"openai": {"max_concurrency": most, "rpm": 600.0, "tpm": 90_000.0}, "local": {"max_concurrency": 1}}
+    assert divisible({"openai": ProviderLimit(max_concurrency=most)}, workers) == (most >= workers)
+    if most < workers:
+        return  # some worker would have none: the limiter actor holds such limits
+    parts = [shares(limits, index, workers) for index in range(workers)]
+    assert sum(part["openai"].max_concurrency or 0 for part in parts) == most
+    assert all((part["openai"].max_concurrency or 0) >= 1 for part in parts)
+    assert sum(part["openai"].rpm or 0 for part in parts) == pytest.approx(600)
+    assert sum(part["openai"].tpm or 0 for part in parts) == pytest.approx(90_000)
+    assert sum(part["default"].max_concurrency or 0 for part in parts) == 32  # a provider the recipe does not name
+    assert all(part["local"].max_concurrency == 1 for part in parts)  # each worker serves its own local models
+
+
 def test_the_budget_holds_across_all_workers(tmp_path: Path, server: CountingServer) -> None:
     # A model litellm has a price for: each call costs what its usage says; the budget lets some items through.
     recipe, questions = _files(tmp_path, server, items=20, models=["openai/gpt-4o-mini"] * 3)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import pickle
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -28,7 +29,7 @@ import ray
 
 from moa._call import Budget, CallCache
 from moa._errors import RunError
-from moa._limits import Limiter
+from moa._limits import DEFAULT_KEY, LOCAL, Limiter
 from moa._provider import Completion
 from moa._secrets import redact
 from moa.recipe import ProviderLimit
@@ -87,6 +88,9 @@ class Limits:
         for ticket in lost:
             await self.release(ticket)
         return len(lost)
+
+    async def pid(self) -> int:
+        return os.getpid()
 
     async def stats(self) -> dict[str, int]:
         """Calls in flight now, the most ever in flight at once, tickets granted and tickets outstanding."""
@@ -172,11 +176,14 @@ class RemoteCache:
 class Worker:
     """Runs recipes with the async engine; many runs at once (an async actor)."""
 
-    def __init__(self, owner: str, environment: Mapping[str, str], limits: Any, cache: Any) -> None:
+    def __init__(self, owner: str, environment: Mapping[str, str], limits: Any, cache: Any, share: tuple[int, int]
+                 ) -> None:  # fmt: skip
         os.environ.update(environment)  # provider keys and endpoints, given by the driver (never logged)
         from moa._litellm import LiteLLMProvider
 
         self.owner = owner
+        self.share = share  # (this worker's place, the number of workers): its share of divided limits
+        self.shared_limiters: dict[str, Limiter] = {}
         self.provider = LiteLLMProvider()
         self.limits = limits
         self.cache = RemoteCache(cache) if cache is not None else None
@@ -203,14 +210,51 @@ class Worker:
         if recipe is None:
             recipe = self.recipes[recipe_key] = await recipe_box[0]
         budget = Budget(held_usd, allow_unpriced) if held_usd is not None else None
-        limiter = RemoteLimiter(self.limits, self.owner, limits_key)
+        if limits_key.startswith(SHARES):  # this worker's share of every limit: no call leaves the process
+            limiter: Any = self.shared_limiters.get(limits_key)
+            if limiter is None:
+                divided = shares(json.loads(limits_key[len(SHARES) :]), *self.share)
+                limiter = self.shared_limiters[limits_key] = Limiter(divided)
+        else:
+            limiter = RemoteLimiter(self.limits, self.owner, limits_key)
         try:
             cache: Any = self.cache  # (a worker's view of the shared cache: all the engine asks of one)
-            result = await run(prompt, recipe, provider=self.provider, limiter=limiter,  # type: ignore[arg-type]
+            result = await run(prompt, recipe, provider=self.provider, limiter=limiter,
                                reuse=reuse, budget=budget, settings=settings, cache=cache)  # fmt: skip
         except Exception as exc:
             return "error", portable(exc), budget.spent_usd if budget is not None else 0.0
         return "ok", result, budget.spent_usd if budget is not None else 0.0
+
+
+#: A limits key that says: every worker takes its share (``shares``) instead of asking the ``Limits`` actor.
+SHARES = "shares:"
+
+
+def divisible(limits: Mapping[str, ProviderLimit], workers: int) -> bool:
+    """Whether every limit leaves each of ``workers`` at least one call at a time (then they can be divided)."""
+    every = [*limits.values(), limits.get(DEFAULT_KEY) or ProviderLimit()]
+    return all(limit.max_concurrency is None or limit.max_concurrency >= workers
+               for name, limit in zip([*limits, DEFAULT_KEY], every, strict=True) if name != LOCAL)  # fmt: skip
+
+
+def shares(limits: Mapping[str, Mapping[str, Any]], index: int, workers: int) -> dict[str, ProviderLimit]:
+    """Worker ``index``'s share of each provider's limits: its part of the concurrency (the parts add up to the
+    whole), and ``rpm`` and ``tpm`` divided by ``workers``; together the workers never pass the whole.  Local
+    models are each worker's own (their servers are)."""
+    given = {name: ProviderLimit(**limit) for name, limit in limits.items()}
+    given.setdefault(DEFAULT_KEY, ProviderLimit())  # a provider the recipe does not name: the default's share
+    divided = {}
+    for name, limit in given.items():
+        if name == LOCAL:
+            divided[name] = limit
+            continue
+        most = limit.max_concurrency
+        divided[name] = ProviderLimit(
+            max_concurrency=None if most is None else most // workers + (1 if index < most % workers else 0),
+            rpm=None if limit.rpm is None else limit.rpm / workers,
+            tpm=None if limit.tpm is None else limit.tpm / workers,
+        )
+    return divided
 
 
 def portable(exc: Exception) -> Exception:

@@ -62,6 +62,7 @@ class RayRunner:
         *,
         workers: int | None = None,
         attempts: int = 3,
+        central: bool = False,
     ) -> None:
         try:
             import ray
@@ -73,6 +74,7 @@ class RayRunner:
 
         self.ray = ray
         self.attempts = attempts
+        self.central = central  # every call through the Limits actor, even when the limits could be divided
         self.owned = address is None and not ray.is_initialized()
         try:
             if not ray.is_initialized():
@@ -92,6 +94,7 @@ class RayRunner:
         self.environment = {k: v for k, v in os.environ.items() if FORWARDED.search(k)}
         self.workers: list[tuple[str, Any]] = []
         self.busy = [0] * self.size
+        self._place = 0
         self.replaced = 0  # workers that died and were replaced
         self.retried = 0  # runs made again after their worker died
         self._recipes: dict[int, tuple[Recipe, str, list[Any]]] = {}
@@ -117,10 +120,12 @@ class RayRunner:
         from moa.distributed.actors import Worker
 
         owner = f"worker-{uuid.uuid4().hex[:8]}"
+        place = len(self.workers) if len(self.workers) < self.size else self._place  # (a replacement: the dead one's)
+        options = {"num_cpus": self.worker_cpus, "max_concurrency": 10_000}
         actor = (
             _remote(Worker)
-            .options(num_cpus=self.worker_cpus, max_concurrency=10_000)
-            .remote(owner, self.environment, self.limits, self.cache)
+            .options(**options)
+            .remote(owner, self.environment, self.limits, self.cache, (place, self.size))
         )
         return owner, actor
 
@@ -132,8 +137,14 @@ class RayRunner:
         return known[1], known[2]
 
     async def _limits_key(self, recipe: Recipe) -> str:
+        """How the workers hold ``recipe.limits``: each its share when every limit can be divided among them (no
+        call leaves the worker for it), else through the ``Limits`` actor (a round trip a call)."""
+        from moa.distributed.actors import SHARES, divisible
+
         limits = {name: limit.model_dump() for name, limit in recipe.limits.items()}
         key = json.dumps(limits, sort_keys=True)
+        if divisible(recipe.limits, self.size) and not self.central:
+            return SHARES + key
         if key not in self._registered:
             self._registered[key] = self.limits.register.remote(key, limits)
         await self._registered[key]
@@ -152,8 +163,8 @@ class RayRunner:
         """One run of ``recipe`` on a worker: its result, or the error it raised there."""
         from ray.exceptions import RayActorError, WorkerCrashedError
 
-        if not self.workers:
-            self.workers = [self._spawn() for _ in range(self.size)]
+        while len(self.workers) < self.size:
+            self.workers.append(self._spawn())
         recipe_key, box = self._recipe(recipe)
         limits_key = await self._limits_key(recipe)
         for attempt in range(1, self.attempts + 1):
@@ -188,6 +199,7 @@ class RayRunner:
         """The worker at ``index`` died: give back its limiter slots and start another in its place (once)."""
         if self.workers[index][0] != owner:
             return  # another run on the same worker replaced it already
+        self._place = index  # the new worker takes the dead one's share of the limits
         self.workers[index] = self._spawn()
         self.replaced += 1
         await self.limits.forget.remote(owner)
@@ -208,8 +220,16 @@ class RayRunner:
         return f"{self.size} Ray worker(s) on {where}"
 
     def close(self) -> None:
-        if self.owned and self.ray.is_initialized():
+        """Stop the workers and the shared actors (and the Ray this runner started)."""
+        if not self.ray.is_initialized():
+            return
+        if self.owned:
             self.ray.shutdown()
+            return
+        for actor in [*(actor for _, actor in self.workers), self.limits, self.cache]:
+            if actor is not None:
+                self.ray.kill(actor)
+        self.workers = []
 
 
 def _remote(actor_class: Any) -> Any:
