@@ -1,9 +1,10 @@
 """The Ray actors of a distributed run: the workers, the limiter every worker draws from, and the call cache.
 
 - ``Limits`` holds one ``moa.Limiter`` per set of provider limits (a recipe's
-  ``limits``), so a provider's concurrency, requests and tokens per minute hold
-  across every worker: a call takes a *ticket* here before it starts and gives
-  it back when it ends.  Tickets are kept by owner (a worker), so the slots of
+  ``limits``) that cannot be divided among the workers, so a provider's
+  concurrency, requests and tokens per minute hold across every worker: a call
+  takes a *ticket* here before it starts and gives it back when it ends.
+  Limits that can be divided are not asked here: each worker holds its share.  Tickets are kept by owner (a worker), so the slots of
   a worker that dies are given back when the driver says so (``forget``).
 - ``Cache`` owns the call cache file (``moa.CallCache``) on the driver's node:
   every worker, on any node, reads and writes the same answers.

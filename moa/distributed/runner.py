@@ -6,9 +6,10 @@ busy worker and its ``MoAResult`` comes back here, where items are scored,
 checkpointed and summarised exactly as in a local run (the same files, resumable
 the same way).
 
-- **Limits**: every worker's calls take their slot from one ``Limits`` actor,
-  so a recipe's per-provider concurrency, rpm and tpm hold for all workers
-  together.
+- **Limits** hold for all workers together.  When every limit leaves each
+  worker at least one call at a time, each worker holds its share (they add
+  up to the whole: ``moa.distributed.actors.shares``); otherwise every call
+  takes its slot from one ``Limits`` actor (a round trip a call).
 - **Budget**: the driver holds the whole budget.  A run is sent with its worst
   case reserved here (the item's reservation when an eval holds one); the
   worker spends within it and reports what it spent, which settles it.
