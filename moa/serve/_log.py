@@ -1,8 +1,8 @@
 """The request log of ``moa serve``: a JSON line per request on stderr, and each run in the run log.
 
 Requests are handed over without waiting (the event loop never touches SQLite)
-to one writer thread, which records everything that has queued up in one
-transaction on one database and then prints those requests' lines together.
+to one writer thread, which records what comes in within a tenth of a second in
+one transaction on one database and then prints those requests' lines together.
 Under load that is one commit for many requests instead of several connections
 and commits for each: measured with ``python benchmarks/serve.py``, it is most of
 what serving used to add at 50 concurrent clients.
@@ -20,8 +20,9 @@ from typing import Any
 
 from moa._runlog import FinishedRun, RunLog, RunLogError
 
-#: The most requests recorded in one transaction.
+#: The most requests recorded in one transaction, and how long the writer gathers them after the first.
 BATCH = 500
+GATHER_S = 0.1
 
 
 class RequestLog:
@@ -61,9 +62,10 @@ class RequestLog:
 
     def _write(self) -> None:
         while True:
-            first = self._queue.get()
-            batch = [first]
-            while first is not None and len(batch) < BATCH:
+            batch = [self._queue.get()]
+            if batch[0] is not None:
+                time.sleep(GATHER_S)  # what comes in meanwhile goes in the same transaction (no wake-up each)
+            while batch[-1] is not None and len(batch) < BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
