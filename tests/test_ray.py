@@ -74,10 +74,11 @@ def _files(tmp_path: Path, server: LoopbackServer, items: int, **recipe: Any) ->
     return path, questions
 
 
-def _eval(recipe: Path, questions: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+def _eval(recipe: Path, questions: Path, out: Path, *extra: str, env: dict[str, str] | None = None
+          ) -> subprocess.Popen[str]:  # fmt: skip
     argv = [sys.executable, "-m", "moa", "eval", "qa", "--recipe", str(recipe), "--data", str(questions), "--out",
             str(out), *extra]  # fmt: skip
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or ENV)
 
 
 def _finish(process: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str]:
@@ -115,20 +116,32 @@ def _ray_workers() -> list[int]:
 
 def test_every_item_once_under_one_concurrency_limit_for_all_workers(tmp_path: Path, server: CountingServer) -> None:
     recipe, questions = _files(tmp_path, server, items=30)
-    code, output = _finish(_eval(recipe, questions, tmp_path / "out", "--ray", "--ray-workers", "3"))
+    single = tmp_path / "single.yaml"
+    single.write_text(yaml.safe_dump({"name": "single", "defaults": {"api_base": server.base_url},
+                                      "limits": {"openai": {"max_concurrency": 4}},
+                                      "layers": [{"kind": "propose", "agents": [{"model": "openai/b"}]}]}))  # fmt: skip
+    # --ray alone is a Ray of this machine's own, whatever RAY_ADDRESS says.
+    driver = _eval(recipe, questions, tmp_path / "out", "--ray", "--ray-workers", "3", "--baseline", str(single),
+                   env={**ENV, "RAY_ADDRESS": "127.0.0.1:1"})  # fmt: skip
+    code, output = _finish(driver)
     assert code == 0, output
     assert "moa: 3 Ray worker(s) on a Ray of this machine, 24 in flight" in output
     assert sorted(_keys(tmp_path / "out")) == sorted(f"q{i}" for i in range(30))
-    assert len(server.completions()) == 90  # 3 calls an item, none twice
+    assert len(server.completions()) == 90 + 30  # 3 calls an item, none twice; then the baseline's
     assert 2 <= server.peak <= 4, server.peak  # the recipe's max_concurrency 4, across the three workers
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (summary["finished"], summary["failed"], summary["cache"]["misses"]) == (30, 0, 90)
+    baseline = json.loads((tmp_path / "out" / "baseline" / "summary.json").read_text())
+    assert (baseline["finished"], baseline["cache"]["hits"], baseline["cache"]["misses"]) == (30, 0, 30)
+    assert summary["cache"]["path"] == baseline["cache"]["path"] == str(tmp_path / "out" / "calls.sqlite")
+    assert not (tmp_path / "out" / "calls.sqlite-wal").exists()  # the cache was closed
     assert "sk-test-ray" not in output + (tmp_path / "out" / "items.jsonl").read_text()
 
-    # The same command again: every item is in the checkpoint, nothing is asked.
+    # The same command again: every item is in the checkpoint, nothing is asked, no Ray is started.
     code, output = _finish(_eval(recipe, questions, tmp_path / "out", "--ray", "--ray-workers", "2"))
     assert code == 0, output
-    assert "(0 now, 30 from checkpoint)" in output and len(server.completions()) == 90
+    assert "(0 now, 30 from checkpoint)" in output and len(server.completions()) == 120
+    assert "Ray worker" not in output
 
 
 def test_a_limit_below_the_number_of_workers_is_held_by_the_limiter_actor(
@@ -261,3 +274,69 @@ def test_search_on_ray_finds_what_a_local_search_finds(tmp_path: Path) -> None:
             tables.append([(point["label"], point["accuracy"], point["cost"], point["questions"]) for point in found])
         assert len(server.completions()) == 2 * 2 * 12  # two searches, two candidates, twelve questions
     assert tables[0] == tables[1] == [("layers[0].agents[0].model=openai/b", 1.0, 9.0, 12)]
+
+
+def test_a_run_that_fails_on_a_worker_fails_as_it_does_here(tmp_path: Path, server: CountingServer) -> None:
+    """The error that comes back is the worker's own: its type and its text."""
+    recipe, questions = _files(tmp_path, server, items=3)
+    spec = yaml.safe_load(recipe.read_text())
+    spec["layers"][0]["agents"][1] = {"model": "openai/b", "api_base": "http://127.0.0.1:1/v1"}
+    spec["retry"] = {"max_attempts": 1}
+    recipe.write_text(yaml.safe_dump(spec))
+    failures = []
+    for folder, extra in (("here", []), ("ray", ["--ray", "--ray-workers", "2"])):
+        code, output = _finish(_eval(recipe, questions, tmp_path / folder, *extra))
+        assert code == 1, output
+        summary = json.loads((tmp_path / folder / "summary.json").read_text())
+        failures.append(sorted(failure["error"] for failure in summary["failures"]))
+    assert len(failures[1]) == 3 and all(error.startswith("QuorumError: ") for error in failures[1])
+    assert failures[0] == failures[1]
+
+
+def test_a_worker_error_keeps_its_type_text_and_partial_run() -> None:
+    import asyncio
+    import pickle
+
+    import moa
+    from moa._errors import ProviderError, QuorumError
+    from moa.distributed.actors import Rebuilt, portable
+    from moa.testing import FakeProvider
+
+    recipe = {"name": "r", "retry": {"max_attempts": 1},
+              "layers": [{"kind": "propose", "agents": [{"model": "p/a"}, {"model": "p/b"}]},
+                         {"kind": "aggregate", "agents": [{"model": "p/c"}]}]}  # fmt: skip
+    failing = FakeProvider(lambda request, index: ProviderError("refused", status_code=400))
+    with pytest.raises(QuorumError) as caught:
+        asyncio.run(moa.run("Hi", recipe, provider=failing))
+    sent = portable(caught.value)
+    assert isinstance(sent, Rebuilt)  # (a QuorumError cannot be made again from its arguments alone)
+    back = pickle.loads(pickle.dumps(sent)).exception()
+    assert type(back) is QuorumError and str(back) == str(caught.value)
+    assert [c.model for c in back.partial.calls] == [c.model for c in caught.value.partial.calls] == ["p/a", "p/b"]
+
+
+def test_an_address_where_no_cluster_answers_is_a_quick_clear_error(tmp_path: Path, server: CountingServer) -> None:
+    recipe, questions = _files(tmp_path, server, items=2)
+    began = time.monotonic()
+    code, output = _finish(_eval(recipe, questions, tmp_path / "out", "--ray", "127.0.0.1:1"))
+    assert code == 2 and time.monotonic() - began < 60, output
+    assert "--ray 127.0.0.1:1: no Ray cluster answers there" in output and "Traceback" not in output
+    assert server.completions() == []
+
+
+def test_a_dry_run_starts_no_ray_and_writes_nothing(tmp_path: Path, server: CountingServer) -> None:
+    recipe, questions = _files(tmp_path, server, items=2)
+    code, output = _finish(_eval(recipe, questions, tmp_path / "out", "--ray", "--dry-run"))
+    assert code == 0, output
+    assert "Ray worker" not in output and not (tmp_path / "out").exists()
+
+
+def test_a_broken_ray_install_is_a_clear_error(tmp_path: Path, server: CountingServer) -> None:
+    shadow = tmp_path / "shadow" / "ray"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('libray.so: cannot open shared object file')\n")
+    recipe, questions = _files(tmp_path, server, items=2)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")])}
+    code, output = _finish(_eval(recipe, questions, tmp_path / "out", "--ray", env=env))
+    assert code == 2 and "Traceback" not in output, output
+    assert "--ray: Ray is installed but cannot be imported (libray.so: cannot open shared object file)" in output

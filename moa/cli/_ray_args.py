@@ -39,10 +39,18 @@ def with_ray(command: Callable[..., int]) -> Callable[..., int]:
         from moa.distributed import RayRunner
         from moa.eval._runner import RUNNER
 
-        runner = RayRunner(None if args.ray == "local" else args.ray, workers=args.ray_workers)
+        if getattr(args, "dry_run", False):
+            return command(args, *rest)  # a dry run makes no call: no Ray to start
+
+        def say(line: str) -> None:
+            in_flight = args.concurrency or PER_WORKER * (runner.size or 1)
+            print(f"moa: {line}, {in_flight} in flight", file=sys.stderr, flush=True)
+
+        runner = RayRunner(None if args.ray == "local" else args.ray, workers=args.ray_workers, say=say)
         if args.concurrency is None:
-            args.concurrency = PER_WORKER * runner.size
-        print(f"moa: {runner.describe()}, {args.concurrency} in flight", file=sys.stderr, flush=True)
+            if runner.size is None:
+                runner.start()  # a cluster's size is its CPUs: join it now to know
+            args.concurrency = PER_WORKER * (runner.size or 1)
         token = RUNNER.set(runner)
         try:
             return command(args, *rest)

@@ -5,6 +5,7 @@
 (``pip install 'moa-pipeline[ray]'``), imported only when a runner is made.
 """
 
-from moa.distributed.runner import CacheView, RayRunner, RayUnavailableError
+from moa.distributed._support import CacheView, RayUnavailableError
+from moa.distributed.runner import RayRunner
 
 __all__ = ["CacheView", "RayRunner", "RayUnavailableError"]

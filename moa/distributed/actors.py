@@ -4,8 +4,9 @@
   ``limits``) that cannot be divided among the workers, so a provider's
   concurrency, requests and tokens per minute hold across every worker: a call
   takes a *ticket* here before it starts and gives it back when it ends.
-  Limits that can be divided are not asked here: each worker holds its share.  Tickets are kept by owner (a worker), so the slots of
-  a worker that dies are given back when the driver says so (``forget``).
+  Limits that can be divided are not asked here: each worker holds its share.
+  Tickets are kept by owner (a worker), so the slots of a worker that dies are
+  given back when the driver says so (``forget``).
 - ``Cache`` owns the call cache file (``moa.CallCache``) on the driver's node:
   every worker, on any node, reads and writes the same answers.
 - ``Worker`` runs recipes with the async engine (as many runs at once as it is
@@ -23,7 +24,7 @@ import os
 import pickle
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -115,6 +116,9 @@ class Cache:
     def summary(self) -> dict[str, Any]:
         return self.cache.summary()
 
+    def close(self) -> None:
+        self.cache.close()
+
 
 class RemoteLimiter:
     """A worker's view of ``Limits``: ``gate(model).slot(tokens)`` as the call pipeline uses a ``moa.Limiter``."""
@@ -170,7 +174,7 @@ class RemoteCache:
         return found
 
     async def store(self, key: str, model: str, completion: Completion) -> None:
-        self.actor.put.remote(key, model, completion)  # not awaited: the answer is the caller's already
+        await self.actor.put.remote(key, model, completion)  # stored before the run returns: none is lost
 
 
 @ray.remote
@@ -209,6 +213,7 @@ class Worker:
 
         recipe = self.recipes.get(recipe_key)
         if recipe is None:
+            os.environ.update(await recipe_box[1])  # the keys its agents name (api_key_env)
             recipe = self.recipes[recipe_key] = await recipe_box[0]
         budget = Budget(held_usd, allow_unpriced) if held_usd is not None else None
         if limits_key.startswith(SHARES):  # this worker's share of every limit: no call leaves the process
@@ -258,15 +263,33 @@ def shares(limits: Mapping[str, Mapping[str, Any]], index: int, workers: int) ->
     return divided
 
 
-def portable(exc: Exception) -> Exception:
-    """``exc`` itself when it survives pickling (a moa error keeps its type and its ``partial`` run), else a
-    ``RunError`` with its text."""
+def portable(exc: Exception) -> Exception | Rebuilt:
+    """What of ``exc`` goes back to the driver: the exception itself when it pickles, else its type, arguments and
+    attributes (a moa error keeps its type, its text and its ``partial`` run), else a ``RunError`` with its text."""
     try:
         pickle.loads(pickle.dumps(exc))
     except Exception:
+        pass
+    else:
+        return exc
+    rebuilt = Rebuilt(type(exc), exc.args, dict(vars(exc)))
+    try:
+        pickle.loads(pickle.dumps(rebuilt)).exception()
+    except Exception:
         return RunError(redact(f"{type(exc).__name__}: {exc}"))
-    return exc
+    return rebuilt
 
 
-def cache_path(cache: CallCache | None) -> str | None:
-    return None if cache is None else str(Path(cache.path).resolve())
+@dataclass(frozen=True)
+class Rebuilt:
+    """An exception whose class cannot be made again from its arguments (most moa errors take several)."""
+
+    kind: type[Exception]
+    args: tuple[Any, ...]
+    state: dict[str, Any]
+
+    def exception(self) -> Exception:
+        exc = self.kind.__new__(self.kind)
+        exc.args = self.args
+        vars(exc).update(self.state)
+        return exc

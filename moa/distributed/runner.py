@@ -19,122 +19,150 @@ the same way).
   made again on the pool (``attempts`` times in all).  Calls those runs had
   finished come back from the call cache.  A driver that dies is resumed from
   its checkpoints by running the same command again.
+
+Ray starts with the first run, not before: a dry run, a mistake found before
+any call, or a rerun with every item done never waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from moa._call import Budget, CallCache
 from moa._call.budget import BudgetRefused
 from moa._errors import BudgetExceeded, ConfigError, RunError
+from moa.distributed._support import (
+    CacheView,
+    RayUnavailableError,
+    check_reachable,
+    forwarded_environment,
+    import_ray,
+    key_names,
+)
 from moa.recipe import Recipe
 from moa.result import MoAResult
 
-#: Environment variables handed to every worker (a cluster's nodes do not share the driver's environment):
-#: provider keys, endpoints and settings.  Their values are never logged.
-FORWARDED = re.compile(r"(_API_KEY|_API_BASE|_BASE_URL|_API_VERSION|_KEY|_TOKEN|_SECRET|_SECRET_ACCESS_KEY)$"
-                       r"|^(MOA_|LITELLM_|OPENAI_|AZURE_|AWS_|VERTEX|GOOGLE_|HF_|NO_PROXY|HTTPS?_PROXY)")  # fmt: skip
-INSTALL_HINT = "pip install 'moa-pipeline[ray]'  (from a checkout: pip install -e '.[ray]')"
-
-
-class RayUnavailableError(ConfigError):
-    """Ray is not installed, or the cluster cannot be reached."""
+__all__ = ["CacheView", "RayRunner", "RayUnavailableError"]
 
 
 class RayRunner:
     """A pool of ``workers`` Ray workers (default: one per CPU of the cluster) and the actors they share.
 
-    ``address``: None starts a Ray of this machine's own (stopped by ``close``); else the address of a running
-    cluster to join (``ray start --head`` prints it; ``auto`` finds one on this machine).
-    Workers start with the first run; ``use_cache`` before it gives them the call cache they all share.
+    ``address``: None starts a Ray of this machine's own (stopped by ``close``), whatever ``RAY_ADDRESS`` says;
+    else the address of a running cluster to join (``ray start --head`` prints it; ``auto`` finds one on this
+    machine).  ``central``: every call through the limiter actor, even when the limits could be divided.
+    ``say`` is told, once Ray is up, how many workers run where.  Ray starts with the first run (``start``).
     """
 
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        workers: int | None = None,
-        attempts: int = 3,
-        central: bool = False,
-    ) -> None:
-        try:
-            import ray
-        except ModuleNotFoundError:
-            raise RayUnavailableError(f"--ray needs Ray: {INSTALL_HINT}") from None
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        from moa.distributed.actors import Limits
-
-        self.ray = ray
-        self.attempts = attempts
-        self.central = central  # every call through the Limits actor, even when the limits could be divided
-        self.owned = address is None and not ray.is_initialized()
-        try:
-            if not ray.is_initialized():
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING, configure_logging=False)  # fmt: skip
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise RayUnavailableError(f"--ray {address}: cannot reach a Ray cluster there: {exc}") from None
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.size = workers or max(1, cpus)
-        self.worker_cpus = min(1.0, max(0.01, cpus / self.size))  # more workers than CPUs: they share them
-        self.here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-        self.limits = (
-            _remote(Limits).options(num_cpus=0, max_concurrency=100_000, scheduling_strategy=self.here).remote()
-        )
+    def __init__(self, address: str | None = None, *, workers: int | None = None, attempts: int = 3,
+                 central: bool = False, say: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        self.ray = import_ray()
+        self.address = address
+        self.owned = address is None
+        self.requested = workers
+        #: The pool's size: known before Ray starts unless it is a cluster's CPUs.
+        self.size: int | None = workers or (len(os.sched_getaffinity(0)) if address is None else None)
+        self.attempts, self.central, self.say = attempts, central, say or (lambda line: None)
+        self.started = False
+        self.cache_file: CallCache | None = None
         self.cache: Any = None
-        self.cache_path: str | None = None
-        self.environment = {k: v for k, v in os.environ.items() if FORWARDED.search(k)}
+        self.limits: Any = None
         self.workers: list[tuple[str, Any]] = []
-        self.busy = [0] * self.size
+        self.busy: list[int] = []
         self._place = 0
         self.replaced = 0  # workers that died and were replaced
         self.retried = 0  # runs made again after their worker died
         self._recipes: dict[int, tuple[Recipe, str, list[Any]]] = {}
         self._registered: dict[str, Any] = {}
 
+    def start(self) -> None:
+        """Start (or join) Ray, the limiter and the cache's actor; idempotent."""
+        if self.started:
+            return
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from moa.distributed.actors import Limits
+
+        ray = self.ray
+        if self.address is not None:
+            check_reachable(self.address)
+        if not ray.is_initialized():
+            try:
+                ray.init(address="local" if self.address is None else self.address, include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)  # fmt: skip
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise RayUnavailableError(f"--ray {self.address}: cannot reach a Ray cluster there: {exc}") from None
+        else:
+            self.owned = False  # the caller's Ray: not this runner's to stop
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.size = self.requested or max(1, cpus)
+        self.busy = [0] * self.size
+        self.worker_cpus = min(1.0, max(0.01, cpus / self.size))  # more workers than CPUs: they share them
+        self.here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.limits = _remote(Limits).options(num_cpus=0, max_concurrency=100_000, scheduling_strategy=self.here)
+        self.limits = self.limits.remote()
+        self.started = True
+        self._open_cache()
+        self.say(self.describe())
+
     def use_cache(self, cache: CallCache) -> CacheView:
         """Share ``cache``'s file among the workers (an actor on this node owns it); what stands for it here."""
-        from moa.distributed.actors import Cache
-
-        cache.open()  # a file that is not a cache is a CacheError now, before any call
-        cache.close()
-        path = str(cache.path.resolve())
-        if self.cache is None:
+        if self.cache_file is None:
             if self.workers:
                 raise ConfigError("--ray: the call cache must be given before the first run")
-            self.cache = _remote(Cache).options(num_cpus=0, scheduling_strategy=self.here).remote(path, cache.refresh)
-            self.cache_path = path
-        elif path != self.cache_path:
-            raise ConfigError(f"--ray: one call cache per command ({self.cache_path}), not also {path}")
-        return CacheView(self, path)
+            self.cache_file = cache
+            if self.started:  # (Ray was joined early, to learn the cluster's size)
+                self._open_cache()
+        elif cache.path.resolve() != self.cache_file.path.resolve():
+            raise ConfigError(f"--ray: one call cache per command ({self.cache_file.path}), not also {cache.path}")
+        return CacheView(self, str(cache.path))
+
+    def _open_cache(self) -> None:
+        """The actor that owns the cache file, on this node; a file that is not a cache is a CacheError first."""
+        from moa.distributed.actors import Cache
+
+        if self.cache_file is None or self.cache is not None:
+            return
+        self.cache_file.open()
+        self.cache_file.close()
+        path = str(self.cache_file.path.resolve())
+        options = {"num_cpus": 0, "scheduling_strategy": self.here}
+        self.cache = _remote(Cache).options(**options).remote(path, self.cache_file.refresh)
+
+    def cache_counts(self) -> dict[str, Any]:
+        """The shared cache's hits, misses and savings so far (all zero before the work starts)."""
+        if self.cache is None:
+            return {}
+        counts: dict[str, Any] = self.ray.get(self.cache.summary.remote())
+        return counts
 
     def _spawn(self) -> tuple[str, Any]:
         from moa.distributed.actors import Worker
 
+        assert self.size is not None
         owner = f"worker-{uuid.uuid4().hex[:8]}"
         place = len(self.workers) if len(self.workers) < self.size else self._place  # (a replacement: the dead one's)
         options = {"num_cpus": self.worker_cpus, "max_concurrency": 10_000}
         actor = (
             _remote(Worker)
             .options(**options)
-            .remote(owner, self.environment, self.limits, self.cache, (place, self.size))
+            .remote(owner, forwarded_environment(), self.limits, self.cache, (place, self.size))
         )
         return owner, actor
 
     def _recipe(self, recipe: Recipe) -> tuple[str, list[Any]]:
         known = self._recipes.get(id(recipe))
         if known is None or known[0] is not recipe:
-            key = uuid.uuid4().hex
-            known = self._recipes[id(recipe)] = (recipe, key, [self.ray.put(recipe)])  # boxed: resolved once
+            keys = {name: os.environ[name] for name in key_names(recipe.model_dump()) if name in os.environ}
+            box = [self.ray.put(recipe), self.ray.put(keys)]  # boxed: a worker resolves them once
+            known = self._recipes[id(recipe)] = (recipe, uuid.uuid4().hex, box)
         return known[1], known[2]
 
     async def _limits_key(self, recipe: Recipe) -> str:
@@ -142,6 +170,7 @@ class RayRunner:
         call leaves the worker for it), else through the ``Limits`` actor (a round trip a call)."""
         from moa.distributed.actors import SHARES, divisible
 
+        assert self.size is not None
         limits = {name: limit.model_dump() for name, limit in recipe.limits.items()}
         key = json.dumps(limits, sort_keys=True)
         if divisible(recipe.limits, self.size) and not self.central:
@@ -164,6 +193,10 @@ class RayRunner:
         """One run of ``recipe`` on a worker: its result, or the error it raised there."""
         from ray.exceptions import RayActorError, WorkerCrashedError
 
+        from moa.distributed.actors import Rebuilt
+
+        self.start()
+        assert self.size is not None
         while len(self.workers) < self.size:
             self.workers.append(self._spawn())
         recipe_key, box = self._recipe(recipe)
@@ -173,11 +206,10 @@ class RayRunner:
             index = min(range(self.size), key=self.busy.__getitem__)
             owner, actor = self.workers[index]
             self.busy[index] += 1
+            pending = actor.run.remote(prompt, recipe_key, box, limits_key, list(reuse), held,
+                                       budget.allow_unpriced if budget else False, settings)  # fmt: skip
             try:
-                status, payload, spent = await actor.run.remote(
-                    prompt, recipe_key, box, limits_key, list(reuse), held, budget.allow_unpriced if budget else False,
-                    settings,
-                )  # fmt: skip
+                status, payload, spent = await pending
             except (RayActorError, WorkerCrashedError):
                 if budget is not None and held is not None:
                     budget.settle(held, held)  # what the lost run spent is unknown: all it could have
@@ -187,13 +219,18 @@ class RayRunner:
                     continue
                 raise RunError(f"the run was lost {self.attempts} times with its Ray worker (the worker process "
                                "died each time: out of memory? killed?)") from None  # fmt: skip
+            except asyncio.CancelledError:  # (a deadline): the worker's run stops too; what it spent is unknown
+                self.ray.cancel(pending)
+                if budget is not None and held is not None:
+                    budget.settle(held, held)
+                raise
             finally:
                 self.busy[index] -= 1
             if budget is not None and held is not None:
                 budget.settle(held, spent)
             if status == "ok":
                 return payload  # type: ignore[no-any-return]
-            raise payload
+            raise payload.exception() if isinstance(payload, Rebuilt) else payload
         raise AssertionError("unreachable")
 
     async def _replace(self, index: int, owner: str) -> None:
@@ -212,18 +249,19 @@ class RayRunner:
     async def worker_pids(self) -> list[int]:
         return list(await asyncio.gather(*(actor.pid.remote() for _, actor in self.workers)))
 
-    def cache_summary(self) -> dict[str, Any] | None:
-        return None if self.cache is None else self.ray.get(self.cache.summary.remote())
-
     def describe(self) -> str:
         nodes = sum(1 for node in self.ray.nodes() if node.get("Alive"))
         where = "a Ray of this machine" if self.owned else f"the Ray cluster ({nodes} node(s))"
         return f"{self.size} Ray worker(s) on {where}"
 
     def close(self) -> None:
-        """Stop the workers and the shared actors (and the Ray this runner started)."""
-        if not self.ray.is_initialized():
+        """Close the shared cache, stop the workers and the shared actors (and the Ray this runner started)."""
+        if not self.started or not self.ray.is_initialized():
             return
+        self.started = False
+        if self.cache is not None:
+            with contextlib.suppress(Exception):  # (a cache actor that died: the file is as its last write left it)
+                self.ray.get(self.cache.close.remote(), timeout=30)  # its last writes, and no -wal file left
         if self.owned:
             self.ray.shutdown()
             return
@@ -246,16 +284,3 @@ def _reserve(budget: Budget | None, worst_case_usd: float | None) -> float | Non
         return budget.reserve(worst_case_usd)
     except BudgetRefused as exc:
         raise BudgetExceeded(f"{exc}; raise the budget or lower max_tokens") from None
-
-
-class CacheView:
-    """What an eval's summary asks of its call cache (``summary()``), for the cache the workers share."""
-
-    def __init__(self, runner: RayRunner, path: str) -> None:
-        self.runner, self.path = runner, path
-
-    def open(self) -> None:  # opened and checked by ``RayRunner.use_cache``
-        return None
-
-    def summary(self) -> Mapping[str, Any] | None:
-        return self.runner.cache_summary()
