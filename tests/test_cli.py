@@ -184,10 +184,11 @@ def test_python_dash_m_moa_is_the_same_command() -> None:
     assert "usage: moa" in out.stdout
 
 
-def test_help_does_not_import_litellm_or_pydantic() -> None:
+@pytest.mark.parametrize("argv", [["--help"], ["eval", "qa", "--help"], ["search", "--help"]])
+def test_help_does_not_import_litellm_pydantic_or_ray(argv: list[str]) -> None:
     code = (
-        "import sys; from moa.cli import main; main(['--help']); "
-        "print(sorted(m for m in ('litellm', 'pydantic', 'rich') if m in sys.modules))"
+        f"import sys; from moa.cli import main\ntry: main({argv!r})\nexcept SystemExit: pass\n"
+        "print(sorted(m for m in ('litellm', 'pydantic', 'rich', 'ray') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
