@@ -340,3 +340,15 @@ def test_a_broken_ray_install_is_a_clear_error(tmp_path: Path, server: CountingS
     code, output = _finish(_eval(recipe, questions, tmp_path / "out", "--ray", env=env))
     assert code == 2 and "Traceback" not in output, output
     assert "--ray: Ray is installed but cannot be imported (libray.so: cannot open shared object file)" in output
+
+
+def test_local_models_are_each_workers_own_even_under_the_limiter_actor() -> None:
+    """A worker serves its own local models (a llama.cpp server per process): their gates are not shared."""
+    from moa import Limiter
+    from moa.distributed.actors import RemoteLimiter
+
+    here = Limiter()
+    limiter = RemoteLimiter(actor=None, owner="w", key="{}", here=here)
+    assert limiter.gate("local/smollm2-135m") is here.gate("local/smollm2-135m")
+    assert limiter.gate("local/smollm2-135m").limit.max_concurrency == 1
+    assert type(limiter.gate("openai/a")).__name__ == "_RemoteGate"

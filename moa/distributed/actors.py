@@ -32,7 +32,7 @@ import ray
 from moa._call import Budget, CallCache
 from moa._errors import RunError
 from moa._limits import DEFAULT_KEY, LOCAL, Limiter
-from moa._provider import Completion
+from moa._provider import Completion, provider_of
 from moa._secrets import redact
 from moa.recipe import ProviderLimit
 
@@ -121,13 +121,16 @@ class Cache:
 
 
 class RemoteLimiter:
-    """A worker's view of ``Limits``: ``gate(model).slot(tokens)`` as the call pipeline uses a ``moa.Limiter``."""
+    """A worker's view of ``Limits``: ``gate(model).slot(tokens)`` as the call pipeline uses a ``moa.Limiter``.
 
-    def __init__(self, actor: Any, owner: str, key: str) -> None:
-        self.actor, self.owner, self.key = actor, owner, key
+    Local models are the exception: each worker serves its own (a llama.cpp server per process), so their gates
+    are the worker's (``here``), not shared with the other workers."""
 
-    def gate(self, model: str) -> _RemoteGate:
-        return _RemoteGate(self, model)
+    def __init__(self, actor: Any, owner: str, key: str, here: Limiter) -> None:
+        self.actor, self.owner, self.key, self.here = actor, owner, key, here
+
+    def gate(self, model: str) -> Any:
+        return self.here.gate(model) if provider_of(model) == LOCAL else _RemoteGate(self, model)
 
 
 class _RemoteGate:
@@ -222,7 +225,11 @@ class Worker:
                 divided = shares(json.loads(limits_key[len(SHARES) :]), *self.share)
                 limiter = self.shared_limiters[limits_key] = Limiter(divided)
         else:
-            limiter = RemoteLimiter(self.limits, self.owner, limits_key)
+            here = self.shared_limiters.get(limits_key)
+            if here is None:
+                given = {name: ProviderLimit(**limit) for name, limit in json.loads(limits_key).items()}
+                here = self.shared_limiters[limits_key] = Limiter(given)
+            limiter = RemoteLimiter(self.limits, self.owner, limits_key, here)
         try:
             cache: Any = self.cache  # (a worker's view of the shared cache: all the engine asks of one)
             result = await run(prompt, recipe, provider=self.provider, limiter=limiter,
