@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from aiolimiter import AsyncLimiter
 from asyncio_throttle import Throttler
 
+from moa._local import local_name
 from moa._provider import provider_of
 from moa.recipe import ProviderLimit
 
@@ -89,12 +90,20 @@ class Limiter:
     def __init__(self, limits: Mapping[str, ProviderLimit] | None = None) -> None:
         self.limits = dict(limits or {})
         self._gates: dict[str, ProviderGate] = {}
+        self._local_keys: dict[str, str] = {}
+
+    def _local_key(self, model: str) -> str:
+        """A local model's gate is its server's: one per file, whatever path or name reaches it."""
+        key = self._local_keys.get(model)
+        if key is None:
+            key = self._local_keys[model] = f"{LOCAL}:{local_name(model)}"
+        return key
 
     def gate(self, model: str) -> ProviderGate:
         provider = provider_of(model)
         # Each local model is served by a llama.cpp server of its own, which answers one request at a time:
         # its own gate, by default one call at a time (``limits.local`` sets every local model's).
-        key = model if provider == LOCAL else provider
+        key = self._local_key(model) if provider == LOCAL else provider
         gate = self._gates.get(key)
         if gate is None:
             if provider == LOCAL:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from test_tpm import run_virtual, starts
@@ -35,6 +36,16 @@ def test_each_local_model_has_a_gate_of_its_own_one_call_at_a_time_by_default() 
     limiter = Limiter({"local": ProviderLimit(max_concurrency=2)})
     assert limiter.gate("local/smollm2-135m").limit.max_concurrency == 2
     assert limiter.gate("local:/models/qwen.gguf") is not limiter.gate("local/smollm2-135m")
+
+
+def test_every_path_to_one_local_file_shares_its_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = tmp_path / "weights.gguf"
+    weights.write_bytes(b"GGUF")
+    (tmp_path / "link.gguf").symlink_to(weights)
+    monkeypatch.chdir(tmp_path)
+    limiter = Limiter()
+    gates = {id(limiter.gate(f"local:{path}")) for path in (weights, tmp_path / "link.gguf", "weights.gguf")}
+    assert len(gates) == 1  # one server answers them all: one call at a time between them
 
 
 async def test_two_local_models_each_answer_one_call_at_a_time_and_both_at_once() -> None:

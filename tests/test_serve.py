@@ -205,7 +205,7 @@ def test_fifty_clients_share_one_limit(served: Any) -> None:
 
 
 def test_shutdown_lets_runs_in_flight_finish(served: Any) -> None:
-    base, _, process, _ = served(latency={"solo": 1.5})
+    base, _, process, lines = served(latency={"solo": 1.5})
     answers: list[str] = []
 
     def ask() -> None:
@@ -219,7 +219,11 @@ def test_shutdown_lets_runs_in_flight_finish(served: Any) -> None:
     process.send_signal(signal.SIGTERM)
     worker.join()
     assert answers == ["solo says four"]  # the run in flight finished before the server stopped
-    assert process.wait(timeout=120) in (0, -signal.SIGTERM)  # (uvicorn ends by the signal it caught)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    # ... and was logged: the request log writes what it holds before the process ends.
+    _wait(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")
+    logged = [json.loads(line.split("moa serve: ", 1)[1]) for line in lines if '"run_id"' in line]
+    assert [(entry["recipe"], entry["ok"]) for entry in logged] == [("single", True)] and logged[0]["log_id"]
 
 
 def test_a_deadline_is_504_and_the_server_s_budget_is_402(served: Any) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -76,9 +78,37 @@ def test_a_run_log_that_cannot_be_written_is_one_warning_and_the_lines_go_on(
     log.close()
     err = capsys.readouterr().err.splitlines()
     warnings = [line for line in err if "warning" in line]
-    assert len(warnings) == 1 and str(blocked) in warnings[0] and "requests are no longer logged" in warnings[0]
+    assert len(warnings) == 1 and str(blocked) in warnings[0] and "requests are kept and logged" in warnings[0]
     entries = [json.loads(line.removeprefix("moa serve: ")) for line in err if line not in warnings]
     assert [e["run_id"] for e in entries] == ["run-0", "run-1", "run-2"] and all("log_id" not in e for e in entries)
+
+
+def test_requests_logged_while_the_run_log_is_locked_are_written_when_it_is_free_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOA_LOG_TIMEOUT", "0.2")
+    path = tmp_path / "runs.sqlite"
+    RunLog(path).start("earlier", "{}", [])  # a log that exists
+    recipe = moa.load_recipe(RECIPE)
+    result = asyncio.run(moa.run("question 0", recipe, provider=FakeProvider(), api_key="k"))
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # another program holds the file
+    log = RequestLog(path)
+    for n in range(2):
+        log(_entry(f"run-{n}"), recipe, [{"role": "user", "content": "question 0"}], result, None)
+    deadline = time.monotonic() + 60
+    while not log._warned:  # the writer found the log locked (past its timeout)
+        assert time.monotonic() < deadline, "the lock was never hit"
+        time.sleep(0.02)
+    locker.rollback()
+    locker.close()
+    log(_entry("run-2"), recipe, [{"role": "user", "content": "question 0"}], result, None)
+    log.close()
+    err = capsys.readouterr().err.splitlines()
+    assert sum("warning" in line for line in err) == 1
+    assert any("the run log works again (2 kept request(s) written)" in line for line in err)
+    stored = [run["recipe"] for run in RunLog(path).recent(10)]
+    assert sorted(stored) == ["earlier", "pair", "pair", "pair"]
 
 
 def test_without_a_run_log_only_the_lines_are_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -100,7 +101,16 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = uvicorn.Config(create_app(config), log_level="warning", access_log=False, proxy_headers=False,
                               timeout_graceful_shutdown=args.shutdown_timeout)  # fmt: skip
     server = uvicorn.Server(settings)
-    server.run(sockets=[listener])
-    request_log.close()
-    print("moa serve: stopped", file=sys.stderr, flush=True)
+    # uvicorn stops on SIGTERM / Ctrl-C, then raises the signal again: a Python handler for SIGTERM (SIGINT has
+    # one) turns it into an exit that lets the request log write what it holds before the process ends.
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        server.run(sockets=[listener])
+    finally:
+        request_log.close()
+        print("moa serve: stopped", file=sys.stderr, flush=True)
     return EXIT_OK
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

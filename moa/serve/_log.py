@@ -23,6 +23,8 @@ from moa._runlog import FinishedRun, RunLog, RunLogError
 #: The most requests recorded in one transaction, and how long the writer gathers them after the first.
 BATCH = 500
 GATHER_S = 0.1
+#: The most runs kept back while the run log cannot be written.
+KEPT = 10_000
 
 
 class RequestLog:
@@ -32,13 +34,14 @@ class RequestLog:
         self.runlog = RunLog(path) if runlog else None
         self._queue: queue.SimpleQueue[tuple[dict[str, Any], FinishedRun | None] | None] = queue.SimpleQueue()
         self._recipes: dict[int, tuple[Any, str]] = {}  # id(recipe) -> (recipe, its JSON): dumped once each
-        self._warned = False
+        self._warned = False  # the run log failed: warned once, until it works again
+        self._kept: list[FinishedRun] = []  # runs not written yet, for that reason
         self._thread = threading.Thread(target=self._write, name="moa-serve-log", daemon=True)
         self._thread.start()
 
     def __call__(self, entry: dict[str, Any], recipe: Any, messages: Any, result: Any, exc: Any) -> None:
         run = None
-        if self.runlog is not None and not self._warned:
+        if self.runlog is not None:
             partial = getattr(exc, "partial", None)
             calls = result.calls if result is not None else list(getattr(partial, "calls", None) or [])
             latency = result.latency_s if result is not None else 0.0
@@ -80,14 +83,27 @@ class RequestLog:
                 return
 
     def _flush(self, batch: list[tuple[dict[str, Any], FinishedRun | None]]) -> None:
+        """Record the batch's runs (and any an earlier failure kept back), then print the batch's lines.
+
+        When the run log cannot be written (locked past its timeout, a full disk), the lines are printed without a
+        ``log_id``, the runs are kept (``KEPT`` at most, the newest) and written with the next batch that can be:
+        one warning when it stops working, one line when it works again."""
         runs = [run for _, run in batch if run is not None]
         ids: list[int] = []
-        if runs and self.runlog is not None and not self._warned:
+        if self.runlog is not None and (runs or self._kept):
             try:
-                ids = self.runlog.record_finished(runs)
+                ids = self.runlog.record_finished([*self._kept, *runs])[len(self._kept) :]
             except RunLogError as failed:
+                self._kept = [*self._kept, *runs][-KEPT:]
+                if not self._warned:
+                    print(f"moa serve: warning: {failed}; requests are kept and logged when it works again",
+                          file=sys.stderr, flush=True)  # fmt: skip
                 self._warned = True
-                print(f"moa serve: warning: {failed}; requests are no longer logged", file=sys.stderr, flush=True)
+            else:
+                if self._warned:
+                    print(f"moa serve: the run log works again ({len(self._kept)} kept request(s) written)",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                self._kept, self._warned = [], False
         numbered = iter(ids)
         lines = []
         for entry, run in batch:

@@ -336,10 +336,12 @@ async def _stream(request: Request, config: ServeConfig, run_id: str, recipe: Re
                                   "model": recipe.name, "choices": [], "usage": _usage(result)})  # fmt: skip
             yield "[DONE]"
         finally:
-            if not task.done():  # the client went away: cancel the run's calls
+            if not task.done():  # the client went away: cancel the run's calls, and say so in the log
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+                gone = asyncio.CancelledError("the client went away: its calls were cancelled")
+                _log(config, run_id, recipe, messages, None, gone)
 
     return EventSourceResponse(events(), headers={"x-moa-run-id": run_id}, ping=15)
 
