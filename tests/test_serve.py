@@ -187,6 +187,19 @@ def test_a_client_that_goes_away_cancels_its_calls(served: Any) -> None:
     assert [r.model for r in upstream.requests].count("agg") == 0
 
 
+def test_a_streaming_client_that_goes_away_cancels_its_calls_and_is_logged(served: Any) -> None:
+    base, upstream, _, lines = served(latency={"p1": 600, "p2": 600})
+    body = {"model": "mix", "messages": [{"role": "user", "content": "2+2?"}], "stream": True}
+    with httpx.stream("POST", f"{base}/chat/completions", json=body, headers={"Authorization": f"Bearer {TOKEN}"},
+                      timeout=60) as response:  # fmt: skip
+        chunks = response.iter_lines()  # (kept: a generator dropped here would close the stream at once)
+        assert next(chunks).startswith("data: ")  # the first chunk; then the client hangs up
+        _wait(lambda: len(upstream.requests) == 2, "the proposers were asked")
+    _wait(lambda: _in_flight(base) == 0, "the run was cancelled")
+    _wait(lambda: any("the client went away" in line for line in lines), "the cancel was logged")
+    assert [r.model for r in upstream.requests].count("agg") == 0
+
+
 def test_fifty_clients_share_one_limit(served: Any) -> None:
     base, upstream, _, _ = served(latency={"solo": 0.2}, limit=5)
     client = openai.OpenAI(base_url=base, api_key=TOKEN, max_retries=0, timeout=600)
