@@ -125,7 +125,7 @@ async def test_the_async_sdk_and_litellm_as_clients(served: Any) -> None:
 
 
 def test_errors_have_openai_s_shape_and_status(served: Any) -> None:
-    base, upstream, _, _ = served()
+    base, upstream, _, lines = served()
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=base, api_key="wrong").models.list()
     client = openai.OpenAI(base_url=base, api_key=TOKEN, max_retries=0)
@@ -156,6 +156,15 @@ def test_errors_have_openai_s_shape_and_status(served: Any) -> None:
         client.chat.completions.create(model="single", messages=[{"role": "user", "content": "hi"}])
     assert failed.value.status_code == 502 and "upstream-key" not in str(failed.value)
     assert httpx.get(f"{base.removesuffix('/v1')}/healthz").json()["status"] == "ok"  # no token needed
+    stranger = httpx.post(f"{base}/chat/completions", json={"model": "mix", "messages": [{"role": "user",
+                                                                                     "content": "hi"}]})  # fmt: skip
+    assert stranger.status_code == 401
+    # Every chat request refused before a run is a line in the log too, with its status (the others are runs).
+    expected = [404, 400, 400, 400, 413, 401]
+    refusals = lambda: [json.loads(line.split("moa serve: ", 1)[1]) for line in lines if '"status"' in line]  # noqa: E731
+    _wait(lambda: len(refusals()) == len(expected), "the refusals were logged")
+    assert [entry["status"] for entry in refusals()] == expected
+    assert all(entry["ok"] is False and entry["error"] for entry in refusals())
 
 
 def _in_flight(base: str) -> int:

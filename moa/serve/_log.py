@@ -41,7 +41,7 @@ class RequestLog:
 
     def __call__(self, entry: dict[str, Any], recipe: Any, messages: Any, result: Any, exc: Any) -> None:
         run = None
-        if self.runlog is not None:
+        if self.runlog is not None and recipe is not None:  # (no recipe: refused before any run)
             partial = getattr(exc, "partial", None)
             calls = result.calls if result is not None else list(getattr(partial, "calls", None) or [])
             latency = result.latency_s if result is not None else 0.0

@@ -125,17 +125,17 @@ def create_app(config: ServeConfig) -> Starlette:
 
     async def chat(request: Request) -> Response:
         if (denied := _auth(request, config)) is not None:
-            return denied
+            return _refused(config, denied)
         parsed = await _body(request, config)
         if isinstance(parsed, Response):
-            return parsed
+            return _refused(config, parsed)
         checked = _request(parsed, config)
         if isinstance(checked, Response):
-            return checked
+            return _refused(config, checked)
         recipe, messages, settings, stream, usage_chunk = checked
         budget = _budget(parsed, config)
         if isinstance(budget, Response):
-            return budget
+            return _refused(config, budget)
         run_id = f"run-{secrets.token_hex(8)}"
         if stream:
             return await _stream(request, config, run_id, recipe, messages, settings, usage_chunk, budget)
@@ -350,6 +350,17 @@ def _keep(config: ServeConfig, run_id: str, result: MoAResult) -> None:
     config.runs[run_id] = result
     while len(config.runs) > config.keep_runs:
         config.runs.popitem(last=False)
+
+
+def _refused(config: ServeConfig, response: Response) -> Response:
+    """A request refused before any run (401, 400, 404, 402, 413) is a line in the log too (no run: no run log)."""
+    if config.log is not None:
+        error = json.loads(bytes(response.body))["error"]
+        entry = {"run_id": None, "recipe": None, "ok": False, "status": response.status_code,
+                 "error": error["message"][:300]}  # fmt: skip
+        with contextlib.suppress(Exception):
+            config.log(entry, None, None, None, None)
+    return response
 
 
 def _log(config: ServeConfig, run_id: str, recipe: Recipe, messages: Any, result: MoAResult | None,
