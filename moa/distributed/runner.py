@@ -246,9 +246,6 @@ class RayRunner:
         stats: dict[str, int] = await self.limits.stats.remote()
         return stats
 
-    async def worker_pids(self) -> list[int]:
-        return list(await asyncio.gather(*(actor.pid.remote() for _, actor in self.workers)))
-
     def describe(self) -> str:
         nodes = sum(1 for node in self.ray.nodes() if node.get("Alive"))
         where = "a Ray of this machine" if self.owned else f"the Ray cluster ({nodes} node(s))"
