@@ -87,9 +87,12 @@ async def client(one: Callable[[], Any], requests: int) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """The CPU time (user + system) a process has used so far."""
+    """The CPU time (user + system) a process and its children (``--workers``) have used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]  # fmt: skip
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 async def served(base: str, clients: int, rounds: int, pid: int) -> tuple[list[float], float]:
@@ -136,6 +139,8 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--repeat", type=int, default=3, help="passes of each path, in turn (the median is told)")
     parser.add_argument("--no-log", action="store_true", help="serve with --no-log (no run-log writes)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="measure moa serve --workers N for each N given (default: 1 2)")  # fmt: skip
     parser.add_argument("--no-pin", action="store_true", help="let the server and the load share every core")
     parser.add_argument("--in-process", metavar="RECIPE", help=argparse.SUPPRESS)  # the in-process run's own process
     args = parser.parse_args()
@@ -143,11 +148,20 @@ def main() -> int:
         found, wall = asyncio.run(in_process(moa.load_recipe(args.in_process), args.clients, args.rounds))
         print(json.dumps({"latencies": found, "wall": wall, "cpu": CPU_S[-1]}))
         return 0
-    pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
+    cores = len(os.sched_getaffinity(0))
+    for workers in args.workers:
+        # One worker: the server alone on one core, as the in-process engine. Several workers are there to use
+        # several cores: every process (the in-process engine too) may use every core.
+        pin = not args.no_pin and workers == 1 and cores >= 2
+        passes, ttft = measure(args, workers, pin)
+        report(args, workers, pin, passes, ttft)
+    return 0
+
+
+def measure(args: argparse.Namespace, workers: int, pin: bool) -> tuple[list[Any], list[float]]:
     load, system = (LOAD_CPU, SERVER_CPU) if pin else (None, None)
-    if load is not None:
-        os.sched_setaffinity(0, {load})  # this process is the clients
-    extra = ["--no-log"] if args.no_log else []
+    os.sched_setaffinity(0, {load} if load is not None else os.sched_getaffinity(1))  # this process: the clients
+    extra = (["--no-log"] if args.no_log else []) + ["--workers", str(workers)]
     upstream, line = start([sys.executable, "-m", "moa.testing", "--latency", str(args.latency)], "PORT", cpu=load)
     api_base = f"http://127.0.0.1:{line.split()[1]}/v1"
     folder = Path(tempfile.mkdtemp())
@@ -179,12 +193,17 @@ def main() -> int:
             ttft = asyncio.run(first_token(base))
         finally:
             server.terminate()
+            server.wait()
     finally:
         upstream.kill()
+    return passes, ttft
+
+
+def report(args: argparse.Namespace, workers: int, pin: bool, passes: list[Any], ttft: list[float]) -> None:
     n = args.clients * args.rounds
     where = "server alone on one core, provider and clients on another" if pin else "every process on every core"
-    print(f"{args.clients} concurrent clients x {args.rounds} rounds, provider latency {args.latency * 1000:.0f} ms "
-          f"({where}); {args.repeat} passes of each, in turn")  # fmt: skip
+    print(f"\n{args.clients} concurrent clients x {args.rounds} rounds, provider latency {args.latency * 1000:.0f} "
+          f"ms, moa serve --workers {workers} ({where}); {args.repeat} passes of each, in turn")  # fmt: skip
     print("| pass | path | requests/s | mean latency | p95 latency | CPU per request |")
     print("|---|---|---|---|---|---|")
     added, cpu_added = [], []
@@ -196,12 +215,11 @@ def main() -> int:
                   f"{p95 * 1000:.1f} ms | {cpu / n * 1000:.2f} ms |")  # fmt: skip
         added.append(statistics.mean(remote) - statistics.mean(local))
         cpu_added.append((remote_cpu - local_cpu) / n)
-    print(f"added by moa serve: {statistics.median(added) * 1000:.1f} ms per request (median of the passes' mean "
-          f"latencies: {', '.join(f'{a * 1000:.1f}' for a in added)}); CPU added per request "
-          f"{statistics.median(cpu_added) * 1000:.2f} ms")  # fmt: skip
+    print(f"added by moa serve --workers {workers}: {statistics.median(added) * 1000:.1f} ms per request (median of "
+          f"the passes' mean latencies: {', '.join(f'{a * 1000:.1f}' for a in added)}); CPU added per request "
+          f"{statistics.median(cpu_added) * 1000:.2f} ms (all its processes)")  # fmt: skip
     print(f"time to first streamed token (two layers, critical path {2 * args.latency * 1000:.0f} ms): "
           f"median {statistics.median(ttft) * 1000:.0f} ms over {len(ttft)} requests")  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from aiolimiter import AsyncLimiter
 from asyncio_throttle import Throttler
@@ -112,3 +113,31 @@ class Limiter:
                 limit = self.limits.get(provider) or self.limits.get(DEFAULT_KEY) or ProviderLimit()
             gate = self._gates[key] = ProviderGate(limit)
         return gate
+
+
+def divisible(limits: Mapping[str, ProviderLimit], workers: int) -> bool:
+    """Whether every limit leaves each of ``workers`` at least one call at a time (then they can be divided)."""
+    every = [*limits.values(), limits.get(DEFAULT_KEY) or ProviderLimit()]
+    return all(limit.max_concurrency is None or limit.max_concurrency >= workers
+               for name, limit in zip([*limits, DEFAULT_KEY], every, strict=True) if name != LOCAL)  # fmt: skip
+
+
+def shares(limits: Mapping[str, Any], index: int, workers: int) -> dict[str, ProviderLimit]:
+    """Worker ``index``'s share of each provider's limits: its part of the concurrency (the parts add up to the
+    whole), and ``rpm`` and ``tpm`` divided by ``workers``; together the workers never pass the whole.  Local
+    models are each worker's own (their servers are).  ``limits``: ``ProviderLimit`` objects or their fields."""
+    given = {name: limit if isinstance(limit, ProviderLimit) else ProviderLimit(**limit)
+             for name, limit in limits.items()}  # fmt: skip
+    given.setdefault(DEFAULT_KEY, ProviderLimit())  # a provider the recipe does not name: the default's share
+    divided = {}
+    for name, limit in given.items():
+        if name == LOCAL:
+            divided[name] = limit
+            continue
+        most = limit.max_concurrency
+        divided[name] = ProviderLimit(
+            max_concurrency=None if most is None else most // workers + (1 if index < most % workers else 0),
+            rpm=None if limit.rpm is None else limit.rpm / workers,
+            tpm=None if limit.tpm is None else limit.tpm / workers,
+        )
+    return divided

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,3 +98,23 @@ def script() -> Iterator[Any]:
     yield start
     for server in servers:
         server.stop()
+
+
+class CountingServer(LoopbackServer):
+    """The loopback server, counting the requests it is answering at once."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.now = 0
+        self.peak = 0
+        self._counter = threading.Lock()
+
+    async def _complete(self, *args: Any, **kwargs: Any) -> bool:
+        with self._counter:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            return await super()._complete(*args, **kwargs)
+        finally:
+            with self._counter:
+                self.now -= 1

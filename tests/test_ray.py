@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,32 +21,13 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import CountingServer
 
 from moa.testing.server import LoopbackServer
 
 pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
 ENV = {**os.environ, "OPENAI_API_KEY": "sk-test-ray-0000", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-class CountingServer(LoopbackServer):
-    """The loopback server, counting the requests it is answering at once."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.now = 0
-        self.peak = 0
-        self._counter = threading.Lock()
-
-    async def _complete(self, *args: Any, **kwargs: Any) -> bool:
-        with self._counter:
-            self.now += 1
-            self.peak = max(self.peak, self.now)
-        try:
-            return await super()._complete(*args, **kwargs)
-        finally:
-            with self._counter:
-                self.now -= 1
 
 
 @pytest.fixture
@@ -157,7 +137,7 @@ def test_a_limit_below_the_number_of_workers_is_held_by_the_limiter_actor(
 @pytest.mark.parametrize("most", [3, 4, 7, 32, 100])
 @pytest.mark.parametrize("workers", [1, 3, 4])
 def test_divided_limits_add_up_to_the_whole_and_never_pass_it(most: int, workers: int) -> None:
-    from moa.distributed.actors import divisible, shares
+    from moa._limits import divisible, shares
     from moa.recipe import ProviderLimit
 
     limits = {"openai": {"max_concurrency": most, "rpm": 600.0, "tpm": 90_000.0}, "local": {"max_concurrency": 1}}

@@ -49,6 +49,10 @@ def add_parser(commands: Any) -> None:
                        help="the largest request body accepted (default 1,000,000; larger: 413)")  # fmt: skip
     serve.add_argument("--shutdown-timeout", type=positive_float, default=30.0, metavar="SECONDS",
                        help="on SIGTERM or Ctrl-C, how long runs in flight may finish (default 30)")  # fmt: skip
+    serve.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                       help="answer in N processes on one port, as one server (default 1): each holds its share of "
+                       "every provider limit, the --max-cost budget is one; about one per core, since one process "
+                       "runs every request on one core")  # fmt: skip
     log_arguments(serve)
     serve.add_argument("--no-log", action="store_true", help="do not record the requests' runs in the run log")
     serve.set_defaults(handler=serve_command)
@@ -58,13 +62,11 @@ def serve_command(args: argparse.Namespace) -> int:
     from moa._errors import ConfigError
 
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (imported here to say what to install; the workers fork with it)
     except ModuleNotFoundError:
         raise ConfigError("moa serve needs its extra: pip install 'moa-pipeline[serve]' (from a checkout: pip install "
                           "-e '.[serve]')") from None  # fmt: skip
     from moa._loader import builtin_recipes, load_recipe
-    from moa.serve import ServeConfig, create_app
-    from moa.serve._log import RequestLog
 
     token = None
     if args.api_key_env:
@@ -82,10 +84,9 @@ def serve_command(args: argparse.Namespace) -> int:
             if recipe.name in recipes:
                 raise ConfigError(f"--recipes: two recipes are named {recipe.name!r}; each model needs its own name")
             recipes[recipe.name] = recipe
-    request_log = RequestLog(args.log_db, runlog=not args.no_log)
-    config = ServeConfig(recipes, token=token, budget_usd=args.max_cost, per_request_usd=args.max_cost_per_request,
-                         max_body_bytes=args.max_body, deadline_s=args.deadline, allow_unpriced=args.allow_unpriced,
-                         log=request_log)  # fmt: skip
+    workers = args.workers
+    if workers > 1:
+        _check_divisible(recipes, workers)
     listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it (Linux)
@@ -95,8 +96,43 @@ def serve_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     port = listener.getsockname()[1]
-    print(f"moa serve: listening on http://{args.host}:{port}/v1 ({len(recipes)} recipes: "
-          f"{', '.join(recipes)})", file=sys.stderr, flush=True)  # fmt: skip
+    print(f"moa serve: listening on http://{args.host}:{port}/v1 ({len(recipes)} recipes: {', '.join(recipes)}"
+          f"{f'; {workers} workers' if workers > 1 else ''})", file=sys.stderr, flush=True)  # fmt: skip
+    if workers == 1:
+        try:
+            return _serve(args, recipes, token, [listener])
+        finally:
+            print("moa serve: stopped", file=sys.stderr, flush=True)
+    from moa._litellm import litellm_module
+    from moa.serve.workers import SharedBudget, address, own_listeners, supervise
+
+    litellm_module()  # imported once, before the workers fork: each starts with it (it starts no thread)
+
+    own = own_listeners(workers, args.host)
+    peers = [address(each) for each in own]
+    budget = SharedBudget(args.max_cost, args.allow_unpriced) if args.max_cost is not None else None
+
+    def serve(index: int) -> int:
+        return _serve(args, recipes, token, [listener, own[index]], (index, workers), peers, budget)
+
+    try:
+        return supervise(workers, serve, args.shutdown_timeout)
+    finally:
+        print("moa serve: stopped", file=sys.stderr, flush=True)
+
+
+def _serve(args: argparse.Namespace, recipes: dict[str, Any], token: str | None, sockets: list[socket.socket],
+           worker: tuple[int, int] = (0, 1), peers: list[str] | None = None, budget: Any = None) -> int:  # fmt: skip
+    """Serve on ``sockets`` in this process until SIGTERM or Ctrl-C (one of ``--workers``, or the only one)."""
+    import uvicorn
+
+    from moa.serve import ServeConfig, create_app
+    from moa.serve._log import RequestLog
+
+    request_log = RequestLog(args.log_db, runlog=not args.no_log)
+    config = ServeConfig(recipes, token=token, budget_usd=args.max_cost, per_request_usd=args.max_cost_per_request,
+                         max_body_bytes=args.max_body, deadline_s=args.deadline, allow_unpriced=args.allow_unpriced,
+                         log=request_log, budget=budget, worker=worker, peers=peers or [])  # fmt: skip
     # No proxy headers: nothing here reads the client's address, and parsing them costs every request.
     settings = uvicorn.Config(create_app(config), log_level="warning", access_log=False, proxy_headers=False,
                               timeout_graceful_shutdown=args.shutdown_timeout)  # fmt: skip
@@ -105,11 +141,30 @@ def serve_command(args: argparse.Namespace) -> int:
     # one) turns it into an exit that lets the request log write what it holds before the process ends.
     signal.signal(signal.SIGTERM, _terminated)
     try:
-        server.run(sockets=[listener])
+        server.run(sockets=sockets)
     finally:
         request_log.close()
-        print("moa serve: stopped", file=sys.stderr, flush=True)
     return EXIT_OK
+
+
+def _check_divisible(recipes: dict[str, Any], workers: int) -> None:
+    """Each worker holds a share of every limit: a limit must leave each at least one call at a time."""
+    from moa._errors import ConfigError
+    from moa._limits import DEFAULT_KEY, LOCAL, divisible
+    from moa.recipe import ProviderLimit
+
+    limits: dict[str, Any] = {}
+    for recipe in recipes.values():
+        limits.update(recipe.limits)
+    if divisible(limits, workers):
+        return
+    every = {DEFAULT_KEY: ProviderLimit(), **limits}
+    small = [f"limits.{name}.max_concurrency is {limit.max_concurrency}" for name, limit in every.items()
+             if name != LOCAL and limit.max_concurrency is not None and limit.max_concurrency < workers]  # fmt: skip
+    raise ConfigError(f"--workers {workers}: each worker holds a share of every provider's limits, but "
+                      f"{'; '.join(small)} (fewer calls at a time than workers): use --workers "
+                      f"{min(limit.max_concurrency or workers for limit in every.values())} or fewer, or raise "
+                      f"the limit")  # fmt: skip
 
 
 def _terminated(signum: int, frame: object) -> None:

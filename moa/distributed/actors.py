@@ -31,7 +31,7 @@ import ray
 
 from moa._call import Budget, CallCache
 from moa._errors import RunError
-from moa._limits import DEFAULT_KEY, LOCAL, Limiter
+from moa._limits import LOCAL, Limiter, shares
 from moa._provider import Completion, provider_of
 from moa._secrets import redact
 from moa.recipe import ProviderLimit
@@ -241,33 +241,6 @@ class Worker:
 
 #: A limits key that says: every worker takes its share (``shares``) instead of asking the ``Limits`` actor.
 SHARES = "shares:"
-
-
-def divisible(limits: Mapping[str, ProviderLimit], workers: int) -> bool:
-    """Whether every limit leaves each of ``workers`` at least one call at a time (then they can be divided)."""
-    every = [*limits.values(), limits.get(DEFAULT_KEY) or ProviderLimit()]
-    return all(limit.max_concurrency is None or limit.max_concurrency >= workers
-               for name, limit in zip([*limits, DEFAULT_KEY], every, strict=True) if name != LOCAL)  # fmt: skip
-
-
-def shares(limits: Mapping[str, Mapping[str, Any]], index: int, workers: int) -> dict[str, ProviderLimit]:
-    """Worker ``index``'s share of each provider's limits: its part of the concurrency (the parts add up to the
-    whole), and ``rpm`` and ``tpm`` divided by ``workers``; together the workers never pass the whole.  Local
-    models are each worker's own (their servers are)."""
-    given = {name: ProviderLimit(**limit) for name, limit in limits.items()}
-    given.setdefault(DEFAULT_KEY, ProviderLimit())  # a provider the recipe does not name: the default's share
-    divided = {}
-    for name, limit in given.items():
-        if name == LOCAL:
-            divided[name] = limit
-            continue
-        most = limit.max_concurrency
-        divided[name] = ProviderLimit(
-            max_concurrency=None if most is None else most // workers + (1 if index < most % workers else 0),
-            rpm=None if limit.rpm is None else limit.rpm / workers,
-            tpm=None if limit.tpm is None else limit.tpm / workers,
-        )
-    return divided
 
 
 def portable(exc: Exception) -> Exception | Rebuilt:

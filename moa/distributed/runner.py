@@ -8,7 +8,7 @@ the same way).
 
 - **Limits** hold for all workers together.  When every limit leaves each
   worker at least one call at a time, each worker holds its share (they add
-  up to the whole: ``moa.distributed.actors.shares``); otherwise every call
+  up to the whole: ``moa._limits.shares``); otherwise every call
   takes its slot from one ``Limits`` actor (a round trip a call).
 - **Budget**: the driver holds the whole budget.  A run is sent with its worst
   case reserved here (the item's reservation when an eval holds one); the
@@ -168,7 +168,8 @@ class RayRunner:
     async def _limits_key(self, recipe: Recipe) -> str:
         """How the workers hold ``recipe.limits``: each its share when every limit can be divided among them (no
         call leaves the worker for it), else through the ``Limits`` actor (a round trip a call)."""
-        from moa.distributed.actors import SHARES, divisible
+        from moa._limits import divisible
+        from moa.distributed.actors import SHARES
 
         assert self.size is not None
         limits = {name: limit.model_dump() for name, limit in recipe.limits.items()}

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import secrets
 import time
 from collections import OrderedDict
@@ -41,7 +42,7 @@ from moa._errors import (
     MoAError,
     QuorumError,
 )
-from moa._limits import Limiter
+from moa._limits import Limiter, shares
 from moa._overrides import call_overrides
 from moa._secrets import redact
 from moa.recipe import Recipe
@@ -66,6 +67,9 @@ class ServeConfig:
     deadline_s: float | None = None  # per request
     keep_runs: int = 1000  # traces kept for GET /v1/moa/runs/{id}
     limiter: Limiter | None = None
+    budget: Budget | None = None  # made from ``budget_usd`` unless given (``--workers``: one shared by them all)
+    worker: tuple[int, int] = (0, 1)  # this process's index among the server's, and how many (``--workers``)
+    peers: list[str] = field(default_factory=list)  # each worker's own address, to fetch a trace another one has
     provider: Any = None  # a moa Provider (tests); litellm by default
     #: Called once per request, on the event loop (so it must not block: ``moa.serve._log.RequestLog`` queues):
     #: (entry dict, recipe, messages, result or None, error or None).
@@ -78,8 +82,9 @@ class ServeConfig:
             limits: dict[str, Any] = {}
             for recipe in self.recipes.values():
                 limits.update(recipe.limits)  # one limiter for all: a provider's limits hold across recipes
-            self.limiter = Limiter(limits)
-        self.budget = Budget(self.budget_usd, self.allow_unpriced) if self.budget_usd is not None else None
+            self.limiter = Limiter(shares(limits, *self.worker) if self.worker[1] > 1 else limits)
+        if self.budget is None and self.budget_usd is not None:
+            self.budget = Budget(self.budget_usd, self.allow_unpriced)
 
 
 def error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
@@ -105,7 +110,11 @@ def failure(exc: BaseException) -> JSONResponse:
 
 def create_app(config: ServeConfig) -> Starlette:
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "recipes": len(config.recipes), "runs_in_flight": config.in_flight})
+        found = {"status": "ok", "recipes": len(config.recipes), "runs_in_flight": config.in_flight}
+        if config.peers:  # --workers: which one answered (its process), and each one's own address
+            found["worker"] = {"index": config.worker[0], "of": config.worker[1], "pid": os.getpid(),
+                               "addresses": config.peers}  # fmt: skip
+        return JSONResponse(found)
 
     async def models(request: Request) -> Response:
         if (denied := _auth(request, config)) is not None:
@@ -118,6 +127,11 @@ def create_app(config: ServeConfig) -> Starlette:
         if (denied := _auth(request, config)) is not None:
             return denied
         found = config.runs.get(request.path_params["run_id"])
+        if found is None and config.peers:  # --workers: the worker that ran it has it
+            from moa.serve.workers import trace_from_peer
+
+            if (fetched := await trace_from_peer(config, request)) is not None:
+                return fetched
         if found is None:
             return error(404, f"no run {request.path_params['run_id']!r} (the server keeps the last "
                          f"{config.keep_runs})", "invalid_request_error", "run_not_found")  # fmt: skip
@@ -136,7 +150,8 @@ def create_app(config: ServeConfig) -> Starlette:
         budget = _budget(parsed, config)
         if isinstance(budget, Response):
             return _refused(config, budget)
-        run_id = f"run-{secrets.token_hex(8)}"
+        worker = f"w{config.worker[0]}-" if config.worker[1] > 1 else ""  # (--workers: the id names its worker)
+        run_id = f"run-{worker}{secrets.token_hex(8)}"
         if stream:
             return await _stream(request, config, run_id, recipe, messages, settings, usage_chunk, budget)
         task = asyncio.ensure_future(_run(config, recipe, messages, settings, budget=budget))
