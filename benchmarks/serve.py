@@ -1,19 +1,22 @@
 """What `moa serve` adds over calling the engine in-process: requests per second and latency at 50 concurrent
 clients, and the time to the first streamed token against the critical path.
 
-    python benchmarks/serve.py [--clients 50] [--rounds 6] [--repeat 3] [--latency 0.2] [--no-pin] [--no-log]
+    python benchmarks/serve.py [--clients 50] [--rounds 6] [--repeat 3] [--latency 0.2] [--workers 1 2] [--no-pin]
+                               [--no-log]
 
 The provider is the loopback server in a process of its own (each answer after `--latency` seconds). A one-call
 recipe: `--clients` concurrent clients, each sending `--rounds` requests one after another, (a) in-process with
-`moa.run` (in a process of its own), (b) through `moa serve` (a subprocess) driven by an aiohttp client; the
-difference of the mean latencies is what serving adds per request, and the difference of the CPU time each used per
-request is what it costs (a figure that does not depend on how the requests happen to queue). Then a two-layer
-recipe (two proposers, one aggregator: a critical path of two answers) streamed through `moa serve`: the time to
-the first content chunk against 2 x `--latency`.
+`moa.run` (in a process of its own), (b) through `moa serve --workers N` (a subprocess) driven by an aiohttp client;
+the difference of the mean latencies is what serving adds per request, and the difference of the CPU time each used
+per request (for `moa serve`, all its processes) is what it costs (a figure that does not depend on how the requests
+happen to queue). Then a two-layer recipe (two proposers, one aggregator: a critical path of two answers) streamed
+through `moa serve`: the time to the first content chunk against 2 x `--latency`. Each N of `--workers` is measured
+in turn (default: 1, then 2).
 
-On a machine with two or more cores the system under test (the in-process engine, or `moa serve`) runs alone on
-one core and the load (the provider and the clients) on another (`--no-pin` lets them share), so that what is
-measured is the server's own work and not the load generator's fight for the same core.
+With one worker, on a machine with two or more cores, the system under test (the in-process engine, or `moa serve`)
+runs alone on one core and the load (the provider and the clients) on another (`--no-pin` lets them share), so that
+what is measured is the server's own work and not the load generator's fight for the same core. Several workers are
+there to use several cores: then every process (the in-process engine too) may run on every core.
 """
 
 from __future__ import annotations

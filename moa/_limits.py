@@ -10,7 +10,7 @@ of a retried call acquires all of them again; backoff sleeps hold none.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -141,3 +141,23 @@ def shares(limits: Mapping[str, Any], index: int, workers: int) -> dict[str, Pro
             tpm=None if limit.tpm is None else limit.tpm / workers,
         )
     return divided
+
+
+def strictest(sets: Iterable[Mapping[str, ProviderLimit]]) -> tuple[dict[str, ProviderLimit], list[str]]:
+    """One limit per provider from several recipes' (``moa serve``): each setting the strictest any recipe sets
+    (a provider's limits are its account's, whichever recipe calls it; a setting no recipe sets keeps its default).
+    Also returns the providers the recipes disagree on."""
+    chosen: dict[str, dict[str, Any]] = {}
+    differ: list[str] = []
+    for limits in sets:
+        for name, limit in limits.items():
+            known = chosen.setdefault(name, {})
+            for key in sorted(limit.model_fields_set):
+                value = getattr(limit, key)
+                if key in known and known[key] != value and name not in differ:
+                    differ.append(name)
+                if value is not None:
+                    known[key] = value if known.get(key) is None else min(known[key], value)
+                else:
+                    known.setdefault(key, None)
+    return {name: ProviderLimit(**settings) for name, settings in chosen.items()}, differ

@@ -104,3 +104,16 @@ def test_max_concurrency_caps_calls_in_flight(monkeypatch: pytest.MonkeyPatch) -
         return seen
 
     assert max(run_virtual(main(), monkeypatch)) == 2
+
+
+def test_served_recipes_share_the_strictest_limit_each_sets() -> None:
+    from moa._limits import strictest
+
+    merged, differ = strictest([
+        {"openai": ProviderLimit(max_concurrency=64)},
+        {"openai": ProviderLimit(rpm=100), "together": ProviderLimit(tpm=5000)},
+        {"openai": ProviderLimit(max_concurrency=4, rpm=None)},
+    ])  # fmt: skip
+    assert merged == {"openai": ProviderLimit(max_concurrency=4, rpm=100), "together": ProviderLimit(tpm=5000)}
+    assert differ == ["openai"]
+    assert strictest([{"openai": ProviderLimit(rpm=10)}, {"openai": ProviderLimit(rpm=10)}])[1] == []

@@ -176,12 +176,14 @@ def test_a_shared_budget_keeps_one_set_of_books_across_processes() -> None:
 
 
 def test_a_limit_smaller_than_the_workers_is_refused_at_start(tmp_path: Path) -> None:
-    recipe = tmp_path / "tight.yaml"
-    recipe.write_text(yaml.safe_dump({"name": "tight", "limits": {"openai": {"max_concurrency": 2}},
-                                      "layers": [{"kind": "propose", "agents": [{"model": "openai/x"}]}]}))  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "moa", "serve", "--recipes", str(recipe), "--port", "0",
+    for name, most in (("loose", 8), ("tight", 2)):  # one limiter serves both: the strictest, 2, holds
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({
+            "name": name, "limits": {"openai": {"max_concurrency": most}},
+            "layers": [{"kind": "propose", "agents": [{"model": "openai/x"}]}]}))  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "moa", "serve", "--recipes", str(tmp_path), "--port", "0",
                            "--workers", "3"], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2
+    assert "the recipes set different limits for openai" in done.stderr
     assert "--workers 3" in done.stderr and "limits.openai.max_concurrency is 2" in done.stderr
     assert "use --workers 2 or fewer" in done.stderr and "Traceback" not in done.stderr
 
@@ -208,18 +210,22 @@ def test_a_dead_worker_is_replaced_and_sigterm_lets_runs_finish(served: Any) -> 
     assert len(logged) == 6 and all(entry["ok"] and entry["log_id"] for entry in logged)
 
 
-def test_workers_stop_with_their_supervisor(served: Any) -> None:
-    base, _, process, _ = served(2)
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])
+def test_workers_stop_with_their_supervisor(served: Any, stop: signal.Signals) -> None:
+    base, _, process, lines = served(2)
     addresses = _workers(base)["addresses"]
     pids = [httpx.get(f"{address}/healthz", timeout=60).json()["worker"]["pid"] for address in addresses]
-    process.kill()  # SIGKILL: the supervisor cannot stop them itself
-    process.wait()
-
-    def gone(pid: int) -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        return state == "Z"
-
-    _wait(lambda: all(gone(pid) for pid in pids), "the workers stopped")
+    process.send_signal(stop)  # SIGKILL: the supervisor cannot stop them itself; Ctrl-C: it stops them in order
+    status = process.wait(timeout=120)
+    _wait(lambda: all(_gone(pid) for pid in pids), "the workers stopped")
+    if stop == signal.SIGINT:
+        assert status == 128 + signal.SIGINT
+        _wait(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")

@@ -17,6 +17,7 @@ EPILOG = """\
 Examples:
   moa serve --recipes local moa-lite --port 8000
   moa serve --recipes my-recipes/ --api-key-env MOA_SERVE_TOKEN
+  moa serve --recipes my-recipes/ --workers 4          (four processes on one port: about one per core)
 Then, from any OpenAI client: base_url http://127.0.0.1:8000/v1, model = a recipe's name.
 """
 
@@ -66,6 +67,7 @@ def serve_command(args: argparse.Namespace) -> int:
     except ModuleNotFoundError:
         raise ConfigError("moa serve needs its extra: pip install 'moa-pipeline[serve]' (from a checkout: pip install "
                           "-e '.[serve]')") from None  # fmt: skip
+    from moa._limits import strictest
     from moa._loader import builtin_recipes, load_recipe
 
     token = None
@@ -85,8 +87,12 @@ def serve_command(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--recipes: two recipes are named {recipe.name!r}; each model needs its own name")
             recipes[recipe.name] = recipe
     workers = args.workers
+    limits, differ = strictest(recipe.limits for recipe in recipes.values())
+    if differ:
+        print(f"moa serve: note: the recipes set different limits for {', '.join(differ)}; one limiter serves them "
+              f"all, with the strictest setting of each", file=sys.stderr, flush=True)  # fmt: skip
     if workers > 1:
-        _check_divisible(recipes, workers)
+        _check_divisible(limits, workers)
     listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it (Linux)
@@ -147,15 +153,12 @@ def _serve(args: argparse.Namespace, recipes: dict[str, Any], token: str | None,
     return EXIT_OK
 
 
-def _check_divisible(recipes: dict[str, Any], workers: int) -> None:
+def _check_divisible(limits: dict[str, Any], workers: int) -> None:
     """Each worker holds a share of every limit: a limit must leave each at least one call at a time."""
     from moa._errors import ConfigError
     from moa._limits import DEFAULT_KEY, LOCAL, divisible
     from moa.recipe import ProviderLimit
 
-    limits: dict[str, Any] = {}
-    for recipe in recipes.values():
-        limits.update(recipe.limits)
     if divisible(limits, workers):
         return
     every = {DEFAULT_KEY: ProviderLimit(), **limits}

@@ -25,6 +25,8 @@ BATCH = 500
 GATHER_S = 0.1
 #: The most runs kept back while the run log cannot be written.
 KEPT = 10_000
+#: The most characters written at once: a pipe writes up to 4,096 bytes in one piece (the lines are ASCII: JSON).
+ATOMIC = 4096
 
 
 class RequestLog:
@@ -110,6 +112,12 @@ class RequestLog:
             if run is not None and ids:
                 entry = {**entry, "log_id": next(numbered)}
             lines.append("moa serve: " + json.dumps(entry) + "\n")
-        if lines:
-            sys.stderr.write("".join(lines))
-            sys.stderr.flush()
+        # Whole lines, at most a pipe's atomic write at a time: the lines of ``--workers`` never cut into each other.
+        chunk: list[str] = []
+        for line in [*lines, None]:
+            if chunk and (line is None or sum(map(len, chunk)) + len(line) > ATOMIC):
+                sys.stderr.write("".join(chunk))
+                sys.stderr.flush()
+                chunk = []
+            if line is not None:
+                chunk.append(line)

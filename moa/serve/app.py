@@ -12,7 +12,8 @@ body too large 413, quorum lost 502, deadline 504.
 
 One limiter is shared by every request (a provider's limits hold across
 clients), and one budget when the server has one.  A client that goes away
-cancels its run's calls.
+cancels its run's calls.  With ``--workers N`` each of N processes runs this
+app with its share of the limits (``moa.serve.workers``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from moa._errors import (
     MoAError,
     QuorumError,
 )
-from moa._limits import Limiter, shares
+from moa._limits import Limiter, shares, strictest
 from moa._overrides import call_overrides
 from moa._secrets import redact
 from moa.recipe import Recipe
@@ -79,9 +80,8 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if self.limiter is None:
-            limits: dict[str, Any] = {}
-            for recipe in self.recipes.values():
-                limits.update(recipe.limits)  # one limiter for all: a provider's limits hold across recipes
+            # One limiter for all: a provider's limits hold across recipes (the strictest any of them sets).
+            limits = strictest(recipe.limits for recipe in self.recipes.values())[0]
             self.limiter = Limiter(shares(limits, *self.worker) if self.worker[1] > 1 else limits)
         if self.budget is None and self.budget_usd is not None:
             self.budget = Budget(self.budget_usd, self.allow_unpriced)
