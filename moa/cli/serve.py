@@ -92,6 +92,11 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"moa serve: note: the recipes set different limits for {', '.join(differ)}; one limiter serves them "
               f"all, with the strictest setting of each", file=sys.stderr, flush=True)  # fmt: skip
     if workers > 1:
+        import multiprocessing
+
+        if "fork" not in multiprocessing.get_all_start_methods():
+            raise ConfigError(f"--workers {workers}: the workers are forked, which this platform cannot do; use "
+                              f"--workers 1")  # fmt: skip
         _check_divisible(limits, workers)
     listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

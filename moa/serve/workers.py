@@ -148,7 +148,8 @@ def supervise(count: int, serve: Callable[[int], int], shutdown_s: float) -> int
     supervisor = os.getpid()
 
     def start(index: int) -> tuple[Any, float]:
-        process = context.Process(target=_worker, args=(serve, index, supervisor), name=f"moa-serve-worker-{index}")
+        process = context.Process(target=_worker, args=(serve, index, supervisor, (wake_read, wake_write)),
+                                  name=f"moa-serve-worker-{index}")  # fmt: skip
         process.start()
         return process, time.monotonic()
 
@@ -198,7 +199,7 @@ def _stop_all(processes: list[Any], shutdown_s: float) -> None:
             process.join()
 
 
-def _worker(serve: Callable[[int], int], index: int, supervisor: int) -> None:
+def _worker(serve: Callable[[int], int], index: int, supervisor: int, supervisors: tuple[int, int]) -> None:
     os.setpgrp()  # Ctrl-C reaches the supervisor only, which stops the workers in order
     with contextlib.suppress(Exception):  # Linux: stop when the supervisor dies, even by SIGKILL
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -207,4 +208,6 @@ def _worker(serve: Callable[[int], int], index: int, supervisor: int) -> None:
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
+    for descriptor in supervisors:  # the supervisor's wake-up pipe
+        os.close(descriptor)
     sys.exit(serve(index))
