@@ -60,10 +60,25 @@ def is_local(model: str) -> bool:
 
 
 def local_name(model: str) -> str:
-    """What names a local model's server: a bundled model's name, or the absolute path of a GGUF file."""
+    """What names a local model's server: a bundled model's name (also when it is named by its file), or the
+    absolute path of a GGUF file."""
     if model.startswith(FILE_PREFIX):
-        return str(Path(model.removeprefix(FILE_PREFIX)).expanduser().resolve())
+        path = str(Path(model.removeprefix(FILE_PREFIX)).expanduser().resolve())
+        return _bundled_files().get(path, path)
     return model.removeprefix(PREFIX)
+
+
+_BUNDLED: dict[str, str] = {}
+
+
+def _bundled_files() -> dict[str, str]:
+    """Each installed bundled model's resolved file, and its name (found once)."""
+    if not _BUNDLED:
+        for name in MODELS:
+            with contextlib.suppress(ConfigError):
+                _BUNDLED[str(model_file(name).resolve())] = name
+        _BUNDLED.setdefault("", "")  # (found, even when none is installed)
+    return _BUNDLED
 
 
 def alias_of(name: str) -> str:

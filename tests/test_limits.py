@@ -9,6 +9,7 @@ import pytest
 from test_tpm import run_virtual, starts
 
 from moa import Limiter, ProviderLimit
+from moa._errors import ConfigError
 from moa._provider import provider_of
 
 
@@ -46,6 +47,20 @@ def test_every_path_to_one_local_file_shares_its_gate(tmp_path: Path, monkeypatc
     limiter = Limiter()
     gates = {id(limiter.gate(f"local:{path}")) for path in (weights, tmp_path / "link.gguf", "weights.gguf")}
     assert len(gates) == 1  # one server answers them all: one call at a time between them
+
+
+def test_the_bundled_model_named_by_its_file_is_the_bundled_model(tmp_path: Path) -> None:
+    from moa._local import local_name, model_file
+
+    try:
+        weights = model_file("smollm2-135m")
+    except ConfigError:
+        pytest.skip("the bundled model is not installed")
+    (tmp_path / "mine.gguf").symlink_to(weights)
+    for named in (f"local:{weights}", f"local:{tmp_path / 'mine.gguf'}", "local/smollm2-135m"):
+        assert local_name(named) == "smollm2-135m"  # one server for it, however a recipe names it
+    limiter = Limiter()
+    assert limiter.gate(f"local:{tmp_path / 'mine.gguf'}") is limiter.gate("local/smollm2-135m")
 
 
 async def test_two_local_models_each_answer_one_call_at_a_time_and_both_at_once() -> None:
