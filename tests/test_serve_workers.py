@@ -110,6 +110,9 @@ def test_workers_hold_one_limit_and_any_of_them_returns_any_trace(served: Any) -
     assert 1 <= upstream.peak <= 4, upstream.peak
     ids = [answer.headers["x-moa-run-id"] for answer in answers]
     assert all(_worker_of(run_id) in (0, 1, 2) for run_id in ids)
+    # 24 connections at once: the kernel spreads them over the workers' sockets (one shared socket let one worker
+    # take a whole burst).
+    assert len({_worker_of(run_id) for run_id in ids}) >= 2
     # A trace, asked of each worker's own address: the one that ran it answers itself, the others fetch it from it.
     for run_id in ids[:4]:
         traces = [httpx.get(f"{address}/v1/moa/runs/{run_id}", headers=HEADERS, timeout=60)
@@ -152,6 +155,43 @@ def test_the_server_s_budget_is_one_for_every_worker(served: Any) -> None:
     assert 0 < spent <= budget
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_request_the_budget_cannot_hold_leaves_it_open_to_the_others(served: Any, workers: int) -> None:
+    base, _, _, _ = served(workers, args=("--max-cost", "0.01"))
+    client = openai.OpenAI(base_url=base, api_key=TOKEN, max_retries=0, timeout=120)
+    ask = lambda **extra: client.chat.completions.create(  # noqa: E731
+        model="priced", messages=[{"role": "user", "content": "hi"}], **extra)  # fmt: skip
+    assert ask().choices[0].message.content == "gpt-4o-mini says four"
+    with pytest.raises(openai.APIStatusError) as large:  # its worst case ($0.06) is over the whole budget
+        ask(max_tokens=100_000)
+    assert large.value.status_code == 402
+    for _ in range(4):  # (on either worker)
+        assert ask().choices[0].message.content == "gpt-4o-mini says four"
+
+
+def _hold_and_die(budget: SharedBudget, index: int, hold_lock: bool) -> None:
+    budget.index = index
+    budget.reserve(0.25)  # a run in flight ...
+    if hold_lock:
+        budget._lock.acquire()
+        budget._books[2] = os.getpid()
+    os._exit(137)  # ... and the worker is gone
+
+
+def test_a_dead_worker_s_holdings_count_as_spent_and_its_lock_is_released() -> None:
+    budget = SharedBudget(1.0, workers=2)
+    context = multiprocessing.get_context("fork")
+    for hold_lock in (False, True):
+        process = context.Process(target=_hold_and_die, args=(budget, 1, hold_lock))
+        process.start()
+        process.join()
+        budget.worker_died(1, process.pid)  # (the supervisor, when it sees the worker gone)
+        assert budget.remaining_usd == pytest.approx(0.5 if hold_lock else 0.75)  # (read under the lock: free again)
+        assert budget.reserved_usd == pytest.approx(0.0)  # held by nobody: spent, since its calls may have been paid
+    assert budget.spent_usd == pytest.approx(0.5)
+    assert budget.reserve(0.5) == 0.5  # nobody waits on a lock a dead worker held
+
+
 def _hold_and_settle(budget: SharedBudget, rounds: int) -> None:
     for _ in range(rounds):
         held = budget.reserve(0.001)
@@ -178,7 +218,7 @@ def test_a_shared_budget_keeps_one_set_of_books_across_processes() -> None:
 def test_a_limit_smaller_than_the_workers_is_refused_at_start(tmp_path: Path) -> None:
     for name, most in (("loose", 8), ("tight", 2)):  # one limiter serves both: the strictest, 2, holds
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({
-            "name": name, "limits": {"openai": {"max_concurrency": most}},
+            "name": name, "limits": {"openai": {"max_concurrency": most}, "local": {"max_concurrency": 1}},
             "layers": [{"kind": "propose", "agents": [{"model": "openai/x"}]}]}))  # fmt: skip
     done = subprocess.run([sys.executable, "-m", "moa", "serve", "--recipes", str(tmp_path), "--port", "0",
                            "--workers", "3"], capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -198,12 +238,24 @@ def test_a_dead_worker_is_replaced_and_sigterm_lets_runs_finish(served: Any) -> 
     assert again["index"] == 1 and again["pid"] != first["pid"]
     # Runs in flight on both workers when SIGTERM comes: every one finishes, then the server stops.
     answers: list[Any] = []
-    asking = threading.Thread(target=lambda: answers.extend(_ask_all(base, 6)))
-    asking.start()
+    streamed: list[str] = []
+
+    def stream() -> None:
+        client = openai.OpenAI(base_url=base, api_key=TOKEN, max_retries=0, timeout=120)
+        chunks = client.chat.completions.create(model="single", messages=[{"role": "user", "content": "hi"}],
+                                                stream=True)  # fmt: skip
+        streamed.append("".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices))
+
+    asking = [threading.Thread(target=lambda: answers.extend(_ask_all(base, 4))),
+              *(threading.Thread(target=stream) for _ in range(2))]  # fmt: skip
+    for thread in asking:
+        thread.start()
     _wait(lambda: upstream.now == 6, "six runs are in flight")
     process.send_signal(signal.SIGTERM)
-    asking.join()
-    assert [answer.parse().choices[0].message.content for answer in answers] == ["solo says four"] * 6
+    for thread in asking:
+        thread.join()
+    assert [answer.parse().choices[0].message.content for answer in answers] == ["solo says four"] * 4
+    assert streamed == ["solo says four"] * 2  # a stream in flight finishes too
     assert process.wait(timeout=120) == 128 + signal.SIGTERM
     _wait(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")
     logged = [json.loads(line.split("moa serve: ", 1)[1]) for line in lines if '"run_id"' in line]

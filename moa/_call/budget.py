@@ -43,6 +43,9 @@ class Budget:
     reserved_usd: float = field(default=0.0, init=False)
     refused_calls: int = field(default=0, init=False)
     parent: Budget | None = field(default=None, repr=False, kw_only=True)
+    #: After one refusal, refuse everything (a run, an eval: no later call starts); ``False`` for a budget that
+    #: outlives its requests (``moa serve``'s), where a request that does not fit must not close it to the rest.
+    stop_on_refusal: bool = field(default=True, kw_only=True)
 
     def __post_init__(self) -> None:
         if isinstance(self.max_cost_usd, bool) or not isinstance(self.max_cost_usd, int | float):
@@ -74,7 +77,7 @@ class Budget:
         """Hold the worst case of one call, or raise ``BudgetRefused``."""
         worst = _amount(worst_case_usd, "a worst case")
         if not self.fits(worst):
-            self.refused_calls += 1
+            self.refused_calls += 1 if self.stop_on_refusal else 0
             raise BudgetRefused(
                 f"not started: its worst case ${worst:.4f} would pass the budget of ${self._limit():g} "
                 f"(spent ${self._total_spent():.4f}, ${self._total_reserved():.4f} held by work in flight)"

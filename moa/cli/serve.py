@@ -98,48 +98,99 @@ def serve_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"--workers {workers}: the workers are forked, which this platform cannot do; use "
                               f"--workers 1")  # fmt: skip
         _check_divisible(limits, workers)
-    listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it (Linux)
-    try:
-        listener.bind((args.host, args.port))
-        listener.listen(2048)  # connections queue from now on, before the app is up
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    port = listener.getsockname()[1]
-    print(f"moa serve: listening on http://{args.host}:{port}/v1 ({len(recipes)} recipes: {', '.join(recipes)}"
+    listeners = _listen(args.host, args.port, workers)
+    own: list[socket.socket] = []
+    if workers > 1:
+        from moa.serve.workers import own_listeners
+
+        try:
+            own = own_listeners(workers, args.host)
+        except OSError as exc:
+            raise ConfigError(f"--workers {workers}: cannot open a listening socket for each: {exc}") from None
+    port = listeners[0].getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"moa serve: listening on http://{host}:{port}/v1 ({len(recipes)} recipes: {', '.join(recipes)}"
           f"{f'; {workers} workers' if workers > 1 else ''})", file=sys.stderr, flush=True)  # fmt: skip
     if workers == 1:
         try:
-            return _serve(args, recipes, token, [listener])
+            return _serve(args, recipes, token, listeners)
         finally:
             print("moa serve: stopped", file=sys.stderr, flush=True)
+    _worker_notes(limits, workers)
     from moa._litellm import litellm_module
-    from moa.serve.workers import SharedBudget, address, own_listeners, supervise
+    from moa.serve.workers import SharedBudget, address, supervise
 
     litellm_module()  # imported once, before the workers fork: each starts with it (it starts no thread)
-
-    own = own_listeners(workers, args.host)
     peers = [address(each) for each in own]
-    budget = SharedBudget(args.max_cost, args.allow_unpriced) if args.max_cost is not None else None
+    budget = SharedBudget(args.max_cost, args.allow_unpriced, workers) if args.max_cost is not None else None
 
     def serve(index: int) -> int:
-        return _serve(args, recipes, token, [listener, own[index]], (index, workers), peers, budget)
+        if budget is not None:
+            budget.index = index
+        return _serve(args, recipes, token, [listeners[index], own[index]], (index, workers), peers, budget)
 
     try:
-        return supervise(workers, serve, args.shutdown_timeout)
+        return supervise(workers, serve, args.shutdown_timeout, budget.worker_died if budget is not None else None)
     finally:
         print("moa serve: stopped", file=sys.stderr, flush=True)
+
+
+def _listen(host: str, port: int, count: int) -> list[socket.socket]:
+    """Listening sockets on ``host:port``: one, or one per worker on that one port (``SO_REUSEPORT``: the kernel
+    spreads new connections evenly over them, where one shared socket lets whichever worker wakes first take a
+    whole burst).  Connections queue from now on, before any app is up."""
+    from moa._errors import ConfigError
+
+    found: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            found.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if count > 1:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it (Linux)
+            listener.bind((host, port))
+            listener.listen(2048)
+            port = listener.getsockname()[1]  # (port 0: the others take the port the first was given)
+    except OSError as exc:
+        for listener in found:
+            listener.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return found
+
+
+def _worker_notes(limits: dict[str, Any], workers: int) -> None:
+    """Say when ``--workers`` is likely to serve worse than fewer would."""
+    from moa._limits import DEFAULT_KEY, LOCAL
+    from moa.recipe import ProviderLimit
+
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        print(f"moa serve: note: {workers} workers on {cores} cores: about one per core serves best",
+              file=sys.stderr, flush=True)  # fmt: skip
+    every = {DEFAULT_KEY: ProviderLimit(), **limits}
+    for name, limit in every.items():
+        most = limit.max_concurrency
+        if name != LOCAL and most is not None and most // workers < 4:
+            print(f"moa serve: note: each of the {workers} workers holds about {most // workers} of the "
+                  f"{most} calls at a time of limits.{name}.max_concurrency; requests do not spread over the "
+                  f"workers evenly, so where a provider's limit, not the CPU, bounds the server, fewer workers "
+                  f"serve better", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _serve(args: argparse.Namespace, recipes: dict[str, Any], token: str | None, sockets: list[socket.socket],
            worker: tuple[int, int] = (0, 1), peers: list[str] | None = None, budget: Any = None) -> int:  # fmt: skip
     """Serve on ``sockets`` in this process until SIGTERM or Ctrl-C (one of ``--workers``, or the only one)."""
     import uvicorn
+    from sse_starlette.sse import AppStatus
 
     from moa.serve import ServeConfig, create_app
     from moa.serve._log import RequestLog
 
+    # A stream in flight when the server stops finishes like any run (within --shutdown-timeout), rather than
+    # being cut by sse-starlette as soon as the signal comes.
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     request_log = RequestLog(args.log_db, runlog=not args.no_log)
     config = ServeConfig(recipes, token=token, budget_usd=args.max_cost, per_request_usd=args.max_cost_per_request,
                          max_body_bytes=args.max_body, deadline_s=args.deadline, allow_unpriced=args.allow_unpriced,
@@ -171,8 +222,8 @@ def _check_divisible(limits: dict[str, Any], workers: int) -> None:
              if name != LOCAL and limit.max_concurrency is not None and limit.max_concurrency < workers]  # fmt: skip
     raise ConfigError(f"--workers {workers}: each worker holds a share of every provider's limits, but "
                       f"{'; '.join(small)} (fewer calls at a time than workers): use --workers "
-                      f"{min(limit.max_concurrency or workers for limit in every.values())} or fewer, or raise "
-                      f"the limit")  # fmt: skip
+                      f"{min(limit.max_concurrency or workers for name, limit in every.items() if name != LOCAL)} "
+                      f"or fewer, or raise the limit")  # fmt: skip
 
 
 def _terminated(signum: int, frame: object) -> None:

@@ -84,7 +84,7 @@ class ServeConfig:
             limits = strictest(recipe.limits for recipe in self.recipes.values())[0]
             self.limiter = Limiter(shares(limits, *self.worker) if self.worker[1] > 1 else limits)
         if self.budget is None and self.budget_usd is not None:
-            self.budget = Budget(self.budget_usd, self.allow_unpriced)
+            self.budget = Budget(self.budget_usd, self.allow_unpriced, stop_on_refusal=False)
 
 
 def error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:

@@ -41,32 +41,69 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from moa._call import Budget
+from moa._call import Budget, BudgetRefused
 
 #: A worker that ends this soon after it started, this many times in a row, is not started again.
 QUICK_S = 5.0
 QUICK_LIMIT = 3
+#: How long a worker waits for the shared budget's lock before refusing the request (the lock is held for
+#: microseconds: only a worker stopped while holding it makes anyone wait).
+LOCK_S = 10.0
+#: How long a worker waits for another to send a trace it keeps.
+PEER_S = 10.0
 
 
 class SharedBudget(Budget):
-    """The server's budget for every worker process: its books (spent, held, refused calls) live in shared
-    memory made before the workers are forked, and every read or change happens under one lock."""
+    """The server's budget for every worker process: its books live in shared memory made before the workers are
+    forked, and every read or change happens under one lock.
 
-    def __init__(self, max_cost_usd: float, allow_unpriced: bool = False) -> None:
-        super().__init__(max_cost_usd, allow_unpriced)
+    The books are what was spent, what runs in flight hold (in all, and by each worker) and which process holds
+    the lock.  A worker that dies takes its runs with it: what they held counts as spent (their calls may have been
+    paid), and a lock it died holding is released (``worker_died``).  A request refused for want of money closes
+    the budget to nobody else (``stop_on_refusal=False``)."""
+
+    def __init__(self, max_cost_usd: float, allow_unpriced: bool = False, workers: int = 1) -> None:
+        super().__init__(max_cost_usd, allow_unpriced, stop_on_refusal=False)
         context = multiprocessing.get_context("fork")
-        self._books = context.RawArray("d", 3)
-        self._lock = context.RLock()
+        self._books = context.RawArray("d", 3 + workers)  # spent, held, the lock's holder (a pid), held by each
+        self._lock = context.Lock()  # (not an RLock: the supervisor may release it for a worker that died)
+        self._depth = 0  # this process's nesting inside the lock
+        self.index = 0  # the worker this process is (set in each worker)
 
     @contextlib.contextmanager
     def _shared(self) -> Iterator[None]:
-        with self._lock:
-            self.spent_usd, self.reserved_usd, refused = self._books
-            self.refused_calls = int(refused)
-            try:
-                yield
-            finally:
-                self._books[:] = [self.spent_usd, self.reserved_usd, float(self.refused_calls)]
+        if self._depth:  # already inside (``reserve`` asks ``fits``)
+            yield
+            return
+        if not self._lock.acquire(timeout=LOCK_S):
+            raise BudgetRefused(f"the server's budget is held by a worker that stopped answering for {LOCK_S:g} s")
+        self._books[2] = os.getpid()
+        self._depth = 1
+        spent, held = self._books[0], self._books[1]
+        self.spent_usd, self.reserved_usd = spent, held
+        try:
+            yield
+        finally:
+            self._books[3 + self.index] += self.reserved_usd - held
+            self._books[0], self._books[1], self._books[2] = self.spent_usd, self.reserved_usd, 0
+            self._depth = 0
+            self._lock.release()
+
+    def worker_died(self, index: int, pid: int) -> None:
+        """(The supervisor.) Worker ``index`` (process ``pid``) died: release the lock if it held it, and count
+        what its runs held as spent."""
+        if self._books[2] == pid:
+            self._books[2] = 0
+            self._lock.release()
+        if not self._lock.acquire(timeout=LOCK_S):
+            return
+        try:
+            lost = self._books[3 + index]
+            self._books[0] += lost
+            self._books[1] = max(0.0, self._books[1] - lost)
+            self._books[3 + index] = 0.0
+        finally:
+            self._lock.release()
 
     @property
     def remaining_usd(self) -> float:
@@ -76,7 +113,7 @@ class SharedBudget(Budget):
     @property
     def exhausted(self) -> bool:
         with self._shared():
-            return self.refused_calls > 0 or self.spent_usd >= self.max_cost_usd
+            return self.spent_usd >= self.max_cost_usd
 
     def fits(self, worst_case_usd: float | None) -> bool:
         with self._shared():
@@ -119,10 +156,13 @@ async def trace_from_peer(config: Any, request: Request) -> Response | None:
         return None
     headers = {"authorization": request.headers["authorization"]} if "authorization" in request.headers else {}
     try:
-        async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        async with httpx.AsyncClient(timeout=PEER_S, trust_env=False) as client:
             found = await client.get(f"{config.peers[index]}/v1/moa/runs/{run_id}", headers=headers)
-    except httpx.HTTPError:
-        return None  # that worker is gone (replaced: its traces with it): not found
+    except httpx.HTTPError as exc:
+        from moa.serve.app import error
+
+        return error(502, f"the run {run_id!r} is kept by worker {index}, which did not answer ({type(exc).__name__})",
+                     "upstream_error", "worker_unavailable")  # fmt: skip
     return Response(found.content, status_code=found.status_code, media_type="application/json")
 
 
@@ -133,8 +173,10 @@ def _worker_of(run_id: str) -> int | None:
     return None
 
 
-def supervise(count: int, serve: Callable[[int], int], shutdown_s: float) -> int:
-    """Run ``serve(index)`` in ``count`` forked workers until SIGTERM or Ctrl-C; replace a worker that dies.
+def supervise(count: int, serve: Callable[[int], int], shutdown_s: float,
+              died: Callable[[int, int], None] | None = None) -> int:  # fmt: skip
+    """Run ``serve(index)`` in ``count`` forked workers until SIGTERM or Ctrl-C; replace a worker that dies (after
+    ``died(index, pid)``).
 
     Returns the exit status: 128 + the signal that stopped the server, or 1 when workers keep dying at start."""
     context = multiprocessing.get_context("fork")
@@ -167,6 +209,8 @@ def supervise(count: int, serve: Callable[[int], int], shutdown_s: float) -> int
             for index, (process, began) in list(workers.items()):
                 if process.exitcode is None:
                     continue
+                if died is not None:
+                    died(index, process.pid)
                 quick = quick + 1 if time.monotonic() - began < QUICK_S else 0
                 if quick >= QUICK_LIMIT:
                     print(f"moa serve: error: workers keep ending as they start (worker {index}: exit status "
