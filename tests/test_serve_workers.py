@@ -281,3 +281,15 @@ def test_workers_stop_with_their_supervisor(served: Any, stop: signal.Signals) -
     if stop == signal.SIGINT:
         assert status == 128 + signal.SIGINT
         _wait(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")
+
+
+def test_a_trace_whose_worker_does_not_answer_is_502(served: Any) -> None:
+    base, _, _, _ = served(2)
+    addresses = _workers(base)["addresses"]
+    owner = httpx.get(f"{addresses[1]}/healthz", timeout=60).json()["worker"]["pid"]
+    os.kill(owner, signal.SIGSTOP)
+    try:
+        found = httpx.get(f"{addresses[0]}/v1/moa/runs/run-w1-00000000", headers=HEADERS, timeout=120)
+    finally:
+        os.kill(owner, signal.SIGCONT)
+    assert found.status_code == 502 and "kept by worker 1, which did not answer" in found.json()["error"]["message"]

@@ -130,7 +130,9 @@ def create_app(config: ServeConfig) -> Starlette:
         if found is None and config.peers:  # --workers: the worker that ran it has it
             from moa.serve.workers import trace_from_peer
 
-            if (fetched := await trace_from_peer(config, request)) is not None:
+            if isinstance(fetched := await trace_from_peer(config, request), str):
+                return error(502, fetched, "upstream_error", "worker_unavailable")
+            if fetched is not None:
                 return fetched
         if found is None:
             return error(404, f"no run {request.path_params['run_id']!r} (the server keeps the last "

@@ -4,8 +4,9 @@ One process runs every request on one event loop, so on one core: litellm
 alone costs a few milliseconds of CPU a call, which caps a process at roughly
 two hundred calls a second, and a burst of requests queues behind that core.
 With ``--workers N`` the process ``moa serve`` started as (the supervisor)
-loads the recipes and binds the port, then forks N workers that all accept on
-that port.  They stay one server:
+loads the recipes and opens N listening sockets on the port (``SO_REUSEPORT``:
+the kernel spreads new connections over them), then forks N workers, each
+accepting on its own.  They stay one server:
 
 - **Limits** hold for all of them together: each worker holds its share of
   every provider's limits (``moa._limits.shares``: the shares of
@@ -18,7 +19,8 @@ that port.  They stay one server:
   ``GET /v1/moa/runs/{id}`` that reaches another worker is fetched from that
   one, over the address it alone listens on (127.0.0.1, the same token).
 - A worker that dies is replaced (the requests it was answering are lost: their
-  clients see the connection close).  SIGTERM or Ctrl-C stops every worker as
+  clients see the connection close; what their runs held of the budget counts
+  as spent).  SIGTERM or Ctrl-C stops every worker as
   one process stops (runs in flight finish within ``--shutdown-timeout``), then
   the supervisor; a worker whose supervisor is killed stops too.
 - Each worker starts its own server for a local model it uses.
@@ -146,8 +148,9 @@ def address(listener: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def trace_from_peer(config: Any, request: Request) -> Response | None:
-    """The trace of a run another worker answered, fetched from it (None: the id names no other worker)."""
+async def trace_from_peer(config: Any, request: Request) -> Response | str | None:
+    """The trace of a run another worker answered, fetched from it (None: the id names no other worker; a text:
+    that worker did not answer)."""
     import httpx
 
     run_id = request.path_params["run_id"]
@@ -159,10 +162,7 @@ async def trace_from_peer(config: Any, request: Request) -> Response | None:
         async with httpx.AsyncClient(timeout=PEER_S, trust_env=False) as client:
             found = await client.get(f"{config.peers[index]}/v1/moa/runs/{run_id}", headers=headers)
     except httpx.HTTPError as exc:
-        from moa.serve.app import error
-
-        return error(502, f"the run {run_id!r} is kept by worker {index}, which did not answer ({type(exc).__name__})",
-                     "upstream_error", "worker_unavailable")  # fmt: skip
+        return f"the run {run_id!r} is kept by worker {index}, which did not answer ({type(exc).__name__})"
     return Response(found.content, status_code=found.status_code, media_type="application/json")
 
 
