@@ -197,7 +197,6 @@ def supervise(count: int, serve: Callable[[int], int], shutdown_s: float,
 
     workers = {index: start(index) for index in range(count)}
     quick = 0
-    status = 1
     try:
         while not stop:
             wait([process.sentinel for process, _ in workers.values()] + [wake_read])
@@ -219,8 +218,7 @@ def supervise(count: int, serve: Callable[[int], int], shutdown_s: float,
                 print(f"moa serve: worker {index} ended (exit status {process.exitcode}); starting another",
                       file=sys.stderr, flush=True)  # fmt: skip
                 workers[index] = start(index)
-        status = 128 + stop[0]
-        return status
+        return 128 + stop[0]
     finally:
         _stop_all([process for process, _ in workers.values()], shutdown_s)
         signal.set_wakeup_fd(-1)
