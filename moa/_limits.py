@@ -145,14 +145,18 @@ def shares(limits: Mapping[str, Any], index: int, workers: int) -> dict[str, Pro
 
 def strictest(sets: Iterable[Mapping[str, ProviderLimit]]) -> tuple[dict[str, ProviderLimit], list[str]]:
     """One limit per provider from several recipes' (``moa serve``): each setting the strictest any recipe sets
-    (a provider's limits are its account's, whichever recipe calls it; a setting no recipe sets keeps its default).
-    Also returns the providers the recipes disagree on."""
+    for it (a provider's limits are its account's, whichever recipe calls it; a recipe's ``default`` counts for
+    each provider it does not name; a setting no recipe sets keeps its default).  Also returns the providers the
+    recipes disagree on."""
+    recipes = [dict(limits) for limits in sets]
+    names = list(dict.fromkeys(name for limits in recipes for name in limits))
     chosen: dict[str, dict[str, Any]] = {}
     differ: list[str] = []
-    for limits in sets:
-        for name, limit in limits.items():
-            known = chosen.setdefault(name, {})
-            for key in sorted(limit.model_fields_set):
+    for name in names:
+        known = chosen.setdefault(name, {})
+        for limits in recipes:
+            limit = limits.get(name) or (limits.get(DEFAULT_KEY) if name != LOCAL else None)
+            for key in sorted(limit.model_fields_set if limit is not None else ()):
                 value = getattr(limit, key)
                 if key in known and known[key] != value and name not in differ:
                     differ.append(name)

@@ -132,3 +132,7 @@ def test_served_recipes_share_the_strictest_limit_each_sets() -> None:
     assert merged == {"openai": ProviderLimit(max_concurrency=4, rpm=100), "together": ProviderLimit(tpm=5000)}
     assert differ == ["openai"]
     assert strictest([{"openai": ProviderLimit(rpm=10)}, {"openai": ProviderLimit(rpm=10)}])[1] == []
+    # A recipe's `default` is its limit for every provider it does not name, so it holds for them here too.
+    merged, _ = strictest([{"default": ProviderLimit(max_concurrency=2)}, {"openai": ProviderLimit(rpm=600)}])
+    assert merged["openai"] == ProviderLimit(max_concurrency=2, rpm=600)
+    assert Limiter(merged).gate("openai/m").limit.max_concurrency == 2

@@ -293,3 +293,34 @@ def test_a_trace_whose_worker_does_not_answer_is_502(served: Any) -> None:
     finally:
         os.kill(owner, signal.SIGCONT)
     assert found.status_code == 502 and "kept by worker 1, which did not answer" in found.json()["error"]["message"]
+
+
+def test_a_second_server_cannot_take_the_port(served: Any, tmp_path: Path) -> None:
+    base, _, _, _ = served(2)
+    port = base.rsplit(":", 1)[1].split("/")[0]
+    recipe = tmp_path / "other.yaml"
+    layers = [{"kind": "propose", "agents": [{"model": "openai/x"}]}]
+    recipe.write_text(yaml.safe_dump({"name": "other", "layers": layers}))
+    done = subprocess.run([sys.executable, "-m", "moa", "serve", "--recipes", str(recipe), "--port", port,
+                           "--workers", "2"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stream_past_the_shutdown_timeout_is_cut_and_logged_without_a_traceback(served: Any, workers: int) -> None:
+    base, upstream, process, lines = served(workers, latency=600, args=("--shutdown-timeout", "1"))
+    body = {"model": "single", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.stream("POST", f"{base}/chat/completions", json=body, headers=HEADERS, timeout=120) as response:
+        chunks = response.iter_lines()  # (kept: a generator dropped here would close the stream at once)
+        assert next(chunks).startswith("data: ")
+        _wait(lambda: upstream.now == 1, "the run is in flight")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    if workers > 1:  # new connections are refused at once while (and after) the workers stop
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{base.removesuffix('/v1')}/healthz", timeout=30)
+    _wait(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")
+    logged = [json.loads(line.split("moa serve: ", 1)[1]) for line in lines if '"run_id"' in line]
+    assert [entry["error"] for entry in logged] == ["CancelledError: the server stopped before the run finished "
+                                                    "(--shutdown-timeout): its calls were cancelled"]  # fmt: skip
+    assert not any("Traceback" in line for line in lines), "".join(lines)

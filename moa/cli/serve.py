@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
 import signal
 import socket
@@ -117,6 +119,9 @@ def serve_command(args: argparse.Namespace) -> int:
         finally:
             print("moa serve: stopped", file=sys.stderr, flush=True)
     _worker_notes(limits, workers)
+    stop: list[int] = []  # SIGTERM or Ctrl-C from now on stops the server in order, even before the workers start
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda signum, frame: stop.append(signum))
     from moa._litellm import litellm_module
     from moa.serve.workers import SharedBudget, address, supervise
 
@@ -130,7 +135,8 @@ def serve_command(args: argparse.Namespace) -> int:
         return _serve(args, recipes, token, [listeners[index], own[index]], (index, workers), peers, budget)
 
     try:
-        return supervise(workers, serve, args.shutdown_timeout, budget.worker_died if budget is not None else None)
+        return supervise(workers, serve, args.shutdown_timeout, budget.worker_died if budget is not None else None,
+                         sockets=[*listeners, *own], stop=stop)  # fmt: skip
     finally:
         print("moa serve: stopped", file=sys.stderr, flush=True)
 
@@ -143,6 +149,11 @@ def _listen(host: str, port: int, count: int) -> list[socket.socket]:
 
     found: list[socket.socket] = []
     try:
+        if count > 1:  # first, that the port is free: SO_REUSEPORT would let these join another server's sockets
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+                port = probe.getsockname()[1]
         for _ in range(count):
             listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
             found.append(listener)
@@ -198,7 +209,9 @@ def _serve(args: argparse.Namespace, recipes: dict[str, Any], token: str | None,
     # No proxy headers: nothing here reads the client's address, and parsing them costs every request.
     settings = uvicorn.Config(create_app(config), log_level="warning", access_log=False, proxy_headers=False,
                               timeout_graceful_shutdown=args.shutdown_timeout)  # fmt: skip
-    server = uvicorn.Server(settings)
+    server = _server(settings, config)
+    # A run still going on at --shutdown-timeout is cancelled and logged as such: not an error with a traceback.
+    logging.getLogger("uvicorn.error").addFilter(lambda record: not _stopped_run(config, record))
     # uvicorn stops on SIGTERM / Ctrl-C, then raises the signal again: a Python handler for SIGTERM (SIGINT has
     # one) turns it into an exit that lets the request log write what it holds before the process ends.
     signal.signal(signal.SIGTERM, _terminated)
@@ -207,6 +220,10 @@ def _serve(args: argparse.Namespace, recipes: dict[str, Any], token: str | None,
     finally:
         request_log.close()
     return EXIT_OK
+
+
+def _stopped_run(config: Any, record: logging.LogRecord) -> bool:
+    return bool(config.stopping and record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
 
 
 def _check_divisible(limits: dict[str, Any], workers: int) -> None:
@@ -224,6 +241,18 @@ def _check_divisible(limits: dict[str, Any], workers: int) -> None:
                       f"{'; '.join(small)} (fewer calls at a time than workers): use --workers "
                       f"{min(limit.max_concurrency or workers for name, limit in every.items() if name != LOCAL)} "
                       f"or fewer, or raise the limit")  # fmt: skip
+
+
+def _server(settings: Any, config: Any) -> Any:
+    """uvicorn's server, telling the app when it is told to stop (``config.stopping``)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            config.stopping = True
+            super().handle_exit(sig, frame)
+
+    return Server(settings)
 
 
 def _terminated(signum: int, frame: object) -> None:

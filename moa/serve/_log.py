@@ -10,15 +10,19 @@ what serving used to add at 50 concurrent clients.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from moa._runlog import FinishedRun, RunLog, RunLogError
+from moa._secrets import redact
+
+Refusal = TypeVar("Refusal")
 
 #: The most requests recorded in one transaction, and how long the writer gathers them after the first.
 BATCH = 500
@@ -121,3 +125,27 @@ class RequestLog:
                 chunk = []
             if line is not None:
                 chunk.append(line)
+
+
+def log_refused(log: Any, response: Refusal) -> Refusal:
+    """A request refused before any run (401, 400, 404, 402, 413) is a line in the log too (no run: no run log)."""
+    if log is not None:
+        sent: Any = response
+        error = json.loads(bytes(sent.body))["error"]
+        entry = {"run_id": None, "recipe": None, "ok": False, "status": sent.status_code,
+                 "error": error["message"][:300]}  # fmt: skip
+        with contextlib.suppress(Exception):
+            log(entry, None, None, None, None)
+    return response
+
+
+def log_run(log: Any, run_id: str, recipe: Any, messages: Any, result: Any, exc: BaseException | None) -> None:
+    """Hand a request that ran to ``log`` (which must not block: it is called on the event loop)."""
+    if log is None:
+        return
+    entry = {"run_id": run_id, "recipe": recipe.name, "ok": exc is None,
+             "error": None if exc is None else redact(f"{type(exc).__name__}: {exc}")[:300],
+             "cost_usd": result.cost_usd if result else None,
+             "tokens": result.usage.total_tokens if result else None}  # fmt: skip
+    with contextlib.suppress(Exception):
+        log(entry, recipe, messages, result, exc)

@@ -48,6 +48,7 @@ from moa._overrides import call_overrides
 from moa._secrets import redact
 from moa.recipe import Recipe
 from moa.result import MoAResult
+from moa.serve._log import log_refused, log_run
 
 #: OpenAI request fields that become call settings, and how.
 SETTINGS = {"temperature": "temperature", "max_tokens": "max_tokens", "max_completion_tokens": "max_tokens",
@@ -77,6 +78,7 @@ class ServeConfig:
     log: Any = None
     runs: OrderedDict[str, MoAResult] = field(default_factory=OrderedDict)
     in_flight: int = 0  # runs going on now (GET /healthz says how many)
+    stopping: bool = False  # the server was told to stop (runs still going on end at --shutdown-timeout)
 
     def __post_init__(self) -> None:
         if self.limiter is None:
@@ -141,33 +143,39 @@ def create_app(config: ServeConfig) -> Starlette:
 
     async def chat(request: Request) -> Response:
         if (denied := _auth(request, config)) is not None:
-            return _refused(config, denied)
+            return log_refused(config.log, denied)
         parsed = await _body(request, config)
         if isinstance(parsed, Response):
-            return _refused(config, parsed)
+            return log_refused(config.log, parsed)
         checked = _request(parsed, config)
         if isinstance(checked, Response):
-            return _refused(config, checked)
+            return log_refused(config.log, checked)
         recipe, messages, settings, stream, usage_chunk = checked
         budget = _budget(parsed, config)
         if isinstance(budget, Response):
-            return _refused(config, budget)
+            return log_refused(config.log, budget)
         worker = f"w{config.worker[0]}-" if config.worker[1] > 1 else ""  # (--workers: the id names its worker)
         run_id = f"run-{worker}{secrets.token_hex(8)}"
         if stream:
             return await _stream(request, config, run_id, recipe, messages, settings, usage_chunk, budget)
         task = asyncio.ensure_future(_run(config, recipe, messages, settings, budget=budget))
-        if not await _finished_or_gone(request, task):
+        try:
+            finished = await _finished_or_gone(request, task)
+        except asyncio.CancelledError:  # (uvicorn, past --shutdown-timeout): the run's calls go too, logged
+            task.cancel()
+            log_run(config.log, run_id, recipe, messages, None, asyncio.CancelledError(_ended(config)))
+            raise
+        if not finished:
             gone = asyncio.CancelledError("the client went away: its calls were cancelled")
-            _log(config, run_id, recipe, messages, None, gone)
+            log_run(config.log, run_id, recipe, messages, None, gone)
             return Response(status_code=499)
         try:
             result = task.result()
         except BaseException as exc:
-            _log(config, run_id, recipe, messages, None, exc)
+            log_run(config.log, run_id, recipe, messages, None, exc)
             return failure(exc)
         _keep(config, run_id, result)
-        _log(config, run_id, recipe, messages, result, None)
+        log_run(config.log, run_id, recipe, messages, result, None)
         return JSONResponse(_completion(run_id, recipe, result), headers={"x-moa-run-id": run_id})
 
     routes = [
@@ -342,55 +350,37 @@ async def _stream(request: Request, config: ServeConfig, run_id: str, recipe: Re
             try:
                 result = task.result()
             except BaseException as exc:
-                _log(config, run_id, recipe, messages, None, exc)
+                log_run(config.log, run_id, recipe, messages, None, exc)
                 yield json.dumps(json.loads(bytes(failure(exc).body)))
                 return
             _keep(config, run_id, result)
-            _log(config, run_id, recipe, messages, result, None)
+            log_run(config.log, run_id, recipe, messages, result, None)
             yield chunk({}, "stop")
             if usage_chunk:
                 yield json.dumps({"id": f"chatcmpl-{run_id}", "object": "chat.completion.chunk", "created": created,
                                   "model": recipe.name, "choices": [], "usage": _usage(result)})  # fmt: skip
             yield "[DONE]"
         finally:
-            if not task.done():  # the client went away: cancel the run's calls, and say so in the log
+            if not task.done():  # the client went away (or the server stopped): cancel the run's calls, and log it
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-                gone = asyncio.CancelledError("the client went away: its calls were cancelled")
-                _log(config, run_id, recipe, messages, None, gone)
+                log_run(config.log, run_id, recipe, messages, None, asyncio.CancelledError(_ended(config)))
 
     return EventSourceResponse(events(), headers={"x-moa-run-id": run_id}, ping=15)
+
+
+def _ended(config: ServeConfig) -> str:
+    """Why a run that did not finish ended."""
+    if config.stopping:
+        return "the server stopped before the run finished (--shutdown-timeout): its calls were cancelled"
+    return "the client went away: its calls were cancelled"
 
 
 def _keep(config: ServeConfig, run_id: str, result: MoAResult) -> None:
     config.runs[run_id] = result
     while len(config.runs) > config.keep_runs:
         config.runs.popitem(last=False)
-
-
-def _refused(config: ServeConfig, response: Response) -> Response:
-    """A request refused before any run (401, 400, 404, 402, 413) is a line in the log too (no run: no run log)."""
-    if config.log is not None:
-        error = json.loads(bytes(response.body))["error"]
-        entry = {"run_id": None, "recipe": None, "ok": False, "status": response.status_code,
-                 "error": error["message"][:300]}  # fmt: skip
-        with contextlib.suppress(Exception):
-            config.log(entry, None, None, None, None)
-    return response
-
-
-def _log(config: ServeConfig, run_id: str, recipe: Recipe, messages: Any, result: MoAResult | None,
-         exc: BaseException | None) -> None:  # fmt: skip
-    """Hand the request to ``config.log`` (which must not block: it is called on the event loop)."""
-    if config.log is None:
-        return
-    entry = {"run_id": run_id, "recipe": recipe.name, "ok": exc is None,
-             "error": None if exc is None else redact(f"{type(exc).__name__}: {exc}")[:300],
-             "cost_usd": result.cost_usd if result else None,
-             "tokens": result.usage.total_tokens if result else None}  # fmt: skip
-    with contextlib.suppress(Exception):
-        config.log(entry, recipe, messages, result, exc)
 
 
 __all__ = ["ServeConfig", "create_app"]

@@ -36,7 +36,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -174,18 +174,22 @@ def _worker_of(run_id: str) -> int | None:
 
 
 def supervise(count: int, serve: Callable[[int], int], shutdown_s: float,
-              died: Callable[[int, int], None] | None = None) -> int:  # fmt: skip
+              died: Callable[[int, int], None] | None = None, sockets: Sequence[socket.socket] = (),
+              stop: list[int] | None = None) -> int:  # fmt: skip
     """Run ``serve(index)`` in ``count`` forked workers until SIGTERM or Ctrl-C; replace a worker that dies (after
-    ``died(index, pid)``).
+    ``died(index, pid)``).  ``sockets`` (the workers' listening sockets) are closed here when the server stops, so
+    that new connections are refused while the workers finish; ``stop`` collects signals that came earlier.
 
     Returns the exit status: 128 + the signal that stopped the server, or 1 when workers keep dying at start."""
     context = multiprocessing.get_context("fork")
-    stop: list[int] = []
+    stop = [] if stop is None else stop
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda signum, frame: stop.append(signum))
+    if stop:
+        return 128 + stop[0]  # (stopped before any worker started)
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda signum, frame: stop.append(signum))
 
     supervisor = os.getpid()
 
@@ -220,6 +224,8 @@ def supervise(count: int, serve: Callable[[int], int], shutdown_s: float,
                 workers[index] = start(index)
         return 128 + stop[0]
     finally:
+        for listener in sockets:
+            listener.close()
         _stop_all([process for process, _ in workers.values()], shutdown_s)
         signal.set_wakeup_fd(-1)
         os.close(wake_read)
