@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -118,3 +120,18 @@ class CountingServer(LoopbackServer):
         finally:
             with self._counter:
                 self.now -= 1
+
+
+def start_serve(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str, list[str]]:
+    """``python -m moa serve ARGS`` as a subprocess: the process, its base URL (``.../v1``) and its stderr lines, kept
+    growing by a thread (the lines before ``listening on`` too)."""
+    process = subprocess.Popen([sys.executable, "-m", "moa", "serve", *args], env=env, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    assert process.stderr is not None
+    lines: list[str] = []
+    while "listening on" not in (line := process.stderr.readline()):
+        assert line, "".join(lines)  # it ended before it listened
+        lines.append(line)
+    lines.append(line)
+    threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True).start()
+    return process, line.split("listening on ", 1)[1].split()[0], lines

@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 import yaml
-from conftest import CountingServer
+from conftest import CountingServer, start_serve
 
 from moa.serve.workers import SharedBudget, _worker_of
 
@@ -48,15 +48,9 @@ def served(tmp_path: Path) -> Iterator[Any]:
             (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
         env = {**os.environ, "MOA_SERVE_TOKEN": TOKEN, "OPENAI_API_KEY": "upstream-key",
                "MOA_LOG_DB": str(tmp_path / "runs.sqlite")}  # fmt: skip
-        argv = [sys.executable, "-m", "moa", "serve", "--recipes", str(folder), "--port", "0", "--api-key-env",
-                "MOA_SERVE_TOKEN", "--workers", str(workers), "--shutdown-timeout", "60", *args]  # fmt: skip
-        process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
-        line = process.stderr.readline()  # type: ignore[union-attr]
-        assert "listening on" in line, line + (process.stderr.read() if process.stderr else "")
-        base = line.split("listening on ", 1)[1].split()[0]
+        process, base, lines = start_serve(["--recipes", str(folder), "--port", "0", "--api-key-env",
+                "MOA_SERVE_TOKEN", "--workers", str(workers), "--shutdown-timeout", "60", *args], env)  # fmt: skip
         started.append((process, upstream))
-        lines: list[str] = []
-        threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()  # type: ignore[arg-type]
         return base, upstream, process, lines
 
     yield start
