@@ -129,10 +129,14 @@ def serve_command(args: argparse.Namespace) -> int:
     peers = [address(each) for each in own]
     budget = SharedBudget(args.max_cost, args.allow_unpriced, workers) if args.max_cost is not None else None
 
-    def serve(index: int) -> int:
+    def serve(index: int) -> int:  # (in worker ``index``, just forked)
         if budget is not None:
             budget.index = index
-        return _serve(args, recipes, token, [listeners[index], own[index]], (index, workers), peers, budget)
+        mine = [listeners[index], own[index]]
+        for other in [*listeners, *own]:  # the others' sockets stay open only where they are served
+            if other not in mine:
+                other.close()
+        return _serve(args, recipes, token, mine, (index, workers), peers, budget)
 
     try:
         return supervise(workers, serve, args.shutdown_timeout, budget.worker_died if budget is not None else None,
