@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import resource
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -444,6 +446,15 @@ def test_a_full_disk_stops_new_items_and_loses_no_saved_one(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+def _cached(path: Path) -> int:
+    """How many answers a call cache holds now (0 while it is not there yet, or busy)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.1)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
 def test_sigterm_during_an_eval_keeps_finished_items_and_the_rerun_pays_only_the_rest(tmp_path: Path) -> None:
     with LoopbackServer() as server:
         server.add_fault("hang", times=1000, model="p2")  # every item hangs on p2 until the fault is lifted
@@ -457,7 +468,9 @@ def test_sigterm_during_an_eval_keeps_finished_items_and_the_rerun_pays_only_the
                 "--out", str(out), "--concurrency", "3"]  # fmt: skip
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 600  # a bound against a hang only
-        while len(server.completions("p2")) < 3:  # three items in flight, each waiting on p2
+        # Three items in flight, each waiting on p2, with its p1 answer received and stored (a p1 answer still on
+        # its way at SIGTERM is never received: the rerun rightly asks for it again).
+        while len(server.completions("p2")) < 3 or _cached(out / "calls.sqlite") < 3:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
