@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,3 +136,20 @@ def start_serve(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[
     lines.append(line)
     threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True).start()
     return process, line.split("listening on ", 1)[1].split()[0], lines
+
+
+def wait_until(condition: Any, what: str) -> None:
+    """Poll ``condition`` until it holds (bounded only against a hang: an assertion naming ``what``)."""
+    deadline = time.monotonic() + 300
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def stop_served(started: list[tuple[subprocess.Popen[str], LoopbackServer]]) -> None:
+    """Kill each ``moa serve`` still running and stop its upstream."""
+    for process, upstream in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        upstream.stop()

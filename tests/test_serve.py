@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 import yaml
-from conftest import start_serve
+from conftest import start_serve, stop_served, wait_until
 
 from moa.testing import LoopbackServer
 
@@ -62,11 +62,7 @@ def served(tmp_path: Path) -> Iterator[Any]:
         return base, upstream, process, lines
 
     yield start
-    for process, upstream in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        upstream.stop()
+    stop_served(started)
 
 
 def test_the_openai_sdk_gets_answers_streams_usage_and_traces(served: Any, tmp_path: Path) -> None:
@@ -97,7 +93,7 @@ def test_the_openai_sdk_gets_answers_streams_usage_and_traces(served: Any, tmp_p
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[-2].choices[0].finish_reason == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
     # Every request is a line on stderr and a run in the run log (`moa logs`).
-    _wait(lambda: sum('"ok": true' in line for line in lines) == 3, "three requests logged")
+    wait_until(lambda: sum('"ok": true' in line for line in lines) == 3, "three requests logged")
     with sqlite3.connect(tmp_path / "runs.sqlite") as db:
         found = sorted(db.execute("SELECT recipe, status FROM runs").fetchall())
     assert found == [("mix", "done"), ("mix", "done"), ("single", "done")]  # (written by worker threads: any order)
@@ -156,20 +152,13 @@ def test_errors_have_openai_s_shape_and_status(served: Any) -> None:
     # Every chat request refused before a run is a line in the log too, with its status (the others are runs).
     expected = [404, 400, 400, 400, 413, 401]
     refusals = lambda: [json.loads(line.split("moa serve: ", 1)[1]) for line in lines if '"status"' in line]  # noqa: E731
-    _wait(lambda: len(refusals()) == len(expected), "the refusals were logged")
+    wait_until(lambda: len(refusals()) == len(expected), "the refusals were logged")
     assert [entry["status"] for entry in refusals()] == expected
     assert all(entry["ok"] is False and entry["error"] for entry in refusals())
 
 
 def _in_flight(base: str) -> int:
     return int(httpx.get(f"{base.removesuffix('/v1')}/healthz").json()["runs_in_flight"])
-
-
-def _wait(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + 300  # a bound against a hang only
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def test_a_client_that_goes_away_cancels_its_calls(served: Any) -> None:
@@ -182,11 +171,11 @@ def test_a_client_that_goes_away_cancels_its_calls(served: Any) -> None:
     ).encode() + body
     with socket.create_connection((host, int(port))) as client:
         client.sendall(request)
-        _wait(lambda: len(upstream.requests) == 2, "the proposers were asked")
+        wait_until(lambda: len(upstream.requests) == 2, "the proposers were asked")
     # The client hung up. Without the cancel the run would go on for ten minutes; it ends now, and the aggregator is
     # never asked.
-    _wait(lambda: _in_flight(base) == 0, "the run was cancelled")
-    _wait(lambda: any("the client went away" in line for line in lines), "the cancel was logged")
+    wait_until(lambda: _in_flight(base) == 0, "the run was cancelled")
+    wait_until(lambda: any("the client went away" in line for line in lines), "the cancel was logged")
     assert [r.model for r in upstream.requests].count("agg") == 0
 
 
@@ -197,9 +186,9 @@ def test_a_streaming_client_that_goes_away_cancels_its_calls_and_is_logged(serve
                       timeout=60) as response:  # fmt: skip
         chunks = response.iter_lines()  # (kept: a generator dropped here would close the stream at once)
         assert next(chunks).startswith("data: ")  # the first chunk; then the client hangs up
-        _wait(lambda: len(upstream.requests) == 2, "the proposers were asked")
-    _wait(lambda: _in_flight(base) == 0, "the run was cancelled")
-    _wait(lambda: any("the client went away" in line for line in lines), "the cancel was logged")
+        wait_until(lambda: len(upstream.requests) == 2, "the proposers were asked")
+    wait_until(lambda: _in_flight(base) == 0, "the run was cancelled")
+    wait_until(lambda: any("the client went away" in line for line in lines), "the cancel was logged")
     assert [r.model for r in upstream.requests].count("agg") == 0
 
 
@@ -231,13 +220,13 @@ def test_shutdown_lets_runs_in_flight_finish(served: Any) -> None:
 
     worker = threading.Thread(target=ask)
     worker.start()
-    _wait(lambda: _in_flight(base) == 1, "the run started")
+    wait_until(lambda: _in_flight(base) == 1, "the run started")
     process.send_signal(signal.SIGTERM)
     worker.join()
     assert answers == ["solo says four"]  # the run in flight finished before the server stopped
     assert process.wait(timeout=120) == 128 + signal.SIGTERM
     # ... and was logged: the request log writes what it holds before the process ends.
-    _wait(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")
+    wait_until(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")
     logged = [json.loads(line.split("moa serve: ", 1)[1]) for line in lines if '"run_id"' in line]
     assert [(entry["recipe"], entry["ok"]) for entry in logged] == [("single", True)] and logged[0]["log_id"]
 

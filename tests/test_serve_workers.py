@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import httpx
 import openai
 import pytest
 import yaml
-from conftest import CountingServer, start_serve
+from conftest import CountingServer, start_serve, stop_served, wait_until
 
 from moa.serve.workers import SharedBudget, _worker_of
 
@@ -54,18 +53,7 @@ def served(tmp_path: Path) -> Iterator[Any]:
         return base, upstream, process, lines
 
     yield start
-    for process, upstream in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        upstream.stop()
-
-
-def _wait(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + 300  # a bound against a hang only
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+    stop_served(started)
 
 
 def _workers(base: str) -> dict[str, Any]:
@@ -120,7 +108,7 @@ def test_workers_hold_one_limit_and_any_of_them_returns_any_trace(served: Any) -
         missing = httpx.get(f"{base}/moa/runs/{unknown}", headers=HEADERS, timeout=60)
         assert missing.status_code == 404 and unknown in missing.json()["error"]["message"]
     # Every request is one log line, with its run in the run log.
-    _wait(lambda: sum('"run_id": "run-w' in line for line in lines) == 24, "every request was logged")
+    wait_until(lambda: sum('"run_id": "run-w' in line for line in lines) == 24, "every request was logged")
     assert all(json.loads(line.split("moa serve: ", 1)[1])["log_id"] for line in lines if '"run_id"' in line)
 
 
@@ -143,7 +131,7 @@ def test_the_server_s_budget_is_one_for_every_worker(served: Any) -> None:
     assert paid and refused and all(exc.status_code == 402 for exc in refused)
     assert len(paid) <= 2  # one budget: three of their own would have let up to six through
     assert len(upstream.completions()) == len(paid)
-    _wait(lambda: sum('"recipe": "priced"' in line for line in lines) == 12, "every request was logged")
+    wait_until(lambda: sum('"recipe": "priced"' in line for line in lines) == 12, "every request was logged")
     logged = [json.loads(line.split("moa serve: ", 1)[1]) for line in lines if '"ok": true' in line]
     spent = sum(entry["cost_usd"] or 0.0 for entry in logged)
     assert 0 < spent <= budget
@@ -227,7 +215,7 @@ def test_a_dead_worker_is_replaced_and_sigterm_lets_runs_finish(served: Any) -> 
     addresses = _workers(base)["addresses"]
     first = httpx.get(f"{addresses[1]}/healthz", timeout=60).json()["worker"]
     os.kill(first["pid"], signal.SIGKILL)
-    _wait(lambda: any("worker 1 ended (exit status -9); starting another" in line for line in lines), "replaced")
+    wait_until(lambda: any("worker 1 ended (exit status -9); starting another" in line for line in lines), "replaced")
     again = httpx.get(f"{addresses[1]}/healthz", timeout=120).json()["worker"]  # its address, a new process
     assert again["index"] == 1 and again["pid"] != first["pid"]
     # Runs in flight on both workers when SIGTERM comes: every one finishes, then the server stops.
@@ -244,14 +232,14 @@ def test_a_dead_worker_is_replaced_and_sigterm_lets_runs_finish(served: Any) -> 
               *(threading.Thread(target=stream) for _ in range(2))]  # fmt: skip
     for thread in asking:
         thread.start()
-    _wait(lambda: upstream.now == 6, "six runs are in flight")
+    wait_until(lambda: upstream.now == 6, "six runs are in flight")
     process.send_signal(signal.SIGTERM)
     for thread in asking:
         thread.join()
     assert [answer.parse().choices[0].message.content for answer in answers] == ["solo says four"] * 4
     assert streamed == ["solo says four"] * 2  # a stream in flight finishes too
     assert process.wait(timeout=120) == 128 + signal.SIGTERM
-    _wait(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")
+    wait_until(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")
     logged = [json.loads(line.split("moa serve: ", 1)[1]) for line in lines if '"run_id"' in line]
     assert len(logged) == 6 and all(entry["ok"] and entry["log_id"] for entry in logged)
 
@@ -271,10 +259,10 @@ def test_workers_stop_with_their_supervisor(served: Any, stop: signal.Signals) -
     pids = [httpx.get(f"{address}/healthz", timeout=60).json()["worker"]["pid"] for address in addresses]
     process.send_signal(stop)  # SIGKILL: the supervisor cannot stop them itself; Ctrl-C: it stops them in order
     status = process.wait(timeout=120)
-    _wait(lambda: all(_gone(pid) for pid in pids), "the workers stopped")
+    wait_until(lambda: all(_gone(pid) for pid in pids), "the workers stopped")
     if stop == signal.SIGINT:
         assert status == 128 + signal.SIGINT
-        _wait(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")
+        wait_until(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")
 
 
 def test_a_trace_whose_worker_does_not_answer_is_502(served: Any) -> None:
@@ -318,7 +306,7 @@ def test_runs_past_the_shutdown_timeout_are_cut_and_logged_without_a_traceback(s
     with httpx.stream("POST", f"{base}/chat/completions", json=body, headers=HEADERS, timeout=120) as response:
         chunks = response.iter_lines()  # (kept: a generator dropped here would close the stream at once)
         assert next(chunks).startswith("data: ")
-        _wait(lambda: upstream.now == 2, "both runs are in flight")
+        wait_until(lambda: upstream.now == 2, "both runs are in flight")
         process.send_signal(signal.SIGTERM)
         while True:  # while the runs drain, a new connection is refused at once: it never hangs
             try:
@@ -331,7 +319,7 @@ def test_runs_past_the_shutdown_timeout_are_cut_and_logged_without_a_traceback(s
         assert process.wait(timeout=120) == 128 + signal.SIGTERM
     asking.join()
     assert len(plain) == 1 and not (isinstance(plain[0], httpx.Response) and plain[0].status_code == 200)
-    _wait(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")
+    wait_until(lambda: any("moa serve: stopped" in line for line in lines), "the server's last line")
     logged = [json.loads(line.split("moa serve: ", 1)[1]) for line in lines if '"run_id"' in line]
     assert [entry["error"] for entry in logged] == ["CancelledError: the server stopped before the run finished "
                                                     "(--shutdown-timeout): its calls were cancelled"] * 2  # fmt: skip
