@@ -115,11 +115,16 @@ class Limiter:
         return gate
 
 
+def concurrencies(limits: Mapping[str, ProviderLimit]) -> dict[str, int]:
+    """Each provider's ``max_concurrency`` where it has one, the default's too (local models' are not shared)."""
+    every = {DEFAULT_KEY: ProviderLimit(), **limits}
+    return {name: limit.max_concurrency for name, limit in every.items()
+            if name != LOCAL and limit.max_concurrency is not None}  # fmt: skip
+
+
 def divisible(limits: Mapping[str, ProviderLimit], workers: int) -> bool:
     """Whether every limit leaves each of ``workers`` at least one call at a time (then they can be divided)."""
-    every = [*limits.values(), limits.get(DEFAULT_KEY) or ProviderLimit()]
-    return all(limit.max_concurrency is None or limit.max_concurrency >= workers
-               for name, limit in zip([*limits, DEFAULT_KEY], every, strict=True) if name != LOCAL)  # fmt: skip
+    return all(most >= workers for most in concurrencies(limits).values())
 
 
 def shares(limits: Mapping[str, Any], index: int, workers: int) -> dict[str, ProviderLimit]:

@@ -23,6 +23,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import functools
 import http.client
 import importlib.util
 import json
@@ -68,17 +69,14 @@ def local_name(model: str) -> str:
     return model.removeprefix(PREFIX)
 
 
-_BUNDLED: dict[str, str] = {}
-
-
+@functools.cache
 def _bundled_files() -> dict[str, str]:
     """Each installed bundled model's resolved file, and its name (found once)."""
-    if not _BUNDLED:
-        for name in MODELS:
-            with contextlib.suppress(ConfigError):
-                _BUNDLED[str(model_file(name).resolve())] = name
-        _BUNDLED.setdefault("", "")  # (found, even when none is installed)
-    return _BUNDLED
+    found = {}
+    for name in MODELS:
+        with contextlib.suppress(ConfigError):
+            found[str(model_file(name).resolve())] = name
+    return found
 
 
 def alias_of(name: str) -> str:

@@ -77,7 +77,8 @@ class Budget:
         """Hold the worst case of one call, or raise ``BudgetRefused``."""
         worst = _amount(worst_case_usd, "a worst case")
         if not self.fits(worst):
-            self.refused_calls += 1 if self.stop_on_refusal else 0
+            if self.stop_on_refusal:
+                self.refused_calls += 1
             raise BudgetRefused(
                 f"not started: its worst case ${worst:.4f} would pass the budget of ${self._limit():g} "
                 f"(spent ${self._total_spent():.4f}, ${self._total_reserved():.4f} held by work in flight)"

@@ -119,11 +119,10 @@ def serve_command(args: argparse.Namespace) -> int:
         finally:
             print("moa serve: stopped", file=sys.stderr, flush=True)
     _worker_notes(limits, workers)
-    stop: list[int] = []  # SIGTERM or Ctrl-C from now on stops the server in order, even before the workers start
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda signum, frame: stop.append(signum))
+    from moa.serve.workers import SharedBudget, address, stop_signals, supervise
+
+    stop = stop_signals()  # SIGTERM or Ctrl-C from now on stops the server in order, even before the workers start
     from moa._litellm import litellm_module
-    from moa.serve.workers import SharedBudget, address, supervise
 
     litellm_module()  # imported once, before the workers fork: each starts with it (it starts no thread)
     peers = [address(each) for each in own]
@@ -139,8 +138,8 @@ def serve_command(args: argparse.Namespace) -> int:
         return _serve(args, recipes, token, mine, (index, workers), peers, budget)
 
     try:
-        return supervise(workers, serve, args.shutdown_timeout, budget.worker_died if budget is not None else None,
-                         sockets=[*listeners, *own], stop=stop)  # fmt: skip
+        return supervise(workers, serve, args.shutdown_timeout, stop,
+                         budget.worker_died if budget is not None else None, [*listeners, *own])  # fmt: skip
     finally:
         print("moa serve: stopped", file=sys.stderr, flush=True)
 
@@ -177,17 +176,14 @@ def _listen(host: str, port: int, count: int) -> list[socket.socket]:
 
 def _worker_notes(limits: dict[str, Any], workers: int) -> None:
     """Say when ``--workers`` is likely to serve worse than fewer would."""
-    from moa._limits import DEFAULT_KEY, LOCAL
-    from moa.recipe import ProviderLimit
+    from moa._limits import concurrencies
 
     cores = os.cpu_count() or 1
     if workers > cores:
         print(f"moa serve: note: {workers} workers on {cores} cores: about one per core serves best",
               file=sys.stderr, flush=True)  # fmt: skip
-    every = {DEFAULT_KEY: ProviderLimit(), **limits}
-    for name, limit in every.items():
-        most = limit.max_concurrency
-        if name != LOCAL and most is not None and most // workers < 4:
+    for name, most in concurrencies(limits).items():
+        if most // workers < 4:
             print(f"moa serve: note: each of the {workers} workers holds about {most // workers} of the "
                   f"{most} calls at a time of limits.{name}.max_concurrency; requests do not spread over the "
                   f"workers evenly, so where a provider's limit, not the CPU, bounds the server, fewer workers "
@@ -233,18 +229,14 @@ def _stopped_run(config: Any, record: logging.LogRecord) -> bool:
 def _check_divisible(limits: dict[str, Any], workers: int) -> None:
     """Each worker holds a share of every limit: a limit must leave each at least one call at a time."""
     from moa._errors import ConfigError
-    from moa._limits import DEFAULT_KEY, LOCAL, divisible
-    from moa.recipe import ProviderLimit
+    from moa._limits import concurrencies
 
-    if divisible(limits, workers):
-        return
-    every = {DEFAULT_KEY: ProviderLimit(), **limits}
-    small = [f"limits.{name}.max_concurrency is {limit.max_concurrency}" for name, limit in every.items()
-             if name != LOCAL and limit.max_concurrency is not None and limit.max_concurrency < workers]  # fmt: skip
-    raise ConfigError(f"--workers {workers}: each worker holds a share of every provider's limits, but "
-                      f"{'; '.join(small)} (fewer calls at a time than workers): use --workers "
-                      f"{min(limit.max_concurrency or workers for name, limit in every.items() if name != LOCAL)} "
-                      f"or fewer, or raise the limit")  # fmt: skip
+    found = concurrencies(limits)
+    small = [f"limits.{name}.max_concurrency is {most}" for name, most in found.items() if most < workers]
+    if small:
+        raise ConfigError(f"--workers {workers}: each worker holds a share of every provider's limits, but "
+                          f"{'; '.join(small)} (fewer calls at a time than workers): use --workers "
+                          f"{min(found.values())} or fewer, or raise the limit")  # fmt: skip
 
 
 def _server(settings: Any, config: Any) -> Any:

@@ -117,14 +117,16 @@ class RequestLog:
                 entry = {**entry, "log_id": next(numbered)}
             lines.append("moa serve: " + json.dumps(entry) + "\n")
         # Whole lines, at most a pipe's atomic write at a time: the lines of ``--workers`` never cut into each other.
-        chunk: list[str] = []
-        for line in [*lines, None]:
-            if chunk and (line is None or sum(map(len, chunk)) + len(line) > ATOMIC):
-                sys.stderr.write("".join(chunk))
+        chunk, size = "", 0
+        for line in lines:
+            if chunk and size + len(line) > ATOMIC:
+                sys.stderr.write(chunk)
                 sys.stderr.flush()
-                chunk = []
-            if line is not None:
-                chunk.append(line)
+                chunk, size = "", 0
+            chunk, size = chunk + line, size + len(line)
+        if chunk:
+            sys.stderr.write(chunk)
+            sys.stderr.flush()
 
 
 def log_refused(log: Any, response: Refusal) -> Refusal:

@@ -110,12 +110,12 @@ class SharedBudget(Budget):
     @property
     def remaining_usd(self) -> float:
         with self._shared():
-            return self.max_cost_usd - self.spent_usd - self.reserved_usd
+            return super().remaining_usd
 
     @property
     def exhausted(self) -> bool:
         with self._shared():
-            return self.spent_usd >= self.max_cost_usd
+            return super().exhausted
 
     def fits(self, worst_case_usd: float | None) -> bool:
         with self._shared():
@@ -173,18 +173,23 @@ def _worker_of(run_id: str) -> int | None:
     return None
 
 
-def supervise(count: int, serve: Callable[[int], int], shutdown_s: float,
-              died: Callable[[int, int], None] | None = None, sockets: Sequence[socket.socket] = (),
-              stop: list[int] | None = None) -> int:  # fmt: skip
-    """Run ``serve(index)`` in ``count`` forked workers until SIGTERM or Ctrl-C; replace a worker that dies (after
-    ``died(index, pid)``).  ``sockets`` (the workers' listening sockets) are closed here when the server stops, so
-    that new connections are refused while the workers finish; ``stop`` collects signals that came earlier.
+def stop_signals() -> list[int]:
+    """From now on SIGTERM and Ctrl-C are noted in the list returned (for ``supervise``), not acted on at once."""
+    stop: list[int] = []
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda signum, frame: stop.append(signum))
+    return stop
+
+
+def supervise(count: int, serve: Callable[[int], int], shutdown_s: float, stop: list[int],
+              died: Callable[[int, int], None] | None = None,
+              sockets: Sequence[socket.socket] = ()) -> int:  # fmt: skip
+    """Run ``serve(index)`` in ``count`` forked workers until a signal is noted in ``stop`` (``stop_signals``);
+    replace a worker that dies (after ``died(index, pid)``).  ``sockets`` (the workers' listening sockets) are
+    closed here when the server stops, so that new connections are refused while the workers finish.
 
     Returns the exit status: 128 + the signal that stopped the server, or 1 when workers keep dying at start."""
     context = multiprocessing.get_context("fork")
-    stop = [] if stop is None else stop
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda signum, frame: stop.append(signum))
     if stop:
         return 128 + stop[0]  # (stopped before any worker started)
     wake_read, wake_write = os.pipe()
